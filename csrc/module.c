@@ -1,0 +1,1464 @@
+/* module.c: the Python face of the StageTrace core, and the only file that
+ * speaks the Python C API. Everything it exposes is process-wide (event
+ * buffers, intern table, NVTX domain), so the module does not support
+ * multiple interpreters; loading it twice in one interpreter (under two
+ * package names) is fine and shares that state.
+ *
+ * Built with Py_LIMITED_API (abi3, CPython >= 3.10) by default; a build
+ * without it (STAGETRACE_FULL_API=1) uses vectorcall, which benchmarks/
+ * compares. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <structmember.h>
+
+#include "st_clock.h"
+#include "st_events.h"
+#include "st_intern.h"
+#include "st_json.h"
+#include "st_nvtx.h"
+#include "st_sink.h"
+#include "st_stage.h"
+#include "st_trace.h"
+
+// --- Process-wide state ---------------------------------------------------
+
+/* Recording switch: when off, wrappers call straight through. */
+static atomic_int recording_enabled = 1;
+
+/* Hook errors: counted, and the last message kept for the next safe call
+ * (hook_errors()) to report. Guarded by the GIL. */
+static uint64_t hook_error_count;
+static char hook_error_last[256];
+
+/* A namer that fails this many times is dropped (the span keeps its static
+ * name): a hook that keeps failing uninstalls itself. */
+#define NAMER_MAX_FAILURES 3
+
+typedef struct {
+    PyTypeObject *wrapper_type;
+    PyTypeObject *span_await_type;
+    PyTypeObject *event_batch_type;
+    PyTypeObject *trace_writer_type;
+    PyObject *coroutine_type; /* types.CoroutineType */
+    PyObject *method_type;    /* types.MethodType */
+} module_state;
+
+static module_state *state_of_type(PyTypeObject *tp)
+{
+    return (module_state *)PyType_GetModuleState(tp);
+}
+
+/* Record the exception in flight as a hook error and clear it. Call only
+ * where the exception was raised by StageTrace's own callbacks, never where
+ * it belongs to the host. */
+static void hook_error_swallow(const char *where)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *text = value ? PyObject_Str(value) : NULL;
+    const char *msg = text ? PyUnicode_AsUTF8AndSize(text, NULL) : NULL;
+    PyErr_Clear(); /* from str() or AsUTF8 */
+    snprintf(hook_error_last, sizeof hook_error_last, "%s: %s", where, msg ? msg : "?");
+    hook_error_count++;
+    Py_XDECREF(text);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+}
+
+// --- Names ------------------------------------------------------------------
+
+/* Intern a str (invalid surrogates are kept as their bytes for the JSON
+ * escaper to replace). Registers the name with NVTX. -1 with an exception
+ * set on failure. */
+static int intern_object(PyObject *s, uint32_t *id)
+{
+    if (s == Py_None) {
+        *id = ST_INTERN_NONE;
+        return 0;
+    }
+    if (!PyUnicode_Check(s)) {
+        PyErr_SetString(PyExc_TypeError, "a span name or detail must be str or None");
+        return -1;
+    }
+    PyObject *bytes = PyUnicode_AsEncodedString(s, "utf-8", "surrogatepass");
+    if (!bytes) {
+        return -1;
+    }
+    char *data;
+    Py_ssize_t len;
+    PyBytes_AsStringAndSize(bytes, &data, &len);
+    st_intern_status status = st_intern(data, (size_t)len, id);
+    if (status == ST_INTERN_OK && *id != ST_INTERN_NONE) {
+        st_nvtx_register_name(*id, data);
+    }
+    Py_DECREF(bytes);
+    if (status != ST_INTERN_OK) {
+        PyErr_SetString(PyExc_MemoryError, status == ST_INTERN_FULL
+                                               ? "StageTrace name table is full"
+                                               : "out of memory interning a name");
+        return -1;
+    }
+    return 0;
+}
+
+/* NVTX payload for a detail: the number itself when the detail is a plain
+ * decimal node id ("12"), else the intern id. */
+static uint64_t detail_payload(uint32_t detail_id)
+{
+    size_t len;
+    const char *s = st_intern_lookup(detail_id, &len);
+    if (!s || len == 0 || len > 19) {
+        return detail_id;
+    }
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return detail_id;
+        }
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    return v;
+}
+
+static int check_stage(long stage)
+{
+    if (stage < 0 || stage >= ST_STAGE_COUNT) {
+        PyErr_Format(PyExc_ValueError, "stage %ld is out of range 0..%d", stage,
+                     ST_STAGE_COUNT - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_outcome(long outcome)
+{
+    if (outcome < 0 || outcome >= ST_OUTCOME_COUNT) {
+        PyErr_Format(PyExc_ValueError, "outcome %ld is out of range 0..%d", outcome,
+                     ST_OUTCOME_COUNT - 1);
+        return -1;
+    }
+    return 0;
+}
+
+static void record_span(unsigned stage, uint32_t name_id, uint32_t detail_id, uint64_t t0,
+                        uint64_t t1, unsigned outcome)
+{
+    st_event ev = {
+        .t_begin_ns = t0,
+        .t_end_ns = t1,
+        .name_id = name_id,
+        .detail_id = detail_id,
+        .stage = (uint16_t)stage,
+        .outcome = (uint8_t)outcome,
+        .kind = ST_EVENT_SPAN,
+    };
+    st_events_append(&ev);
+}
+
+// --- Wrapper: a C callable that records a span around any callable --------
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *func;
+    PyObject *namer;      /* optional: namer(*args, **kw) -> (name, detail[, hint]) */
+    PyObject *outcome_fn; /* optional: outcome_fn(result) -> int outcome */
+    PyObject *interrupts; /* exception class or tuple counted as "interrupted" */
+    PyObject *weaklist;
+#ifndef Py_LIMITED_API
+    vectorcallfunc vectorcall;
+#endif
+    uint32_t name_id;
+    uint32_t detail_id;
+    unsigned stage;
+    int coroutine; /* the callable is known to return coroutines */
+    int namer_failures;
+} WrapperObject;
+
+/* The arguments of one call, in either calling convention. */
+typedef struct {
+    PyObject *args; /* tuple (tp_call), or NULL for vectorcall */
+    PyObject *kwargs;
+    PyObject *const *argv;
+    size_t nargsf;
+    PyObject *kwnames;
+} call_args;
+
+static PyObject *call_with(PyObject *callable, const call_args *ca)
+{
+#ifndef Py_LIMITED_API
+    if (!ca->args) {
+        return PyObject_Vectorcall(callable, ca->argv, ca->nargsf, ca->kwnames);
+    }
+#endif
+    return PyObject_Call(callable, ca->args, ca->kwargs);
+}
+
+/* Outcome of the exception in flight; never calls Python code, never
+ * touches the exception. */
+static unsigned exception_outcome(PyObject *interrupts)
+{
+    if (interrupts && PyErr_ExceptionMatches(interrupts)) {
+        return ST_OUTCOME_INTERRUPTED;
+    }
+    if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+        return ST_OUTCOME_INTERRUPTED;
+    }
+    return ST_OUTCOME_ERROR;
+}
+
+/* Outcome of a successful result: outcome_fn(result) if given, then the
+ * namer's hint for plain successes. Needs no exception in flight. */
+static unsigned result_outcome(PyObject *outcome_fn, PyObject *result, unsigned hint)
+{
+    unsigned outcome = ST_OUTCOME_OK;
+    if (outcome_fn) {
+        PyObject *r = PyObject_CallFunctionObjArgs(outcome_fn, result, NULL);
+        long v = r ? PyLong_AsLong(r) : -1;
+        Py_XDECREF(r);
+        if (v < 0 || v >= ST_OUTCOME_COUNT) {
+            if (PyErr_Occurred()) {
+                hook_error_swallow("outcome callback");
+            }
+            v = ST_OUTCOME_OK;
+        }
+        outcome = (unsigned)v;
+    }
+    return outcome == ST_OUTCOME_OK && hint ? hint : outcome;
+}
+
+/* Apply the namer; on failure keep the static names and count the error. */
+static void apply_namer(WrapperObject *self, const call_args *ca, uint32_t *name_id,
+                        uint32_t *detail_id, unsigned *hint)
+{
+    PyObject *r = call_with(self->namer, ca);
+    if (!r) {
+        goto error;
+    }
+    if (!PyTuple_Check(r) || PyTuple_Size(r) < 2 || PyTuple_Size(r) > 3) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "namer must return (name, detail[, hint])");
+        goto error;
+    }
+    uint32_t n, d;
+    if (intern_object(PyTuple_GetItem(r, 0), &n) < 0 ||
+        intern_object(PyTuple_GetItem(r, 1), &d) < 0) {
+        Py_DECREF(r);
+        goto error;
+    }
+    long h = 0;
+    if (PyTuple_Size(r) == 3 && PyTuple_GetItem(r, 2) != Py_None) {
+        h = PyLong_AsLong(PyTuple_GetItem(r, 2));
+        if (h < 0 || h >= ST_OUTCOME_COUNT) {
+            Py_DECREF(r);
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "namer hint is not an outcome");
+            }
+            goto error;
+        }
+    }
+    Py_DECREF(r);
+    if (n != ST_INTERN_NONE) {
+        *name_id = n;
+    }
+    *detail_id = d;
+    *hint = (unsigned)h;
+    return;
+error:
+    hook_error_swallow("namer");
+    if (++self->namer_failures >= NAMER_MAX_FAILURES) {
+        Py_CLEAR(self->namer);
+    }
+}
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *coro;
+    PyObject *outcome_fn;
+    PyObject *interrupts;
+    uint64_t t_begin;
+    uint64_t nvtx_range;
+    uint32_t name_id;
+    uint32_t detail_id;
+    unsigned stage;
+    unsigned hint;
+    int done;
+} SpanAwaitObject;
+
+static PyObject *span_await_new(PyTypeObject *tp, WrapperObject *w, PyObject *coro, uint64_t t0,
+                                uint32_t name_id, uint32_t detail_id, unsigned hint)
+{
+    SpanAwaitObject *self = PyObject_GC_New(SpanAwaitObject, tp);
+    if (!self) {
+        return NULL;
+    }
+    self->coro = coro; /* steals */
+    self->outcome_fn = w->outcome_fn;
+    Py_XINCREF(self->outcome_fn);
+    self->interrupts = w->interrupts;
+    Py_XINCREF(self->interrupts);
+    self->t_begin = t0;
+    self->name_id = name_id;
+    self->detail_id = detail_id;
+    self->stage = w->stage;
+    self->hint = hint;
+    self->done = 0;
+    self->nvtx_range = st_nvtx_start(w->stage, name_id, detail_payload(detail_id));
+    PyObject_GC_Track((PyObject *)self);
+    return (PyObject *)self;
+}
+
+static PyObject *wrapper_invoke(WrapperObject *self, const call_args *ca)
+{
+    if (!atomic_load_explicit(&recording_enabled, memory_order_relaxed)) {
+        return call_with(self->func, ca);
+    }
+    uint32_t name_id = self->name_id, detail_id = self->detail_id;
+    unsigned hint = 0;
+    if (self->namer) {
+        apply_namer(self, ca, &name_id, &detail_id, &hint);
+    }
+    uint64_t payload = detail_payload(detail_id);
+    uint64_t t0 = st_clock_now_ns();
+    if (!self->coroutine) {
+        st_nvtx_push(self->stage, name_id, payload);
+    }
+    PyObject *res = call_with(self->func, ca);
+    if (!self->coroutine) {
+        st_nvtx_pop();
+    }
+    if (res) {
+        module_state *st = state_of_type(Py_TYPE(self));
+        if (PyObject_TypeCheck(res, (PyTypeObject *)st->coroutine_type)) {
+            PyObject *aw = span_await_new(st->span_await_type, self, res, t0, name_id,
+                                          detail_id, hint);
+            if (!aw) { /* out of memory: hand back the plain coroutine */
+                PyErr_Clear();
+                hook_error_count++;
+                return res;
+            }
+            return aw;
+        }
+        uint64_t t1 = st_clock_now_ns();
+        record_span(self->stage, name_id, detail_id, t0, t1,
+                    result_outcome(self->outcome_fn, res, hint));
+        return res;
+    }
+    uint64_t t1 = st_clock_now_ns();
+    record_span(self->stage, name_id, detail_id, t0, t1, exception_outcome(self->interrupts));
+    return NULL; /* the original exception, untouched */
+}
+
+static PyObject *wrapper_call(PyObject *op, PyObject *args, PyObject *kwargs)
+{
+    call_args ca = {.args = args, .kwargs = kwargs};
+    return wrapper_invoke((WrapperObject *)op, &ca);
+}
+
+#ifndef Py_LIMITED_API
+static PyObject *wrapper_vectorcall(PyObject *op, PyObject *const *argv, size_t nargsf,
+                                    PyObject *kwnames)
+{
+    call_args ca = {.argv = argv, .nargsf = nargsf, .kwnames = kwnames};
+    return wrapper_invoke((WrapperObject *)op, &ca);
+}
+#endif
+
+static PyObject *wrapper_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"func",    "stage",      "name",      "detail", "namer",
+                             "outcome", "interrupts", "coroutine", NULL};
+    PyObject *func, *name, *detail = Py_None, *namer = Py_None, *outcome = Py_None,
+                           *interrupts = Py_None;
+    long stage;
+    int coroutine = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OlU|$OOOOp", kwlist, &func, &stage, &name,
+                                     &detail, &namer, &outcome, &interrupts, &coroutine)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "func must be callable");
+        return NULL;
+    }
+    if ((namer != Py_None && !PyCallable_Check(namer)) ||
+        (outcome != Py_None && !PyCallable_Check(outcome))) {
+        PyErr_SetString(PyExc_TypeError, "namer and outcome must be callable or None");
+        return NULL;
+    }
+    if (check_stage(stage) < 0) {
+        return NULL;
+    }
+    uint32_t name_id, detail_id;
+    if (intern_object(name, &name_id) < 0 || intern_object(detail, &detail_id) < 0) {
+        return NULL;
+    }
+    allocfunc alloc = (allocfunc)PyType_GetSlot(tp, Py_tp_alloc);
+    WrapperObject *self = (WrapperObject *)alloc(tp, 0);
+    if (!self) {
+        return NULL;
+    }
+    self->func = Py_NewRef(func);
+    self->namer = namer == Py_None ? NULL : Py_NewRef(namer);
+    self->outcome_fn = outcome == Py_None ? NULL : Py_NewRef(outcome);
+    self->interrupts = interrupts == Py_None ? NULL : Py_NewRef(interrupts);
+    self->name_id = name_id;
+    self->detail_id = detail_id;
+    self->stage = (unsigned)stage;
+    self->coroutine = coroutine;
+#ifndef Py_LIMITED_API
+    self->vectorcall = wrapper_vectorcall;
+#endif
+    return (PyObject *)self;
+}
+
+static int wrapper_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    WrapperObject *self = (WrapperObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->func);
+    Py_VISIT(self->namer);
+    Py_VISIT(self->outcome_fn);
+    Py_VISIT(self->interrupts);
+    return 0;
+}
+
+static int wrapper_clear(PyObject *op)
+{
+    WrapperObject *self = (WrapperObject *)op;
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->namer);
+    Py_CLEAR(self->outcome_fn);
+    Py_CLEAR(self->interrupts);
+    return 0;
+}
+
+static void wrapper_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    if (((WrapperObject *)op)->weaklist) {
+        PyObject_ClearWeakRefs(op);
+    }
+    wrapper_clear(op);
+    freefunc free_fn = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    free_fn(op);
+    Py_DECREF(tp);
+}
+
+/* Bind like a function when stored on a class (class-level wrapping). */
+static PyObject *wrapper_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    (void)type;
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    module_state *st = state_of_type(Py_TYPE(self));
+    return PyObject_CallFunctionObjArgs(st->method_type, self, obj, NULL);
+}
+
+/* Unknown attributes (__name__, __module__, __doc__, ...) come from the
+ * wrapped callable, so the wrapper passes for it. */
+static PyObject *wrapper_getattro(PyObject *self, PyObject *name)
+{
+    PyObject *r = PyObject_GenericGetAttr(self, name);
+    if (r || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return r;
+    }
+    PyErr_Clear();
+    return PyObject_GetAttr(((WrapperObject *)self)->func, name);
+}
+
+static PyObject *wrapper_get_stage(PyObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLong(((WrapperObject *)self)->stage);
+}
+
+static PyObject *wrapper_get_name(PyObject *self, void *closure)
+{
+    (void)closure;
+    size_t len;
+    const char *s = st_intern_lookup(((WrapperObject *)self)->name_id, &len);
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "surrogatepass");
+}
+
+static PyObject *wrapper_get_has_namer(PyObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(((WrapperObject *)self)->namer != NULL);
+}
+
+static PyObject *wrapper_repr(PyObject *self)
+{
+    WrapperObject *w = (WrapperObject *)self;
+    size_t len;
+    const char *name = st_intern_lookup(w->name_id, &len);
+    return PyUnicode_FromFormat("<stagetrace.Wrapper %s stage=%s of %R>", name,
+                                st_stage_name(w->stage), w->func);
+}
+
+static PyMemberDef wrapper_members[] = {
+    {"__wrapped__", T_OBJECT, offsetof(WrapperObject, func), READONLY, "the wrapped callable"},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(WrapperObject, weaklist), READONLY, NULL},
+#ifndef Py_LIMITED_API
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(WrapperObject, vectorcall), READONLY, NULL},
+#endif
+    {NULL},
+};
+
+static PyGetSetDef wrapper_getset[] = {
+    {"stage", wrapper_get_stage, NULL, "stage index (see STAGES)", NULL},
+    {"name", wrapper_get_name, NULL, "the span's static name", NULL},
+    {"has_namer", wrapper_get_has_namer, NULL,
+     "False once the namer was dropped after repeated failures", NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(wrapper_doc,
+             "Wrapper(func, stage, name, *, detail=None, namer=None, outcome=None,\n"
+             "        interrupts=None, coroutine=False)\n--\n\n"
+             "Call func, recording a span of the given stage around it (and an NVTX\n"
+             "range). If func returns a coroutine, the span lasts until it finishes.\n"
+             "namer(*args, **kwargs) -> (name, detail[, outcome hint]) names each\n"
+             "call; outcome(result) -> int classifies a returned value; exceptions\n"
+             "matching interrupts (or KeyboardInterrupt) count as interrupted, others\n"
+             "as errors, and always propagate untouched.");
+
+static PyType_Slot wrapper_slots[] = {
+    {Py_tp_doc, (void *)wrapper_doc},
+    {Py_tp_new, wrapper_new},
+    {Py_tp_call, wrapper_call},
+    {Py_tp_descr_get, wrapper_descr_get},
+    {Py_tp_getattro, wrapper_getattro},
+    {Py_tp_repr, wrapper_repr},
+    {Py_tp_traverse, wrapper_traverse},
+    {Py_tp_clear, wrapper_clear},
+    {Py_tp_dealloc, wrapper_dealloc},
+    {Py_tp_members, wrapper_members},
+    {Py_tp_getset, wrapper_getset},
+    {0, NULL},
+};
+
+static PyType_Spec wrapper_spec = {
+    .name = "stagetrace._native.Wrapper",
+    .basicsize = sizeof(WrapperObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC
+#ifndef Py_LIMITED_API
+             | Py_TPFLAGS_HAVE_VECTORCALL
+#endif
+    ,
+    .slots = wrapper_slots,
+};
+
+// --- SpanAwait: the awaitable a Wrapper returns for a coroutine ------------
+
+static void span_await_finish(SpanAwaitObject *self, unsigned outcome)
+{
+    if (self->done) {
+        return;
+    }
+    self->done = 1;
+    st_nvtx_end(self->nvtx_range);
+    record_span(self->stage, self->name_id, self->detail_id, self->t_begin, st_clock_now_ns(),
+                outcome);
+}
+
+static PySendResult span_await_am_send(PyObject *op, PyObject *arg, PyObject **result)
+{
+    SpanAwaitObject *self = (SpanAwaitObject *)op;
+    PySendResult r = PyIter_Send(self->coro, arg, result);
+    if (r == PYGEN_RETURN) {
+        span_await_finish(self, result_outcome(self->outcome_fn, *result, self->hint));
+    } else if (r == PYGEN_ERROR) {
+        span_await_finish(self, exception_outcome(self->interrupts));
+    }
+    return r;
+}
+
+/* Raise StopIteration(value) the way a generator returning value does. */
+static void set_stop_iteration(PyObject *value)
+{
+    PyObject *exc = PyObject_CallFunctionObjArgs(PyExc_StopIteration, value, NULL);
+    if (exc) {
+        PyErr_SetObject(PyExc_StopIteration, exc);
+        Py_DECREF(exc);
+    }
+}
+
+static PyObject *span_await_send(PyObject *op, PyObject *arg)
+{
+    PyObject *result = NULL;
+    PySendResult r = span_await_am_send(op, arg, &result);
+    if (r == PYGEN_RETURN) {
+        if (result == Py_None) {
+            PyErr_SetNone(PyExc_StopIteration);
+        } else {
+            set_stop_iteration(result);
+        }
+        Py_DECREF(result);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
+}
+
+static PyObject *span_await_iternext(PyObject *op)
+{
+    PyObject *result = NULL;
+    PySendResult r = span_await_am_send(op, Py_None, &result);
+    if (r == PYGEN_RETURN) {
+        if (result != Py_None) {
+            set_stop_iteration(result);
+        }
+        Py_DECREF(result);
+        return NULL;
+    }
+    return r == PYGEN_NEXT ? result : NULL;
+}
+
+static PyObject *span_await_throw(PyObject *op, PyObject *args)
+{
+    SpanAwaitObject *self = (SpanAwaitObject *)op;
+    PyObject *throw = PyObject_GetAttrString(self->coro, "throw");
+    if (!throw) {
+        return NULL;
+    }
+    PyObject *r = PyObject_Call(throw, args, NULL);
+    Py_DECREF(throw);
+    if (r || self->done) {
+        return r;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        span_await_finish(self, exception_outcome(self->interrupts));
+        return NULL;
+    }
+    /* the coroutine caught the exception and returned: classify its value,
+     * then re-raise the very same StopIteration */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *ret = value ? PyObject_GetAttrString(value, "value") : NULL;
+    if (!ret) {
+        PyErr_Clear();
+        ret = Py_NewRef(Py_None);
+    }
+    span_await_finish(self, result_outcome(self->outcome_fn, ret, self->hint));
+    Py_DECREF(ret);
+    PyErr_Restore(type, value, tb);
+    return NULL;
+}
+
+static PyObject *span_await_close(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    SpanAwaitObject *self = (SpanAwaitObject *)op;
+    PyObject *r = PyObject_CallMethod(self->coro, "close", NULL);
+    span_await_finish(self, ST_OUTCOME_INTERRUPTED);
+    return r;
+}
+
+static PyObject *span_await_await(PyObject *op)
+{
+    return Py_NewRef(op);
+}
+
+static int span_await_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    SpanAwaitObject *self = (SpanAwaitObject *)op;
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(self->coro);
+    Py_VISIT(self->outcome_fn);
+    Py_VISIT(self->interrupts);
+    return 0;
+}
+
+static int span_await_clear(PyObject *op)
+{
+    SpanAwaitObject *self = (SpanAwaitObject *)op;
+    Py_CLEAR(self->coro);
+    Py_CLEAR(self->outcome_fn);
+    Py_CLEAR(self->interrupts);
+    return 0;
+}
+
+static void span_await_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    /* dropped before it finished (never awaited, or abandoned): interrupted */
+    span_await_finish((SpanAwaitObject *)op, ST_OUTCOME_INTERRUPTED);
+    span_await_clear(op);
+    freefunc free_fn = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    free_fn(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef span_await_methods[] = {
+    {"send", span_await_send, METH_O, "Send a value into the wrapped coroutine."},
+    {"throw", span_await_throw, METH_VARARGS, "Raise an exception in the wrapped coroutine."},
+    {"close", span_await_close, METH_NOARGS, "Close the wrapped coroutine."},
+    {NULL},
+};
+
+static PyMemberDef span_await_members[] = {
+    {"__wrapped__", T_OBJECT, offsetof(SpanAwaitObject, coro), READONLY, "the coroutine"},
+    {NULL},
+};
+
+static PyType_Slot span_await_slots[] = {
+    {Py_tp_doc, "Awaitable recording a span until the wrapped coroutine finishes."},
+    {Py_am_await, span_await_await},
+    {Py_am_send, span_await_am_send},
+    {Py_tp_iter, span_await_await},
+    {Py_tp_iternext, span_await_iternext},
+    {Py_tp_methods, span_await_methods},
+    {Py_tp_members, span_await_members},
+    {Py_tp_traverse, span_await_traverse},
+    {Py_tp_clear, span_await_clear},
+    {Py_tp_dealloc, span_await_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec span_await_spec = {
+    .name = "stagetrace._native.SpanAwait",
+    .basicsize = sizeof(SpanAwaitObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = span_await_slots,
+};
+
+// --- EventBatch: drained events, owned by C --------------------------------
+
+typedef struct {
+    PyObject_HEAD
+    st_event *events;
+    size_t n;
+} EventBatchObject;
+
+static PyObject *event_tuple(const st_event *e)
+{
+    return Py_BuildValue("(KKIIIIII)", (unsigned long long)e->t_begin_ns,
+                         (unsigned long long)e->t_end_ns, e->name_id, e->detail_id, e->tid,
+                         (unsigned)e->stage, (unsigned)e->outcome, (unsigned)e->kind);
+}
+
+static Py_ssize_t batch_len(PyObject *op)
+{
+    return (Py_ssize_t)((EventBatchObject *)op)->n;
+}
+
+static PyObject *batch_item(PyObject *op, Py_ssize_t i)
+{
+    EventBatchObject *self = (EventBatchObject *)op;
+    if (i < 0 || (size_t)i >= self->n) {
+        PyErr_SetString(PyExc_IndexError, "event index out of range");
+        return NULL;
+    }
+    return event_tuple(&self->events[i]);
+}
+
+static PyObject *batch_tolist(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    EventBatchObject *self = (EventBatchObject *)op;
+    PyObject *list = PyList_New((Py_ssize_t)self->n);
+    if (!list) {
+        return NULL;
+    }
+    for (size_t i = 0; i < self->n; i++) {
+        PyObject *t = event_tuple(&self->events[i]);
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SetItem(list, (Py_ssize_t)i, t);
+    }
+    return list;
+}
+
+static void batch_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    free(((EventBatchObject *)op)->events);
+    freefunc free_fn = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    free_fn(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef batch_methods[] = {
+    {"tolist", batch_tolist, METH_NOARGS,
+     "Events as tuples (t_begin_ns, t_end_ns, name_id, detail_id, tid, stage, outcome, kind)."},
+    {NULL},
+};
+
+static PyType_Slot batch_slots[] = {
+    {Py_tp_doc, "Events moved out of the buffers by drain(); read-only."},
+    {Py_sq_length, batch_len},
+    {Py_sq_item, batch_item},
+    {Py_tp_methods, batch_methods},
+    {Py_tp_dealloc, batch_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec batch_spec = {
+    .name = "stagetrace._native.EventBatch",
+    .basicsize = sizeof(EventBatchObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = batch_slots,
+};
+
+// --- TraceWriter ------------------------------------------------------------
+
+typedef struct {
+    PyObject_HEAD
+    st_trace_writer w;
+    PyObject *path;
+    int busy; /* a call is writing with the GIL released */
+} TraceWriterObject;
+
+static int writer_ready(TraceWriterObject *self)
+{
+    if (!self->w.open) {
+        PyErr_Format(PyExc_ValueError, "trace writer for %R is closed", self->path);
+        return 0;
+    }
+    if (self->busy) {
+        PyErr_Format(PyExc_RuntimeError, "trace writer for %R is in use by another thread",
+                     self->path);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *writer_error(TraceWriterObject *self, st_trace_status status, int err)
+{
+    switch (status) {
+    case ST_TRACE_EXISTS:
+        PyErr_Format(PyExc_FileExistsError, "trace %R already exists; not overwritten",
+                     self->path);
+        break;
+    case ST_TRACE_NO_MEMORY:
+        PyErr_NoMemory();
+        break;
+    case ST_TRACE_BAD_STATE:
+        PyErr_Format(PyExc_ValueError, "trace writer for %R is closed", self->path);
+        break;
+    default: {
+        const char *what = status == ST_TRACE_OPEN_FAILED    ? "creating the temporary file for"
+                           : status == ST_TRACE_RENAME_FAILED ? "publishing"
+                                                              : "writing";
+        PyErr_Format(PyExc_OSError, "%s trace %R failed: %s", what, self->path,
+                     strerror(err));
+    }
+    }
+    return NULL;
+}
+
+static PyObject *writer_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", NULL};
+    PyObject *path;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&", kwlist, PyUnicode_FSConverter, &path)) {
+        return NULL;
+    }
+    allocfunc alloc = (allocfunc)PyType_GetSlot(tp, Py_tp_alloc);
+    TraceWriterObject *self = (TraceWriterObject *)alloc(tp, 0);
+    if (!self) {
+        Py_DECREF(path);
+        return NULL;
+    }
+    self->path = PyUnicode_DecodeFSDefault(PyBytes_AsString(path));
+    self->w.fd = -1;
+    st_trace_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = st_trace_open(&self->w, PyBytes_AsString(path));
+    Py_END_ALLOW_THREADS
+    Py_DECREF(path);
+    if (!self->path || status != ST_TRACE_OK) {
+        if (self->path) {
+            writer_error(self, status, self->w.err);
+        }
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *writer_write_batch(PyObject *op, PyObject *args)
+{
+    TraceWriterObject *self = (TraceWriterObject *)op;
+    PyObject *batch;
+    unsigned long pid = 0;
+    unsigned long long epoch = 0;
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (!PyArg_ParseTuple(args, "O!|kK", st->event_batch_type, &batch, &pid, &epoch) ||
+        !writer_ready(self)) {
+        return NULL;
+    }
+    EventBatchObject *b = (EventBatchObject *)batch;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (size_t i = 0; i < b->n; i++) {
+        st_trace_event(&self->w, &b->events[i], (uint32_t)pid, epoch);
+    }
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_write_raw(PyObject *op, PyObject *arg)
+{
+    TraceWriterObject *self = (TraceWriterObject *)op;
+    Py_ssize_t len;
+    const char *s = PyUnicode_Check(arg) ? PyUnicode_AsUTF8AndSize(arg, &len) : NULL;
+    if (!s) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "write_raw() takes one JSON object as str");
+        }
+        return NULL;
+    }
+    if (!writer_ready(self)) {
+        return NULL;
+    }
+    if (len < 2 || s[0] != '{' || s[len - 1] != '}') {
+        PyErr_SetString(PyExc_ValueError, "write_raw() takes one JSON object ('{...}')");
+        return NULL;
+    }
+    st_trace_raw(&self->w, s, (size_t)len);
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_commit(PyObject *op, PyObject *args)
+{
+    TraceWriterObject *self = (TraceWriterObject *)op;
+    PyObject *other = Py_None;
+    if (!PyArg_ParseTuple(args, "|O", &other) || !writer_ready(self)) {
+        return NULL;
+    }
+    const char *s = NULL;
+    Py_ssize_t len = 0;
+    if (other != Py_None) {
+        s = PyUnicode_Check(other) ? PyUnicode_AsUTF8AndSize(other, &len) : NULL;
+        if (!s) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "commit() takes a JSON object as str");
+            }
+            return NULL;
+        }
+    }
+    st_trace_status status;
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    status = st_trace_commit(&self->w, s, (size_t)len);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    if (status != ST_TRACE_OK) {
+        return writer_error(self, status, self->w.err);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_abort(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    TraceWriterObject *self = (TraceWriterObject *)op;
+    if (!self->busy) {
+        st_trace_abort(&self->w);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *writer_enter(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    return Py_NewRef(op);
+}
+
+static PyObject *writer_exit(PyObject *op, PyObject *args)
+{
+    (void)args;
+    /* leaving the block without commit() means the trace is incomplete */
+    return writer_abort(op, NULL);
+}
+
+static PyObject *writer_get_events(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyLong_FromUnsignedLongLong(((TraceWriterObject *)op)->w.events);
+}
+
+static PyObject *writer_get_closed(PyObject *op, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(!((TraceWriterObject *)op)->w.open);
+}
+
+static void writer_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    TraceWriterObject *self = (TraceWriterObject *)op;
+    st_trace_abort(&self->w);
+    Py_XDECREF(self->path);
+    freefunc free_fn = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    free_fn(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef writer_methods[] = {
+    {"write_batch", writer_write_batch, METH_VARARGS,
+     "write_batch(batch, pid=0, epoch_ns=0): append drained events."},
+    {"write_raw", writer_write_raw, METH_O,
+     "write_raw(json_object_str): append one pre-serialized event."},
+    {"commit", writer_commit, METH_VARARGS,
+     "commit(other_data_json=None): finish, sync and publish the trace; never overwrites."},
+    {"abort", writer_abort, METH_NOARGS, "Discard the trace; nothing is left on disk."},
+    {"__enter__", writer_enter, METH_NOARGS, NULL},
+    {"__exit__", writer_exit, METH_VARARGS, NULL},
+    {NULL},
+};
+
+static PyGetSetDef writer_getset[] = {
+    {"events", writer_get_events, NULL, "events written so far", NULL},
+    {"closed", writer_get_closed, NULL, "True after commit() or abort()", NULL},
+    {NULL},
+};
+
+static PyType_Slot writer_slots[] = {
+    {Py_tp_doc, "TraceWriter(path): stream a Chrome Trace Event JSON file into a temporary\n"
+                "file; commit() publishes it whole under path, abort() leaves nothing."},
+    {Py_tp_new, writer_new},
+    {Py_tp_methods, writer_methods},
+    {Py_tp_getset, writer_getset},
+    {Py_tp_dealloc, writer_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec writer_spec = {
+    .name = "stagetrace._native.TraceWriter",
+    .basicsize = sizeof(TraceWriterObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = writer_slots,
+};
+
+// --- Module functions ---------------------------------------------------------
+
+static PyObject *mod_now_ns(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(st_clock_now_ns());
+}
+
+static PyObject *mod_intern(PyObject *m, PyObject *s)
+{
+    (void)m;
+    uint32_t id;
+    if (intern_object(s, &id) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(id);
+}
+
+static PyObject *mod_name_of(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    unsigned long id = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    size_t len;
+    const char *s = id > UINT32_MAX ? NULL : st_intern_lookup((uint32_t)id, &len);
+    if (!s) {
+        PyErr_Format(PyExc_KeyError, "no name with id %lu", id);
+        return NULL;
+    }
+    return PyUnicode_DecodeUTF8(s, (Py_ssize_t)len, "surrogatepass");
+}
+
+static PyObject *mod_record(PyObject *m, PyObject *args, PyObject *kwargs)
+{
+    (void)m;
+    static char *kwlist[] = {"stage", "name_id", "detail_id", "t_begin_ns", "t_end_ns",
+                             "outcome", "instant", NULL};
+    long stage, outcome = ST_OUTCOME_OK;
+    unsigned int name_id, detail_id;
+    unsigned long long t0, t1;
+    int instant = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "lIIKK|lp", kwlist, &stage, &name_id,
+                                     &detail_id, &t0, &t1, &outcome, &instant) ||
+        check_stage(stage) < 0 || check_outcome(outcome) < 0) {
+        return NULL;
+    }
+    if (t1 < t0) {
+        PyErr_Format(PyExc_ValueError, "t_end_ns (%llu) is before t_begin_ns (%llu)", t1, t0);
+        return NULL;
+    }
+    st_event ev = {.t_begin_ns = t0, .t_end_ns = instant ? t0 : t1, .name_id = name_id,
+                   .detail_id = detail_id, .stage = (uint16_t)stage,
+                   .outcome = (uint8_t)outcome,
+                   .kind = instant ? ST_EVENT_INSTANT : ST_EVENT_SPAN};
+    if (instant) {
+        st_nvtx_mark((unsigned)stage, name_id, detail_payload(detail_id));
+    }
+    return PyBool_FromLong(st_events_append(&ev));
+}
+
+static PyObject *mod_nvtx_range_start(PyObject *m, PyObject *args)
+{
+    (void)m;
+    long stage;
+    unsigned int name_id;
+    unsigned long long payload = 0;
+    if (!PyArg_ParseTuple(args, "lI|K", &stage, &name_id, &payload) || check_stage(stage) < 0) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLongLong(st_nvtx_start((unsigned)stage, name_id, payload));
+}
+
+static PyObject *mod_nvtx_range_end(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    unsigned long long id = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    st_nvtx_end(id);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_nvtx_push(PyObject *m, PyObject *args)
+{
+    (void)m;
+    long stage;
+    unsigned int name_id;
+    unsigned long long payload = 0;
+    if (!PyArg_ParseTuple(args, "lI|K", &stage, &name_id, &payload) || check_stage(stage) < 0) {
+        return NULL;
+    }
+    st_nvtx_push((unsigned)stage, name_id, payload);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_nvtx_pop(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    st_nvtx_pop();
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_drain(PyObject *m, PyObject *unused)
+{
+    (void)unused;
+    module_state *st = PyModule_GetState(m);
+    st_event *events;
+    size_t n;
+    st_events_status status;
+    Py_BEGIN_ALLOW_THREADS
+    status = st_events_drain(&events, &n);
+    Py_END_ALLOW_THREADS
+    if (status != ST_EVENTS_OK) {
+        return PyErr_NoMemory();
+    }
+    allocfunc alloc = (allocfunc)PyType_GetSlot(st->event_batch_type, Py_tp_alloc);
+    EventBatchObject *b = (EventBatchObject *)alloc(st->event_batch_type, 0);
+    if (!b) {
+        free(events);
+        return NULL;
+    }
+    b->events = events;
+    b->n = n;
+    return (PyObject *)b;
+}
+
+static PyObject *mod_dropped(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(st_events_dropped());
+}
+
+static PyObject *mod_stats(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    uint32_t buffers, capacity;
+    st_events_stats(&buffers, &capacity);
+    return Py_BuildValue("{sIsIsKsIsK}", "buffers", buffers, "capacity", capacity, "dropped",
+                         (unsigned long long)st_events_dropped(), "names", st_intern_count(),
+                         "hook_errors", (unsigned long long)hook_error_count);
+}
+
+static PyObject *mod_set_buffer_capacity(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    unsigned long cap = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (cap > UINT32_MAX || st_events_set_capacity((uint32_t)cap) != ST_EVENTS_OK) {
+        PyErr_Format(PyExc_ValueError, "buffer capacity %lu is not within 1..%u", cap,
+                     ST_EVENTS_MAX_CAPACITY);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_fake_clock(PyObject *m, PyObject *args)
+{
+    (void)m;
+    PyObject *start = Py_None;
+    unsigned long long step = 1000;
+    if (!PyArg_ParseTuple(args, "O|K", &start, &step)) {
+        return NULL;
+    }
+    if (start == Py_None) {
+        st_clock_set_real();
+        Py_RETURN_NONE;
+    }
+    unsigned long long s = PyLong_AsUnsignedLongLong(start);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    st_clock_set_fake(s, step);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_enabled(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    atomic_store(&recording_enabled, on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_enabled(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return PyBool_FromLong(atomic_load(&recording_enabled));
+}
+
+static PyObject *mod_nvtx_set_enabled(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    st_nvtx_set_enabled(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_nvtx_enabled(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return PyBool_FromLong(st_nvtx_enabled());
+}
+
+static PyObject *mod_json_escape(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    PyObject *bytes;
+    if (PyUnicode_Check(arg)) {
+        bytes = PyUnicode_AsEncodedString(arg, "utf-8", "surrogatepass");
+    } else if (PyBytes_Check(arg)) {
+        bytes = Py_NewRef(arg);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "json_escape() takes str or bytes");
+        return NULL;
+    }
+    if (!bytes) {
+        return NULL;
+    }
+    st_sink sink;
+    if (st_sink_init(&sink, -1, (size_t)PyBytes_Size(bytes) + 16) != 0) {
+        Py_DECREF(bytes);
+        return PyErr_NoMemory();
+    }
+    st_json_write_string(&sink, PyBytes_AsString(bytes), (size_t)PyBytes_Size(bytes));
+    Py_DECREF(bytes);
+    PyObject *r = sink.failed ? PyErr_NoMemory()
+                              : PyUnicode_DecodeUTF8(sink.buf, (Py_ssize_t)sink.len, "strict");
+    st_sink_free(&sink);
+    return r;
+}
+
+static PyObject *mod_hook_errors(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    return Py_BuildValue("(Ks)", (unsigned long long)hook_error_count, hook_error_last);
+}
+
+static PyMethodDef module_methods[] = {
+    {"now_ns", mod_now_ns, METH_NOARGS, "Monotonic clock in nanoseconds (the trace clock)."},
+    {"intern", mod_intern, METH_O, "intern(name) -> id; '' and None give 0."},
+    {"name_of", mod_name_of, METH_O, "name_of(id) -> name."},
+    {"record", (PyCFunction)(void (*)(void))mod_record, METH_VARARGS | METH_KEYWORDS,
+     "record(stage, name_id, detail_id, t_begin_ns, t_end_ns, outcome=0, instant=False)\n"
+     "-> True if stored, False if dropped."},
+    {"nvtx_range_start", mod_nvtx_range_start, METH_VARARGS,
+     "nvtx_range_start(stage, name_id, payload=0) -> range id (0 when NVTX is off)."},
+    {"nvtx_range_end", mod_nvtx_range_end, METH_O, "nvtx_range_end(range_id)."},
+    {"nvtx_push", mod_nvtx_push, METH_VARARGS, "nvtx_push(stage, name_id, payload=0)."},
+    {"nvtx_pop", mod_nvtx_pop, METH_NOARGS, "nvtx_pop()."},
+    {"drain", mod_drain, METH_NOARGS, "Move all buffered events into an EventBatch."},
+    {"dropped", mod_dropped, METH_NOARGS, "Events dropped so far (all threads)."},
+    {"stats", mod_stats, METH_NOARGS, "Buffer, name and hook-error counters."},
+    {"set_buffer_capacity", mod_set_buffer_capacity, METH_O,
+     "Capacity of buffers created from now on (rounded up to a power of two)."},
+    {"set_fake_clock", mod_set_fake_clock, METH_VARARGS,
+     "set_fake_clock(start_ns, step_ns=1000) for tests; set_fake_clock(None) restores."},
+    {"set_enabled", mod_set_enabled, METH_O, "Turn recording on or off."},
+    {"enabled", mod_enabled, METH_NOARGS, "Whether recording is on."},
+    {"nvtx_set_enabled", mod_nvtx_set_enabled, METH_O, "Turn NVTX emission on or off."},
+    {"nvtx_enabled", mod_nvtx_enabled, METH_NOARGS, "Whether NVTX emission is on."},
+    {"json_escape", mod_json_escape, METH_O,
+     "The JSON string literal (quoted) for str or bytes, as the trace writer writes it."},
+    {"hook_errors", mod_hook_errors, METH_NOARGS,
+     "(count, last message) of errors swallowed inside hooks."},
+    {NULL},
+};
+
+// --- Module lifecycle ---------------------------------------------------------
+
+static int module_traverse(PyObject *m, visitproc visit, void *arg)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_VISIT(st->wrapper_type);
+    Py_VISIT(st->span_await_type);
+    Py_VISIT(st->event_batch_type);
+    Py_VISIT(st->trace_writer_type);
+    Py_VISIT(st->coroutine_type);
+    Py_VISIT(st->method_type);
+    return 0;
+}
+
+static int module_clear(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    Py_CLEAR(st->wrapper_type);
+    Py_CLEAR(st->span_await_type);
+    Py_CLEAR(st->event_batch_type);
+    Py_CLEAR(st->trace_writer_type);
+    Py_CLEAR(st->coroutine_type);
+    Py_CLEAR(st->method_type);
+    return 0;
+}
+
+static void module_free(void *m)
+{
+    module_clear((PyObject *)m);
+}
+
+static int add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **slot)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(m, spec, NULL);
+    if (!*slot) {
+        return -1;
+    }
+    const char *dot = strrchr(spec->name, '.');
+    Py_INCREF(*slot);
+    if (PyModule_AddObject(m, dot + 1, (PyObject *)*slot) < 0) {
+        Py_DECREF(*slot);
+        return -1;
+    }
+    return 0;
+}
+
+static int module_exec(PyObject *m)
+{
+    module_state *st = PyModule_GetState(m);
+    PyObject *types = PyImport_ImportModule("types");
+    if (!types) {
+        return -1;
+    }
+    st->coroutine_type = PyObject_GetAttrString(types, "CoroutineType");
+    st->method_type = PyObject_GetAttrString(types, "MethodType");
+    Py_DECREF(types);
+    if (!st->coroutine_type || !st->method_type) {
+        return -1;
+    }
+    if (add_type(m, &wrapper_spec, &st->wrapper_type) < 0 ||
+        add_type(m, &span_await_spec, &st->span_await_type) < 0 ||
+        add_type(m, &batch_spec, &st->event_batch_type) < 0 ||
+        add_type(m, &writer_spec, &st->trace_writer_type) < 0) {
+        return -1;
+    }
+    PyObject *stages = PyTuple_New(ST_STAGE_COUNT);
+    PyObject *outcomes = PyTuple_New(ST_OUTCOME_COUNT);
+    if (!stages || !outcomes) {
+        goto error;
+    }
+    for (int i = 0; i < ST_STAGE_COUNT; i++) {
+        PyTuple_SetItem(stages, i, PyUnicode_FromString(st_stage_name((unsigned)i)));
+    }
+    for (int i = 0; i < ST_OUTCOME_COUNT; i++) {
+        PyTuple_SetItem(outcomes, i, PyUnicode_FromString(st_outcome_name((unsigned)i)));
+    }
+    if (PyErr_Occurred() || PyModule_AddObject(m, "STAGES", stages) < 0) {
+        goto error;
+    }
+    stages = NULL;
+    if (PyModule_AddObject(m, "OUTCOMES", outcomes) < 0) {
+        goto error;
+    }
+    outcomes = NULL;
+    PyObject *colours = PyTuple_New(ST_STAGE_COUNT);
+    if (!colours) {
+        goto error;
+    }
+    for (int i = 0; i < ST_STAGE_COUNT; i++) {
+        PyTuple_SetItem(colours, i, PyLong_FromUnsignedLong(st_stage_colour((unsigned)i)));
+    }
+    if (PyErr_Occurred() || PyModule_AddObject(m, "STAGE_COLOURS", colours) < 0) {
+        Py_DECREF(colours);
+        return -1;
+    }
+    if (PyModule_AddIntConstant(m, "TRACE_FORMAT_VERSION", ST_TRACE_FORMAT_VERSION) < 0 ||
+        PyModule_AddIntConstant(m, "NVTX_COMPILED", st_nvtx_compiled()) < 0 ||
+#ifdef Py_LIMITED_API
+        PyModule_AddIntConstant(m, "LIMITED_API", 1) < 0
+#else
+        PyModule_AddIntConstant(m, "LIMITED_API", 0) < 0
+#endif
+    ) {
+        return -1;
+    }
+    st_nvtx_init();
+    return 0;
+error:
+    Py_XDECREF(stages);
+    Py_XDECREF(outcomes);
+    return -1;
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_native",
+    .m_doc = "StageTrace's C core: clock, event buffers, span wrapper, NVTX, trace writer.",
+    .m_size = sizeof(module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__native(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

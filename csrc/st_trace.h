@@ -1,0 +1,58 @@
+/* st_trace: streaming Chrome Trace Event JSON writer, whole file or nothing. */
+#ifndef ST_TRACE_H
+#define ST_TRACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "st_events.h"
+#include "st_sink.h"
+
+/* Version of the layout of StageTrace trace files (top-level "stagetraceFormat"). */
+#define ST_TRACE_FORMAT_VERSION 1
+
+typedef enum st_trace_status {
+    ST_TRACE_OK = 0,
+    ST_TRACE_OPEN_FAILED,   /* the temporary file could not be created; see err */
+    ST_TRACE_WRITE_FAILED,  /* write, flush or fsync failed; see err */
+    ST_TRACE_EXISTS,        /* the final path exists: never overwritten */
+    ST_TRACE_RENAME_FAILED, /* publishing the temporary file failed; see err */
+    ST_TRACE_BAD_STATE,     /* the writer is already committed or aborted */
+    ST_TRACE_NO_MEMORY,
+} st_trace_status;
+
+typedef struct st_trace_writer {
+    st_sink sink;
+    int fd;
+    int open;
+    int err; /* errno of the failure behind the last non-OK status */
+    int need_comma;
+    char *final_path;
+    char *tmp_path;
+    uint64_t events;
+} st_trace_writer;
+
+/* Create "<path>.tmp.<pid>.<n>" exclusively and write the file's opening.
+ * The final path is only created by st_trace_commit. Needs no GIL. On
+ * failure nothing is left on disk and the writer needs no abort. */
+st_trace_status st_trace_open(st_trace_writer *w, const char *path);
+
+/* Append one event as a Chrome trace "X" (span) or "i" (instant) object,
+ * ts/dur in microseconds relative to epoch_ns, names looked up in the intern
+ * table. Write errors are sticky and reported by st_trace_commit. */
+void st_trace_event(st_trace_writer *w, const st_event *ev, uint32_t pid, uint64_t epoch_ns);
+
+/* Append one pre-serialized JSON object (the caller vouches for its
+ * validity). Same error policy as st_trace_event. */
+void st_trace_raw(st_trace_writer *w, const char *json, size_t len);
+
+/* Close the event array, write "otherData" (a JSON object, or "{}" when
+ * other_json is NULL) and the format version, flush, fsync and
+ * publish under the final path without replacing an existing file. On any
+ * failure the temporary file is removed. The writer is closed either way. */
+st_trace_status st_trace_commit(st_trace_writer *w, const char *other_json, size_t len);
+
+/* Drop the temporary file and free the writer. Safe after commit (no-op). */
+void st_trace_abort(st_trace_writer *w);
+
+#endif

@@ -1,0 +1,99 @@
+"""Build StageTrace's C core (csrc/) as ``stagetrace._native``.
+
+The Python package is the ``comfy_nodes/`` folder, installed as ``stagetrace``;
+``python setup.py build_ext --inplace`` (what ``install.py`` runs) drops the
+extension next to it so ComfyUI can import the cloned folder directly.
+
+NVTX v3 is header-only. Its headers are looked up, in order, at
+$STAGETRACE_NVTX_INCLUDE, in NVIDIA's pip wheels in this Python's site-packages
+(nvidia-nvtx-cu12: nvidia/nvtx/include; nvidia-nvtx for CUDA 13:
+nvidia/cu13/include), under $CUDA_HOME/include and /usr/local/cuda/include.
+Without them the extension still builds, with NVTX calls compiled out.
+
+STAGETRACE_FULL_API=1 builds against the full C API (vectorcall) instead of
+the stable ABI (abi3); benchmarks/ uses it to measure what abi3 costs.
+"""
+
+import os
+import sys
+import sysconfig
+
+from setuptools import Extension, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [
+    "csrc/module.c",
+    "csrc/st_clock.c",
+    "csrc/st_events.c",
+    "csrc/st_intern.c",
+    "csrc/st_json.c",
+    "csrc/st_nvtx.c",
+    "csrc/st_sink.c",
+    "csrc/st_stage.c",
+    "csrc/st_trace.c",
+]
+LIMITED_API_HEX = "0x030A0000"  # abi3 for CPython 3.10 and newer
+
+
+def nvtx_include_candidates():
+    env = os.environ.get("STAGETRACE_NVTX_INCLUDE")
+    if env:
+        yield env
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths().get(key)
+        if site:
+            yield os.path.join(site, "nvidia", "nvtx", "include")
+            yield os.path.join(site, "nvidia", "cu13", "include")
+    for entry in sys.path:  # isolated build environments put wheels here
+        yield os.path.join(entry, "nvidia", "nvtx", "include")
+        yield os.path.join(entry, "nvidia", "cu13", "include")
+    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda:
+        yield os.path.join(cuda, "include")
+    yield "/usr/local/cuda/include"
+
+
+def find_nvtx_include():
+    for path in nvtx_include_candidates():
+        if os.path.isfile(os.path.join(path, "nvtx3", "nvToolsExt.h")):
+            return path
+    return None
+
+
+def extension():
+    full_api = os.environ.get("STAGETRACE_FULL_API") == "1"
+    macros = [("_GNU_SOURCE", None)]
+    include_dirs = ["csrc"]
+    nvtx = find_nvtx_include()
+    if nvtx:
+        macros.append(("ST_HAVE_NVTX", "1"))
+        include_dirs.append(nvtx)
+        print(f"stagetrace: NVTX headers from {nvtx}")
+    else:
+        print(
+            "stagetrace: no NVTX headers found (pip install nvidia-nvtx-cu12, or set "
+            "STAGETRACE_NVTX_INCLUDE); building without NVTX ranges"
+        )
+    if not full_api:
+        macros.append(("Py_LIMITED_API", LIMITED_API_HEX))
+    return Extension(
+        "stagetrace._native",
+        sources=SOURCES,
+        include_dirs=include_dirs,
+        define_macros=macros,
+        libraries=["dl", "pthread"],
+        extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra"],
+        py_limited_api=not full_api,
+    )
+
+
+options = {}
+if os.environ.get("STAGETRACE_FULL_API") != "1":
+    options["bdist_wheel"] = {"py_limited_api": "cp310"}
+
+setup(
+    packages=["stagetrace"],
+    package_dir={"stagetrace": "comfy_nodes"},
+    ext_modules=[extension()],
+    options=options,
+)
