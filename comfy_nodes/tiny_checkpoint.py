@@ -165,7 +165,7 @@ def tiny_vae_shapes() -> Shapes:
     return {VAE_PREFIX + k: v for k, v in shapes.items()}
 
 
-def _init_tensor(key: str, shape: tuple[int, ...], generator: "torch.Generator") -> "torch.Tensor":
+def _init_tensor(key: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     """Deterministic initial value for one parameter (see module docstring)."""
     import torch
 
@@ -179,7 +179,7 @@ def _init_tensor(key: str, shape: tuple[int, ...], generator: "torch.Generator")
 
 
 def tiny_sd15_state_dict(*, seed: int = 0, with_vae: bool = True,
-                         dtype: "torch.dtype | None" = None) -> "dict[str, torch.Tensor]":
+                         dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Build the checkpoint's state dict in memory (``dtype`` defaults to float16).
 
     Values are drawn in float32 in a fixed key order and then cast, so a given
@@ -197,7 +197,7 @@ def tiny_sd15_state_dict(*, seed: int = 0, with_vae: bool = True,
 
 
 def write_tiny_sd15_checkpoint(path: str | os.PathLike, *, seed: int = 0, with_vae: bool = True,
-                               dtype: "torch.dtype | None" = None) -> str:
+                               dtype: torch.dtype | None = None) -> str:
     """Write the tiny SD1.5 checkpoint as safetensors to ``path`` and return ``path`` as str.
 
     ``with_vae=False`` leaves out the ``first_stage_model.*`` keys (the loader then

@@ -1,0 +1,7 @@
+"""``python -m comfy_nodes`` (or ``python -m stagetrace`` when installed) runs the CLI."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""Per-prompt bookkeeping: what the hooks learn during a prompt, and the trace
+and console summary written when it ends.
+
+One prompt runs at a time in ComfyUI (its single prompt worker thread); the
+recorder keeps the state of the prompt in progress. Every method called from
+a hook is fail-open: it logs once and carries on, never raising into ComfyUI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from . import stages
+from .log import log_once, logger
+from .summary import format_text, summarize
+from .tracefile import load, trace_path
+
+VERSION = "0.1.0"
+MAX_QUEUED_SUBMITS = 1024
+
+
+class Recorder:
+    def __init__(self, native, settings, output_dir: Callable[[], str]):
+        self.native = native
+        self.settings = settings
+        self._output_dir = output_dir
+        self.hooks: list[str] = []  # what was wrapped, for the trace metadata
+        self.fallbacks: list[str] = []
+        self.last_trace: str | None = None
+        self.last_summary = None
+        self._submitted: dict[str, tuple[int, float]] = {}  # prompt id -> (ns, epoch s)
+        self._lock = threading.Lock()
+        self._reset_prompt()
+        self._hook_errors_seen = 0
+        self._open_nodes: dict[str, int] = {}  # fallback: node id -> start ns
+        self.on_self_check_failed: Callable[[], None] | None = None
+
+    # --- prompt state ---------------------------------------------------
+
+    def _reset_prompt(self) -> None:
+        self.prompt_id: str | None = None
+        self.prompt: dict = {}
+        self.cached_nodes: set[str] = set()
+        self.messages: list[tuple[int, str, dict]] = []
+        self.outcome = stages.OK
+        self.t_begin = 0
+        self.queue_wait_ns: int | None = None
+
+    def on_submit(self, prompt_id: str) -> None:
+        """A prompt entered the queue (PromptQueue.put)."""
+        with self._lock:
+            if len(self._submitted) >= MAX_QUEUED_SUBMITS:
+                self._submitted.pop(next(iter(self._submitted)))
+            self._submitted[str(prompt_id)] = (self.native.now_ns(), time.time())
+
+    def prompt_begin(self, prompt: dict, prompt_id: str, extra_data: dict | None) -> None:
+        self._reset_prompt()
+        self.prompt_id = str(prompt_id)
+        self.prompt = prompt if isinstance(prompt, dict) else {}
+        self.t_begin = self.native.now_ns()
+        with self._lock:
+            submitted = self._submitted.pop(self.prompt_id, None)
+        if submitted is not None:
+            self.queue_wait_ns = max(0, self.t_begin - submitted[0])
+        elif isinstance(extra_data, dict) and isinstance(extra_data.get("create_time"), (int, float)):
+            # newer ComfyUI stamps the submit time (epoch milliseconds)
+            self.queue_wait_ns = max(0, int((time.time() * 1000 - extra_data["create_time"]) * 1e6))
+
+    def prompt_namer(self, executor, prompt, prompt_id, *args, **kwargs):
+        return "prompt", str(prompt_id)
+
+    def prompt_outcome(self, _result) -> int:
+        return self.outcome
+
+    def class_type(self, node_id: str) -> str:
+        node = self.prompt.get(node_id)
+        if isinstance(node, dict) and isinstance(node.get("class_type"), str):
+            return node["class_type"]
+        return "?"
+
+    # --- node hooks (called by the C wrapper around execution.execute) --
+
+    def node_namer(self, server, dynprompt, caches, current_item, *args, **kwargs):
+        node_id = str(current_item)
+        try:
+            class_type = dynprompt.get_node(current_item)["class_type"]
+        except Exception:
+            class_type = self.class_type(node_id)
+        hint = stages.CACHED if node_id in self.cached_nodes else None
+        return class_type, node_id, hint
+
+    def node_outcome(self, result) -> int:
+        """Classify execute()'s (ExecutionResult, error_details, exception) tuple."""
+        status = getattr(result[0], "name", None) if isinstance(result, tuple) and result else None
+        if status == "FAILURE":
+            exc = result[2] if len(result) > 2 else None
+            return stages.INTERRUPTED if _is_interrupt(exc) else stages.ERROR
+        if status == "PENDING":
+            return stages.PENDING
+        return stages.OK
+
+    def on_message(self, event: str, data: dict) -> None:
+        """PromptExecutor.add_message tap: cached nodes and prompt events."""
+        now = self.native.now_ns()
+        data = data if isinstance(data, dict) else {}
+        if event == "execution_cached":
+            self.cached_nodes = {str(n) for n in data.get("nodes") or ()}
+        elif event == "execution_error":
+            self.outcome = stages.ERROR
+        elif event == "execution_interrupted":
+            self.outcome = stages.INTERRUPTED
+        self.messages.append((now, event, data))
+
+    # --- progress-handler fallback (when execution.execute moved) -------
+
+    def fallback_node_start(self, node_id: str) -> None:
+        self._open_nodes[str(node_id)] = self.native.now_ns()
+
+    def fallback_node_finish(self, node_id: str) -> None:
+        t0 = self._open_nodes.pop(str(node_id), None)
+        if t0 is not None:
+            self._record_node(str(node_id), t0, self.native.now_ns(), stages.OK)
+
+    def _record_node(self, node_id: str, t0: int, t1: int, outcome: int) -> None:
+        n = self.native
+        n.record(stages.NODE, n.intern(self.class_type(node_id)), n.intern(node_id), t0, t1, outcome)
+
+    # --- the end of a prompt ---------------------------------------------
+
+    def prompt_end(self) -> str | None:
+        """Drain, write the trace, print the summary. Returns the trace path."""
+        self._close_fallback_nodes()
+        batch = self.native.drain()
+        self._self_check(sum(1 for ev in batch.tolist() if ev[5] == stages.NODE))
+        directory = self._output_dir()
+        os.makedirs(directory, exist_ok=True)
+        path = trace_path(directory, self.prompt_id or "prompt")
+        writer = self.native.TraceWriter(path)
+        try:
+            pid = os.getpid()
+            writer.write_batch(batch, pid, 0)
+            for event in self._extra_events(batch, pid):
+                writer.write_raw(json.dumps(event, separators=(",", ":"), default=str))
+            writer.commit(json.dumps(self._metadata(), separators=(",", ":"), default=str))
+        finally:
+            writer.abort()  # no-op after commit; removes the temporary file otherwise
+        self.last_trace = path
+        self._report_hook_errors()
+        if self.settings.summary:
+            self.last_summary = summarize(load(path), trace_path=path)
+            logger.info("%s", format_text(self.last_summary))
+        return path
+
+    def _close_fallback_nodes(self) -> None:
+        now = self.native.now_ns()
+        outcome = stages.ERROR if self.outcome == stages.OK else self.outcome
+        for node_id, t0 in list(self._open_nodes.items()):
+            self._record_node(node_id, t0, now, outcome)
+        self._open_nodes.clear()
+
+    def _self_check(self, node_spans: int) -> None:
+        """A prompt that ran nodes must have produced node spans."""
+        succeeded = any(event == "execution_success" for _, event, _ in self.messages)
+        ran_nodes = bool(self.prompt) and len(self.cached_nodes) < len(self.prompt)
+        if succeeded and ran_nodes and node_spans == 0:
+            log_once(
+                "self-check",
+                "prompt %s ran with zero node spans: ComfyUI's execution.execute is no "
+                "longer called where StageTrace hooks it; node timing falls back to the "
+                "progress handler from the next prompt on",
+                self.prompt_id,
+            )
+            if self.on_self_check_failed is not None:
+                self.on_self_check_failed()
+
+    def _extra_events(self, batch, pid: int) -> list[dict]:
+        """Events only Python knows: names of threads, prompt messages, cached
+        nodes that never reached execute(), the queue wait."""
+        tid = threading.get_native_id()
+        events: list[dict] = [
+            {"ph": "M", "name": "process_name", "pid": pid, "tid": tid, "args": {"name": "ComfyUI (StageTrace)"}}
+        ]
+        recorded = batch.tolist()
+        native_names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+        for thread_id in sorted({ev[4] for ev in recorded} | {tid}):
+            name = native_names.get(thread_id, f"thread {thread_id}")
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": thread_id, "args": {"name": name}})
+        executed = {
+            self.native.name_of(ev[3]) for ev in recorded if ev[5] == stages.NODE and ev[3] != 0
+        }
+        for ts_ns, event, data in self.messages:
+            args = {k: v for k, v in data.items() if k in _MESSAGE_FIELDS}
+            events.append({"ph": "i", "s": "t", "cat": "prompt", "name": event, "ts": ts_ns / 1e3,
+                           "pid": pid, "tid": tid, "args": args})
+            if event == "execution_cached":
+                for node_id in sorted(self.cached_nodes - executed):
+                    events.append({"ph": "X", "cat": "node", "name": self.class_type(node_id), "ts": ts_ns / 1e3,
+                                   "dur": 0, "pid": pid, "tid": tid,
+                                   "args": {"outcome": "cached", "node_id": node_id}})
+        if self.queue_wait_ns is not None:
+            events.append({"ph": "X", "cat": "prompt", "name": "queue_wait",
+                           "ts": (self.t_begin - self.queue_wait_ns) / 1e3, "dur": self.queue_wait_ns / 1e3,
+                           "pid": pid, "tid": tid, "args": {"prompt_id": self.prompt_id}})
+        return events
+
+    def _metadata(self) -> dict:
+        comfy_version = getattr(sys.modules.get("comfyui_version"), "__version__", None)
+        torch = sys.modules.get("torch")
+        count, last = self.native.hook_errors()
+        return {
+            "stagetrace_version": VERSION,
+            "comfyui_version": comfy_version,
+            "prompt_id": self.prompt_id,
+            "outcome": stages.OUTCOMES[self.outcome],
+            "queue_wait_s": None if self.queue_wait_ns is None else self.queue_wait_ns / 1e9,
+            "hooks": list(self.hooks),
+            "fallbacks": list(self.fallbacks),
+            "dropped_events": self.native.dropped(),
+            "hook_errors": count,
+            "last_hook_error": last or None,
+            "clock": "CLOCK_MONOTONIC, microseconds",
+            "nvtx": bool(self.native.nvtx_enabled()),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "torch": getattr(torch, "__version__", None),
+        }
+
+    def _report_hook_errors(self) -> None:
+        count, last = self.native.hook_errors()
+        if count > self._hook_errors_seen:
+            self._hook_errors_seen = count
+            log_once("hook-error", "a hook failed and was skipped (%s); the prompt was not affected", last)
+
+
+_MESSAGE_FIELDS = ("prompt_id", "node_id", "node_type", "exception_type", "exception_message", "nodes")
+
+
+def _is_interrupt(exc: object) -> bool:
+    mm = sys.modules.get("comfy.model_management")
+    interrupt = getattr(mm, "InterruptProcessingException", None)
+    return isinstance(exc, KeyboardInterrupt) or (interrupt is not None and isinstance(exc, interrupt))

@@ -1,0 +1,56 @@
+"""Every StageTrace setting, read from the environment in one place.
+
+| variable                 | default                          | meaning                                   |
+|--------------------------|----------------------------------|-------------------------------------------|
+| STAGETRACE_DISABLE       | 0                                | 1: install no hooks at all (off switch)   |
+| STAGETRACE_OUTPUT_DIR    | <ComfyUI output>/stagetrace      | where traces are written                  |
+| STAGETRACE_NVTX          | 1                                | 0: no NVTX ranges                         |
+| STAGETRACE_SUMMARY       | 1                                | 0: no console summary after each prompt   |
+| STAGETRACE_BUFFER_EVENTS | 65536                            | events each thread's buffer holds         |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in _FALSE
+
+
+def _positive_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+    if number <= 0:
+        raise ValueError(f"{name}={value!r} must be positive")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    disabled: bool
+    output_dir: str | None  # None: ComfyUI's output folder + "/stagetrace"
+    nvtx: bool
+    summary: bool
+    buffer_events: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            disabled=_flag("STAGETRACE_DISABLE", False),
+            output_dir=os.environ.get("STAGETRACE_OUTPUT_DIR") or None,
+            nvtx=_flag("STAGETRACE_NVTX", True),
+            summary=_flag("STAGETRACE_SUMMARY", True),
+            buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
+        )

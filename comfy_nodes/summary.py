@@ -1,0 +1,147 @@
+"""The stage summary of one prompt, computed from trace events alone, so the
+console summary and ``stagetrace report TRACE`` always agree."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from .stages import STAGES
+
+TOP_NODES = 5
+
+
+@dataclass
+class NodeTime:
+    node_id: str
+    class_type: str
+    seconds: float
+    outcome: str
+
+
+@dataclass
+class Summary:
+    prompt_id: str
+    outcome: str
+    wall_s: float
+    queue_wait_s: float | None
+    stage_s: dict[str, float]  # union of each stage's spans
+    nodes: list[NodeTime]  # executed nodes, slowest first
+    cached: list[NodeTime]
+    failures: list[str] = field(default_factory=list)
+    events: int = 0
+    dropped: int = 0
+    trace_path: str | None = None
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for begin, finish in sorted(intervals):
+        if finish <= end:
+            continue
+        total += finish - max(begin, end)
+        end = finish
+    return total
+
+
+def summarize(trace: dict, trace_path: str | None = None) -> Summary:
+    """Summary of the (first) prompt in a parsed trace."""
+    events = trace.get("traceEvents", [])
+    other = trace.get("otherData") or {}
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    node_time: dict[str, NodeTime] = {}
+    cached: dict[str, NodeTime] = {}
+    failures: list[str] = []
+    prompt = None
+    queue_wait = None
+    for ev in events:
+        ph, cat, args = ev.get("ph"), ev.get("cat"), ev.get("args") or {}
+        if ph == "i" and ev.get("name") == "execution_error":
+            failures.append(
+                f"{args.get('node_type', '?')} #{args.get('node_id', '?')}: "
+                f"{args.get('exception_type', 'error')}: {args.get('exception_message', '')}".rstrip()
+            )
+        if ph != "X":
+            continue
+        ts, dur = float(ev["ts"]), float(ev["dur"])
+        if cat == "prompt" and ev.get("name") == "queue_wait":
+            queue_wait = dur / 1e6
+            continue
+        if cat == "prompt" and prompt is None:
+            prompt = ev
+        spans[cat].append((ts, ts + dur))
+        if cat == "node":
+            node_id = str(args.get("node_id", "?"))
+            outcome = args.get("outcome", "ok")
+            if outcome == "cached":
+                cached.setdefault(node_id, NodeTime(node_id, ev.get("name", "?"), 0.0, outcome))
+                continue
+            entry = node_time.setdefault(node_id, NodeTime(node_id, ev.get("name", "?"), 0.0, outcome))
+            entry.seconds += dur / 1e6
+            if outcome != "pending":
+                entry.outcome = outcome
+    if prompt is not None:
+        wall = float(prompt["dur"]) / 1e6
+        prompt_id = str((prompt.get("args") or {}).get("prompt_id", other.get("prompt_id", "?")))
+        outcome = (prompt.get("args") or {}).get("outcome", "ok")
+    else:  # a trace without a prompt span: the extent of everything in it
+        all_spans = [iv for ivs in spans.values() for iv in ivs]
+        wall = (max(e for _, e in all_spans) - min(b for b, _ in all_spans)) / 1e6 if all_spans else 0.0
+        prompt_id, outcome = str(other.get("prompt_id", "?")), "ok"
+    stage_s = {stage: _union_us(spans[stage]) / 1e6 for stage in STAGES if spans.get(stage)}
+    for stage in spans.keys() - set(STAGES):  # categories from newer versions
+        stage_s[stage] = _union_us(spans[stage]) / 1e6
+    for node_id in cached.keys() & node_time.keys():
+        del cached[node_id]
+    return Summary(
+        prompt_id=prompt_id,
+        outcome=outcome,
+        wall_s=wall,
+        queue_wait_s=queue_wait if queue_wait is not None else other.get("queue_wait_s"),
+        stage_s=stage_s,
+        nodes=sorted(node_time.values(), key=lambda n: n.seconds, reverse=True),
+        cached=sorted(cached.values(), key=lambda n: n.node_id),
+        failures=failures,
+        events=len(events),
+        dropped=int(other.get("dropped_events", 0) or 0),
+        trace_path=trace_path,
+    )
+
+
+def _seconds(s: float) -> str:
+    return f"{s * 1e3:9.1f} ms" if s < 1 else f"{s:9.3f} s "
+
+
+def _share(part: float, whole: float) -> str:
+    return f"{100 * part / whole:5.1f} %" if whole > 0 else "    - "
+
+
+def format_text(s: Summary) -> str:
+    """The console summary: wall time, time per stage, slowest nodes, cached nodes."""
+    head = f"StageTrace · prompt {s.prompt_id} · {s.outcome} · wall {s.wall_s:.3f} s"
+    if s.queue_wait_s is not None:
+        head += f" · queue wait {s.queue_wait_s:.3f} s"
+    lines = [head, f"  {'stage':<32}{'time':>12}{'share':>9}"]
+    for stage, secs in s.stage_s.items():
+        if stage != "prompt":
+            lines.append(f"  {stage:<32}{_seconds(secs):>12}{_share(secs, s.wall_s):>9}")
+    if "node" in s.stage_s:
+        outside = max(0.0, s.wall_s - s.stage_s["node"])
+        lines.append(f"  {'(outside nodes)':<32}{_seconds(outside):>12}{_share(outside, s.wall_s):>9}")
+    if s.nodes:
+        lines.append("  slowest nodes:")
+        for n in s.nodes[:TOP_NODES]:
+            mark = "" if n.outcome == "ok" else f"  [{n.outcome}]"
+            label = f"{n.class_type} #{n.node_id}"
+            label = label if len(label) <= 30 else label[:29] + "…"
+            lines.append(f"    {label:<30}{_seconds(n.seconds):>12}{_share(n.seconds, s.wall_s):>9}{mark}")
+    if s.cached:
+        names = ", ".join(f"{n.class_type} #{n.node_id}" for n in s.cached)
+        lines.append(f"  cached: {len(s.cached)} node{'s' if len(s.cached) != 1 else ''} ({names})")
+    for failure in s.failures:
+        lines.append(f"  failed: {failure}")
+    if s.trace_path:
+        lines.append(f"  trace: {s.trace_path} ({s.events} events, {s.dropped} dropped)")
+    elif s.dropped:
+        lines.append(f"  {s.dropped} events dropped (buffers full)")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""Reading StageTrace traces (Chrome Trace Event JSON) back, with errors that
+name the file and the byte offset or field."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+SUFFIX = ".trace.json"
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read; the message names the file and where."""
+
+
+def trace_path(output_dir: str, prompt_id: str, when: float | None = None) -> str:
+    """``<output_dir>/<YYYYmmdd-HHMMSS>_<prompt-id>.trace.json``; the prompt id is
+    reduced to letters, digits, '-' and '_' so it is always a safe file name."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", prompt_id)[:80] or "prompt"
+    return os.path.join(output_dir, f"{stamp}_{safe_id}{SUFFIX}")
+
+
+def load(path: str) -> dict:
+    """The parsed trace; TraceError for anything that is not a StageTrace/Chrome trace."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: byte offset {exc.start}: not UTF-8") from None
+    try:
+        trace = json.loads(text)
+    except json.JSONDecodeError as exc:
+        offset = len(text[: exc.pos].encode("utf-8"))
+        raise TraceError(f"{path}: byte offset {offset}: invalid JSON: {exc.msg}") from None
+    if isinstance(trace, list):  # the bare-array form of the format
+        trace = {"traceEvents": trace}
+    if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
+        raise TraceError(f"{path}: field 'traceEvents': missing or not a list")
+    for i, event in enumerate(trace["traceEvents"]):
+        if not isinstance(event, dict):
+            raise TraceError(f"{path}: field 'traceEvents[{i}]': not an object")
+        if event.get("ph") in ("X", "i", "I") and not isinstance(event.get("ts"), (int, float)):
+            raise TraceError(f"{path}: field 'traceEvents[{i}].ts': missing or not a number")
+        if event.get("ph") == "X" and not isinstance(event.get("dur"), (int, float)):
+            raise TraceError(f"{path}: field 'traceEvents[{i}].dur': missing or not a number")
+    return trace
