@@ -123,9 +123,12 @@ class Recorder:
         self._open_nodes[str(node_id)] = self.native.now_ns()
 
     def fallback_node_finish(self, node_id: str) -> None:
+        now = self.native.now_ns()
         t0 = self._open_nodes.pop(str(node_id), None)
-        if t0 is not None:
-            self._record_node(str(node_id), t0, self.native.now_ns(), stages.OK)
+        if t0 is None:  # ComfyUI finishes cache hits without starting them
+            self._record_node(str(node_id), now, now, stages.CACHED)
+        else:
+            self._record_node(str(node_id), t0, now, stages.OK)
 
     def _record_node(self, node_id: str, t0: int, t1: int, outcome: int) -> None:
         n = self.native

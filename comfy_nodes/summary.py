@@ -28,7 +28,7 @@ class Summary:
     stage_s: dict[str, float]  # union of each stage's spans
     nodes: list[NodeTime]  # executed nodes, slowest first
     cached: list[NodeTime]
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # "failed: ...", "interrupted at: ..."
     events: int = 0
     dropped: int = 0
     trace_path: str | None = None
@@ -58,9 +58,11 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         ph, cat, args = ev.get("ph"), ev.get("cat"), ev.get("args") or {}
         if ph == "i" and ev.get("name") == "execution_error":
             failures.append(
-                f"{args.get('node_type', '?')} #{args.get('node_id', '?')}: "
+                f"failed: {args.get('node_type', '?')} #{args.get('node_id', '?')}: "
                 f"{args.get('exception_type', 'error')}: {args.get('exception_message', '')}".rstrip()
             )
+        elif ph == "i" and ev.get("name") == "execution_interrupted":
+            failures.append(f"interrupted at: {args.get('node_type', '?')} #{args.get('node_id', '?')}")
         if ph != "X":
             continue
         ts, dur = float(ev["ts"]), float(ev["dur"])
@@ -139,7 +141,7 @@ def format_text(s: Summary) -> str:
         names = ", ".join(f"{n.class_type} #{n.node_id}" for n in s.cached)
         lines.append(f"  cached: {len(s.cached)} node{'s' if len(s.cached) != 1 else ''} ({names})")
     for failure in s.failures:
-        lines.append(f"  failed: {failure}")
+        lines.append(f"  {failure}")
     if s.trace_path:
         lines.append(f"  trace: {s.trace_path} ({s.events} events, {s.dropped} dropped)")
     elif s.dropped:

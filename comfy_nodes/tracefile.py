@@ -16,11 +16,18 @@ class TraceError(ValueError):
 
 
 def trace_path(output_dir: str, prompt_id: str, when: float | None = None) -> str:
-    """``<output_dir>/<YYYYmmdd-HHMMSS>_<prompt-id>.trace.json``; the prompt id is
-    reduced to letters, digits, '-' and '_' so it is always a safe file name."""
+    """``<output_dir>/<YYYYmmdd-HHMMSS>_<prompt-id>.trace.json``, with ``-2``,
+    ``-3``... added when that name is taken (files are never overwritten; the
+    writer still refuses to replace one that appears meanwhile). The prompt id
+    is reduced to letters, digits, '-' and '_' so it is always a safe name."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
     safe_id = re.sub(r"[^A-Za-z0-9_-]", "_", prompt_id)[:80] or "prompt"
-    return os.path.join(output_dir, f"{stamp}_{safe_id}{SUFFIX}")
+    path = os.path.join(output_dir, f"{stamp}_{safe_id}{SUFFIX}")
+    n = 1
+    while os.path.lexists(path):
+        n += 1
+        path = os.path.join(output_dir, f"{stamp}_{safe_id}-{n}{SUFFIX}")
+    return path
 
 
 def load(path: str) -> dict:

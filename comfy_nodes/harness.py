@@ -1,0 +1,240 @@
+"""Run real ComfyUI in this process, on the CPU, with no HTTP server: the demo
+and the integration tests drive prompts through ComfyUI's own executor.
+
+    python -m comfy_nodes.harness --comfyui DIR --workdir W --scenario basic \
+        [--custom-node-dir D ...] [--break-stagetrace]
+
+prints one final line ``HARNESS_RESULT {json}``. Scenarios: ``basic`` (one
+text-to-image prompt), ``twice`` (the same prompt twice: the second is served
+from cache), ``fail`` (a node raises), ``interrupt`` (a node interrupts the
+prompt). ``--break-stagetrace`` makes every StageTrace hook raise, to show the
+prompt is unaffected.
+
+Boot order follows shared/comfyui-notes.md §6: argument parsing off and
+``args.cpu`` set before ``comfy.model_management`` is imported; ComfyUI's
+``utils`` package imported before ``nodes`` puts ``comfy/`` first on sys.path
+(as ComfyUI's main.py does). The harness registers its own test nodes in
+``nodes.NODE_CLASS_MAPPINGS``; they are not part of StageTrace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import sys
+import time
+
+from .tiny_checkpoint import write_tiny_sd15_checkpoint
+
+CHECKPOINT = "tiny_sd15.safetensors"
+
+
+class RecordingServer:
+    """The few attributes PromptExecutor needs from ComfyUI's PromptServer."""
+
+    def __init__(self):
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.sockets_metadata = {}
+        self.messages: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
+
+
+def _test_nodes():
+    import nodes
+    import torch
+
+    class HarnessZeroConditioning:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {}}
+
+        RETURN_TYPES = ("CONDITIONING",)
+        FUNCTION = "make"
+        CATEGORY = "harness"
+
+        def make(self):
+            return ([[torch.zeros(1, 77, 768), {}]],)
+
+    class HarnessFail:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"latent": ("LATENT",)}}
+
+        RETURN_TYPES = ("LATENT",)
+        FUNCTION = "fail"
+        CATEGORY = "harness"
+
+        def fail(self, latent):
+            raise RuntimeError("harness: deliberate failure")
+
+    class HarnessInterrupt:
+        """Passes its latent through after asking ComfyUI to interrupt; the
+        next node's pre-execution check raises InterruptProcessingException."""
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"latent": ("LATENT",)}}
+
+        RETURN_TYPES = ("LATENT",)
+        FUNCTION = "interrupt"
+        CATEGORY = "harness"
+
+        def interrupt(self, latent):
+            nodes.interrupt_processing(True)
+            return (latent,)
+
+    return {cls.__name__: cls for cls in (HarnessZeroConditioning, HarnessFail, HarnessInterrupt)}
+
+
+class Harness:
+    def __init__(self, comfyui_dir: str, workdir: str, custom_node_dirs: tuple[str, ...] = ()):
+        self.comfyui_dir = os.path.abspath(comfyui_dir)
+        self.workdir = os.path.abspath(workdir)
+        self.custom_node_dirs = tuple(os.path.abspath(d) for d in custom_node_dirs)
+        self.models = os.path.join(self.workdir, "models", "checkpoints")
+        self.output = os.path.join(self.workdir, "output")
+        self.executor = None
+        self.server = RecordingServer()
+
+    def boot(self) -> None:
+        sys.path.insert(0, self.comfyui_dir)
+        import comfy.options
+
+        comfy.options.enable_args_parsing(False)
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        import folder_paths
+        import utils.extra_config  # noqa: F401  (ComfyUI's package, before nodes shadows 'utils')
+
+        os.makedirs(self.models, exist_ok=True)
+        os.makedirs(self.output, exist_ok=True)
+        folder_paths.add_model_folder_path("checkpoints", self.models, is_default=True)
+        folder_paths.set_output_directory(self.output)
+        # only the custom nodes asked for: never whatever sits in ComfyUI/custom_nodes
+        folder_paths.folder_names_and_paths["custom_nodes"] = (list(self.custom_node_dirs), set())
+        import execution
+        import nodes
+
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+        nodes.NODE_CLASS_MAPPINGS.update(_test_nodes())
+        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+
+    def write_checkpoint(self) -> str:
+        path = os.path.join(self.models, CHECKPOINT)
+        if not os.path.exists(path):
+            write_tiny_sd15_checkpoint(path)
+        return CHECKPOINT
+
+    def run(self, prompt: dict, prompt_id: str) -> dict:
+        import execution
+
+        before = self._images()
+        self.server.messages.clear()
+        valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
+        if not valid[0]:
+            return {"success": False, "validation_error": valid[1], "node_errors": valid[3]}
+        started = time.perf_counter()
+        self.executor.execute(prompt, prompt_id, {"client_id": "harness"}, valid[2])
+        seconds = time.perf_counter() - started
+        images = sorted(self._images() - before)
+        return {
+            "prompt_id": prompt_id,
+            "success": self.executor.success,
+            "seconds": seconds,
+            "status_messages": [event for event, _ in self.executor.status_messages],
+            "errors": [data for event, data in self.executor.status_messages
+                       if event in ("execution_error", "execution_interrupted")],
+            "images": images,
+            "sha256": {os.path.basename(p): _sha256(p) for p in images},
+        }
+
+    def _images(self) -> set[str]:
+        found = set()
+        for root, _, files in os.walk(self.output):
+            found.update(os.path.join(root, f) for f in files if f.endswith(".png"))
+        return found
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def tiny_txt2img(ckpt_name: str, seed: int = 1, steps: int = 2, filename_prefix: str = "st") -> dict:
+    """Loader -> zero conditioning -> 64x64 empty latent -> KSampler -> VAE decode -> save."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt_name}},
+        "6": {"class_type": "HarnessZeroConditioning", "inputs": {}},
+        "7": {"class_type": "HarnessZeroConditioning", "inputs": {}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "seed": seed, "steps": steps, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0, "model": ["4", 0], "positive": ["6", 0], "negative": ["7", 0],
+            "latent_image": ["5", 0]}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": filename_prefix, "images": ["8", 0]}},
+    }
+
+
+def with_node_between_sampler_and_decode(prompt: dict, class_type: str) -> dict:
+    """The workflow with ``class_type`` (LATENT in, LATENT out) as node "10"
+    between the sampler and the VAE decode."""
+    prompt = json.loads(json.dumps(prompt))
+    prompt["10"] = {"class_type": class_type, "inputs": {"latent": ["3", 0]}}
+    prompt["8"]["inputs"]["samples"] = ["10", 0]
+    return prompt
+
+
+def _break_stagetrace() -> int:
+    """Make every StageTrace hook raise (fault injection for the fail-open test)."""
+    broken = 0
+    for name, module in list(sys.modules.items()):
+        if name.endswith("comfy_nodes.recorder") and hasattr(module, "Recorder"):
+            def boom(*args, **kwargs):
+                raise RuntimeError("injected StageTrace fault")
+
+            for method in ("node_namer", "node_outcome", "on_message", "prompt_begin", "prompt_end",
+                           "prompt_namer", "prompt_outcome", "on_submit"):
+                setattr(module.Recorder, method, boom)
+            broken += 1
+    return broken
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfyui", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--scenario", choices=("basic", "twice", "fail", "interrupt"), default="basic")
+    parser.add_argument("--custom-node-dir", action="append", default=[])
+    parser.add_argument("--break-stagetrace", action="store_true")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    harness = Harness(args.comfyui, args.workdir, tuple(args.custom_node_dir))
+    started = time.perf_counter()
+    harness.boot()
+    boot_s = time.perf_counter() - started
+    broken = _break_stagetrace() if args.break_stagetrace else 0
+    prompt = tiny_txt2img(harness.write_checkpoint())
+    if args.scenario == "fail":
+        prompt = with_node_between_sampler_and_decode(prompt, "HarnessFail")
+    elif args.scenario == "interrupt":
+        prompt = with_node_between_sampler_and_decode(prompt, "HarnessInterrupt")
+    runs = [harness.run(prompt, f"{args.scenario}-1")]
+    if args.scenario == "twice":
+        runs.append(harness.run(prompt, f"{args.scenario}-2"))
+    print("HARNESS_RESULT " + json.dumps({"boot_s": boot_s, "broken_hooks": broken, "runs": runs}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""StageTrace inside real ComfyUI on the CPU (COMFYUI_DIR): each scenario runs
+in a fresh child process through comfy_nodes.harness, with this repository
+loaded by ComfyUI as a custom node, exactly as a user's clone would be."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from comfy_nodes.tracefile import load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(
+    not COMFYUI_DIR, reason="COMFYUI_DIR is not set: point it at a ComfyUI checkout to run these tests"
+)
+WORKFLOW_NODES = {"3", "4", "5", "6", "7", "8", "9"}
+
+
+def _custom_nodes(tmp_path, source=ROOT):
+    folder = tmp_path / "custom_nodes"
+    folder.mkdir(parents=True)
+    os.symlink(source, folder / "StageTrace")
+    return str(folder)
+
+
+def run_harness(tmp_path, scenario, stagetrace=True, extra=(), source=ROOT, env=None):
+    cmd = [sys.executable, "-m", "comfy_nodes.harness", "--comfyui", COMFYUI_DIR,
+           "--workdir", str(tmp_path), "--scenario", scenario, *extra]
+    if stagetrace:
+        cmd += ["--custom-node-dir", _custom_nodes(tmp_path, source)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, **(env or {})))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-5000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("HARNESS_RESULT ")][-1]
+    return json.loads(line[len("HARNESS_RESULT "):]), log
+
+
+def traces(tmp_path):
+    folder = tmp_path / "output" / "stagetrace"
+    return sorted(folder.glob("*.trace.json")) if folder.is_dir() else []
+
+
+def node_events(trace):
+    return [e for e in trace["traceEvents"] if e.get("cat") == "node" and e["ph"] == "X"]
+
+
+def test_prompt_trace_and_summary(tmp_path):
+    result, log = run_harness(tmp_path, "basic")
+    assert result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    assert trace["otherData"]["hooks"] == [
+        "execution.execute", "PromptExecutor.execute_async", "PromptExecutor.add_message", "PromptQueue.put"]
+    assert trace["otherData"]["comfyui_version"]
+    nodes = node_events(trace)
+    assert sorted(e["args"]["node_id"] for e in nodes) == sorted(WORKFLOW_NODES)  # every node, once
+    assert all(e["args"]["outcome"] == "ok" for e in nodes)
+    (prompt,) = [e for e in trace["traceEvents"] if e.get("cat") == "prompt" and e["ph"] == "X"]
+    assert prompt["args"] == {"outcome": "ok", "prompt_id": "basic-1"}
+    for e in nodes:
+        assert prompt["ts"] <= e["ts"] and e["ts"] + e["dur"] <= prompt["ts"] + prompt["dur"]
+        assert e["tid"] == prompt["tid"]
+    sampler = next(e for e in nodes if e["name"] == "KSampler")
+    assert sampler["dur"] > 1000  # a real 2-step sampler run takes well over a millisecond
+    # the console summary, and the report rebuilt from the file, agree
+    assert "StageTrace · prompt basic-1 · ok" in log and "KSampler #3" in log and str(path) in log
+    report = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    assert report.splitlines()[0] in log
+
+
+def test_second_run_marks_cached_nodes(tmp_path):
+    result, _ = run_harness(tmp_path, "twice")
+    assert [r["success"] for r in result["runs"]] == [True, True]
+    first, second = (load(str(p)) for p in traces(tmp_path))
+    assert all(e["args"]["outcome"] == "ok" for e in node_events(first))
+    cached = node_events(second)
+    assert sorted(e["args"]["node_id"] for e in cached) == sorted(WORKFLOW_NODES)
+    assert {e["args"]["outcome"] for e in cached} == {"cached"}
+    assert {e["name"] for e in cached} >= {"KSampler", "CheckpointLoaderSimple", "SaveImage"}
+
+
+def test_failing_node_is_recorded(tmp_path):
+    result, log = run_harness(tmp_path, "fail")
+    assert not result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    by_id = {e["args"]["node_id"]: e for e in node_events(trace)}
+    assert by_id["10"]["name"] == "HarnessFail" and by_id["10"]["args"]["outcome"] == "error"
+    assert "8" not in by_id and "9" not in by_id  # never ran
+    assert trace["otherData"]["outcome"] == "error"
+    error = next(e for e in trace["traceEvents"] if e.get("name") == "execution_error")
+    assert error["args"]["exception_type"].endswith("RuntimeError")
+    assert "failed: HarnessFail #10: RuntimeError: harness: deliberate failure" in log
+
+
+def test_interrupted_prompt_is_recorded(tmp_path):
+    result, log = run_harness(tmp_path, "interrupt")
+    assert "execution_interrupted" in result["runs"][0]["status_messages"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    by_id = {e["args"]["node_id"]: e for e in node_events(trace)}
+    assert by_id["8"]["args"]["outcome"] == "interrupted"
+    assert by_id["10"]["args"]["outcome"] == "ok"
+    assert trace["otherData"]["outcome"] == "interrupted"
+    assert "interrupted at: VAEDecode #8" in log
+
+
+def test_images_identical_with_and_without_stagetrace(tmp_path):
+    plain, _ = run_harness(tmp_path / "plain", "basic", stagetrace=False)
+    traced, _ = run_harness(tmp_path / "traced", "basic")
+    assert plain["runs"][0]["sha256"] and plain["runs"][0]["sha256"] == traced["runs"][0]["sha256"]
+    assert not traces(tmp_path / "plain") and len(traces(tmp_path / "traced")) == 1
+
+
+def test_failing_hooks_leave_the_prompt_untouched(tmp_path):
+    plain, _ = run_harness(tmp_path / "plain", "basic", stagetrace=False)
+    broken, log = run_harness(tmp_path / "broken", "basic", extra=["--break-stagetrace"])
+    assert broken["broken_hooks"] == 1
+    run = broken["runs"][0]
+    assert run["success"] and run["sha256"] == plain["runs"][0]["sha256"]
+    for said_once in ("prompt bookkeeping failed", "could not write the trace", "message tap failed"):
+        assert log.count(said_once) == 1, said_once
+
+
+def test_unbuilt_extension_keeps_comfyui_running(tmp_path):
+    source = tmp_path / "unbuilt"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns("*.so", ".git", "build", "__pycache__"))
+    result, log = run_harness(tmp_path / "run", "basic", source=str(source))
+    assert result["runs"][0]["success"] and result["runs"][0]["images"]
+    assert log.count("C extension not loaded") == 1
+    assert f"cd {tmp_path / 'run' / 'custom_nodes' / 'StageTrace'} && python install.py" in log
+    assert not traces(tmp_path / "run")
+
+
+def test_disable_switch_installs_nothing(tmp_path):
+    result, log = run_harness(tmp_path, "basic", env={"STAGETRACE_DISABLE": "1"})
+    assert result["runs"][0]["success"]
+    assert "StageTrace: disabled by STAGETRACE_DISABLE" in log and not traces(tmp_path)
+
+
+FALLBACK_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from comfy_nodes.harness import Harness, tiny_txt2img
+    h = Harness(sys.argv[1], sys.argv[2])
+    h.boot()
+    import execution
+    original = execution.execute
+    async def execute(*args, **kwargs):  # "ComfyUI moved": a signature StageTrace does not know
+        return await original(*args, **kwargs)
+    execution.execute = execute
+    from comfy_nodes.comfyui import setup
+    inst = setup()
+    run = h.run(tiny_txt2img(h.write_checkpoint()), "fallback-1")
+    print("RESULT " + json.dumps({"success": run["success"], "trace": inst.recorder.last_trace}))
+""")
+
+SELF_CHECK_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from comfy_nodes.harness import Harness, tiny_txt2img
+    h = Harness(sys.argv[1], sys.argv[2])
+    h.boot()
+    import execution
+    from comfy_nodes.comfyui import setup
+    inst = setup()
+    execution.execute = execution.execute.__wrapped__  # ComfyUI no longer calls what was hooked
+    runs = [h.run(tiny_txt2img(h.write_checkpoint(), seed=seed), f"moved-{seed}") for seed in (1, 2)]
+    print("RESULT " + json.dumps({"success": [r["success"] for r in runs]}))
+""")
+
+
+def test_self_check_notices_zero_node_spans_and_falls_back(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", SELF_CHECK_SCRIPT, COMFYUI_DIR, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert result["success"] == [True, True]
+    assert log.count("ran with zero node spans") == 1
+    first, second = (load(str(p)) for p in traces(tmp_path))
+    assert first["otherData"]["prompt_id"] == "moved-1"
+    assert node_events(first) == []
+    assert sorted(e["args"]["node_id"] for e in node_events(second)) == sorted(WORKFLOW_NODES)
+    assert second["otherData"]["fallbacks"] == ["node timing through the progress handler"]
+
+
+def test_progress_handler_fallback_when_execute_moved(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, COMFYUI_DIR, str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert result["success"]
+    assert "unknown signature" in log
+    trace = load(result["trace"])
+    assert trace["otherData"]["fallbacks"] == ["node timing through the progress handler"]
+    assert "execution.execute" not in trace["otherData"]["hooks"]
+    assert sorted(e["args"]["node_id"] for e in node_events(trace)) == sorted(WORKFLOW_NODES)

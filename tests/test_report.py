@@ -1,0 +1,153 @@
+"""The recorder's trace, the summary computed from it and the `stagetrace report`
+command, through the real C core (no ComfyUI needed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from comfy_nodes import stages
+from comfy_nodes.recorder import Recorder
+from comfy_nodes.settings import Settings
+from comfy_nodes.summary import format_text, summarize
+from comfy_nodes.tracefile import TraceError, load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_python_vocabulary_matches_c(native):
+    assert stages.STAGES == native.STAGES
+    assert stages.OUTCOMES == native.OUTCOMES
+
+
+@pytest.fixture
+def recorded_prompt(native, tmp_path):
+    """A prompt recorded the way the ComfyUI hooks record one: node spans from
+    the C Wrapper (one failing), a cached node only listed in execution_cached,
+    and prompt messages; written by Recorder.prompt_end."""
+    native.drain()
+    settings = Settings(disabled=False, output_dir=str(tmp_path), nvtx=False, summary=True, buffer_events=1024)
+    rec = Recorder(native, settings, lambda: str(tmp_path))
+    prompt = {
+        "1": {"class_type": "Loader"},
+        "2": {"class_type": "Sampler"},
+        "3": {"class_type": "Decode"},
+        "4": {"class_type": "CachedThing"},
+    }
+    rec.prompt_begin(prompt, "p-1", {})
+
+    def run(node_id):
+        if node_id == "3":
+            raise RuntimeError("boom")
+        return ("SUCCESS", None, None)
+
+    node = native.Wrapper(run, stages.NODE, "node", namer=lambda i: (prompt[i]["class_type"], i))
+    outer = native.Wrapper(lambda: [node("1"), node("2")], stages.PROMPT, "prompt", detail="p-1")
+    rec.on_message("execution_start", {"prompt_id": "p-1"})
+    rec.on_message("execution_cached", {"nodes": ["4"], "prompt_id": "p-1"})
+    outer()
+    with pytest.raises(RuntimeError):
+        node("3")
+    rec.on_message("execution_error", {"prompt_id": "p-1", "node_id": "3", "node_type": "Decode",
+                                       "exception_type": "RuntimeError", "exception_message": "boom"})
+    path = rec.prompt_end()
+    return rec, path
+
+
+def test_trace_is_valid_and_complete(recorded_prompt):
+    rec, path = recorded_prompt
+    trace = load(path)
+    assert trace["stagetraceFormat"] == 1
+    assert trace["otherData"]["prompt_id"] == "p-1"
+    assert trace["otherData"]["outcome"] == "error"
+    nodes = [e for e in trace["traceEvents"] if e.get("cat") == "node"]
+    by_id = {e["args"]["node_id"]: e for e in nodes}
+    assert sorted(by_id) == ["1", "2", "3", "4"] and len(nodes) == 4  # every node once
+    assert by_id["3"]["args"]["outcome"] == "error"
+    assert by_id["4"]["args"]["outcome"] == "cached" and by_id["4"]["dur"] == 0
+    prompt = next(e for e in trace["traceEvents"] if e.get("cat") == "prompt" and e["ph"] == "X")
+    for node_id in ("1", "2"):  # nested inside the prompt span
+        assert prompt["ts"] <= by_id[node_id]["ts"]
+        assert by_id[node_id]["ts"] + by_id[node_id]["dur"] <= prompt["ts"] + prompt["dur"]
+    names = {e["name"] for e in trace["traceEvents"] if e["ph"] == "M"}
+    assert names == {"process_name", "thread_name"}
+    assert not [f for f in os.listdir(os.path.dirname(path)) if ".tmp." in f]
+
+
+def test_summary_names_failures_cache_and_slowest(recorded_prompt):
+    rec, path = recorded_prompt
+    s = rec.last_summary
+    assert s.prompt_id == "p-1"
+    assert [n.node_id for n in s.cached] == ["4"]
+    assert {n.node_id for n in s.nodes} == {"1", "2", "3"}
+    assert s.failures == ["failed: Decode #3: RuntimeError: boom"]
+    text = format_text(s)
+    assert "cached: 1 node (CachedThing #4)" in text
+    assert "failed: Decode #3: RuntimeError: boom" in text
+    assert path in text
+
+
+def test_report_command_prints_the_same_summary(recorded_prompt):
+    rec, path = recorded_prompt
+    out = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", path], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == format_text(rec.last_summary)
+    as_json = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", "--json", path], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    assert json.loads(as_json)["prompt_id"] == "p-1"
+
+
+def test_stage_time_is_a_union_not_a_sum():
+    events = [
+        {"ph": "X", "cat": "prompt", "name": "prompt", "ts": 0, "dur": 100, "args": {"prompt_id": "x"}},
+        {"ph": "X", "cat": "node", "name": "A", "ts": 10, "dur": 50, "args": {"node_id": "1"}},
+        {"ph": "X", "cat": "node", "name": "B", "ts": 40, "dur": 40, "args": {"node_id": "2"}},  # overlaps A
+    ]
+    s = summarize({"traceEvents": events})
+    assert s.stage_s["node"] == pytest.approx(70e-6)
+    assert s.wall_s == pytest.approx(100e-6)
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b'{"traceEvents": [', "byte offset 17: invalid JSON"),
+        (b'{"traceEvents": [{"ph": "X", "ts": 1}]}', "field 'traceEvents[0].dur'"),
+        (b'{"traceEvents": 3}', "field 'traceEvents'"),
+        (b'\xff\xfe', "byte offset 0: not UTF-8"),
+        (b'{"traceEvents": [{"ph": "i", "ts": "soon"}]}', "field 'traceEvents[0].ts'"),
+    ],
+)
+def test_bad_traces_name_file_and_place(tmp_path, content, expected):
+    path = tmp_path / "bad.trace.json"
+    path.write_bytes(content)
+    with pytest.raises(TraceError) as err:
+        load(str(path))
+    assert str(path) in str(err.value) and expected in str(err.value)
+    proc = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", str(path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and expected in proc.stderr
+
+
+def test_builtin_demo_runs_without_comfyui(tmp_path, native):
+    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_DIR"}
+    proc = subprocess.run([sys.executable, "-m", "comfy_nodes", "demo", "--workdir", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "no ComfyUI given" in proc.stdout
+    traces = list((tmp_path / "traces").glob("*.trace.json"))
+    assert len(traces) == 1
+    assert "KSampler #3" in proc.stdout and str(traces[0]) in proc.stdout
+    assert len([e for e in load(str(traces[0]))["traceEvents"] if e.get("cat") == "node"]) == 7
+
+
+def test_trace_names_never_collide(tmp_path):
+    from comfy_nodes.tracefile import trace_path
+
+    first = trace_path(str(tmp_path), "a/b c", when=0)
+    assert os.path.basename(first).endswith("_a_b_c.trace.json")
+    open(first, "w").close()
+    second = trace_path(str(tmp_path), "a/b c", when=0)
+    assert second != first and second.endswith("_a_b_c-2.trace.json")
