@@ -199,14 +199,16 @@ static PyObject *call_with(PyObject *callable, const call_args *ca)
     return PyObject_Call(callable, ca->args, ca->kwargs);
 }
 
-/* Outcome of the exception in flight; never calls Python code, never
- * touches the exception. */
+/* Outcome of the exception in flight: "interrupted" for the given interrupt
+ * classes and for BaseExceptions that are not Exceptions (KeyboardInterrupt,
+ * asyncio.CancelledError, SystemExit: the call was stopped, it did not fail),
+ * else "error". Never calls Python code, never touches the exception. */
 static unsigned exception_outcome(PyObject *interrupts)
 {
     if (interrupts && PyErr_ExceptionMatches(interrupts)) {
         return ST_OUTCOME_INTERRUPTED;
     }
-    if (PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
         return ST_OUTCOME_INTERRUPTED;
     }
     return ST_OUTCOME_ERROR;
@@ -1393,6 +1395,21 @@ static int module_exec(PyObject *m)
         add_type(m, &writer_spec, &st->trace_writer_type) < 0) {
         return -1;
     }
+    /* a SpanAwait is a coroutine to asyncio (create_task, iscoroutine) */
+    PyObject *abc = PyImport_ImportModule("collections.abc");
+    PyObject *registered = NULL;
+    if (abc) {
+        PyObject *coroutine_abc = PyObject_GetAttrString(abc, "Coroutine");
+        registered = coroutine_abc ? PyObject_CallMethod(coroutine_abc, "register", "O",
+                                                         (PyObject *)st->span_await_type)
+                                   : NULL;
+        Py_XDECREF(coroutine_abc);
+        Py_DECREF(abc);
+    }
+    if (!registered) {
+        return -1;
+    }
+    Py_DECREF(registered);
     PyObject *stages = PyTuple_New(ST_STAGE_COUNT);
     PyObject *outcomes = PyTuple_New(ST_OUTCOME_COUNT);
     if (!stages || !outcomes) {
