@@ -41,7 +41,7 @@ def in_new_thread(fn):
 def test_clock_is_monotonic_across_threads(fresh):
     def sample():
         values = [fresh.now_ns() for _ in range(20000)]
-        return all(a <= b for a, b in zip(values, values[1:])), values[0], values[-1]
+        return all(a <= b for a, b in zip(values, values[1:], strict=False)), values[0], values[-1]
 
     results = []
     threads = [threading.Thread(target=lambda: results.append(sample())) for _ in range(4)]
@@ -284,7 +284,7 @@ def test_coroutines_are_timed_until_they_finish(fresh):
     events = fresh.drain().tolist()
     outcomes = [fresh.OUTCOMES[e[6]] for e in events]
     assert sorted(outcomes) == ["error", "interrupted", "ok", "ok", "ok", "ok"]
-    assert all(e[1] - e[0] >= 15_000_000 for e, o in zip(events, outcomes) if o == "ok")  # waited 20 ms
+    assert all(e[1] - e[0] >= 15_000_000 for e, o in zip(events, outcomes, strict=True) if o == "ok")  # waited 20 ms
 
 
 def test_class_level_wrapper_binds_self(fresh):
