@@ -325,10 +325,9 @@ static PyObject *wrapper_invoke(WrapperObject *self, const call_args *ca)
     if (self->namer) {
         apply_namer(self, ca, &name_id, &detail_id, &hint);
     }
-    uint64_t payload = detail_payload(detail_id);
     uint64_t t0 = st_clock_now_ns();
     if (!self->coroutine) {
-        st_nvtx_push(self->stage, name_id, payload);
+        st_nvtx_push(self->stage, name_id, detail_id ? detail_payload(detail_id) : 0);
     }
     PyObject *res = call_with(self->func, ca);
     if (!self->coroutine) {
@@ -336,7 +335,8 @@ static PyObject *wrapper_invoke(WrapperObject *self, const call_args *ca)
     }
     if (res) {
         module_state *st = state_of_type(Py_TYPE(self));
-        if (PyObject_TypeCheck(res, (PyTypeObject *)st->coroutine_type)) {
+        /* types.CoroutineType cannot be subclassed: an identity check is exact */
+        if (Py_IS_TYPE(res, (PyTypeObject *)st->coroutine_type)) {
             PyObject *aw = span_await_new(st->span_await_type, self, res, t0, name_id,
                                           detail_id, hint);
             if (!aw) { /* out of memory: hand back the plain coroutine */

@@ -29,8 +29,11 @@ static _Atomic uint32_t new_capacity = ST_EVENTS_DEFAULT_CAPACITY;
 /* Drops that happened before a thread had a buffer, or from freed buffers. */
 static _Atomic uint64_t orphan_dropped;
 
-static _Thread_local st_buffer *thread_buffer;
-static _Thread_local int thread_buffer_failed;
+/* initial-exec: a plain %fs-relative load on the hot path instead of a
+ * __tls_get_addr call; two words fit glibc's surplus static TLS for dlopen. */
+#define ST_FAST_TLS __attribute__((tls_model("initial-exec")))
+static _Thread_local st_buffer *thread_buffer ST_FAST_TLS;
+static _Thread_local int thread_buffer_failed ST_FAST_TLS;
 static pthread_key_t exit_key;
 static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
 

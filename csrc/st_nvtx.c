@@ -18,8 +18,16 @@
 #define CHUNK_SIZE (1u << CHUNK_BITS)
 #define CHUNK_COUNT (ST_INTERN_MAX / CHUNK_SIZE)
 
+/* NULL when no tool is attached: NVTX's no-tool path returns a null domain,
+ * and a tool can only attach at NVTX's one-time initialisation. */
 static nvtxDomainHandle_t domain;
 static atomic_int enabled;
+
+/* Emission is wanted and some tool listens. */
+static inline int active(void)
+{
+    return atomic_load_explicit(&enabled, memory_order_relaxed) && domain != NULL;
+}
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
 static nvtxStringHandle_t *_Atomic name_chunks[CHUNK_COUNT];
@@ -105,7 +113,7 @@ static void attributes(nvtxEventAttributes_t *a, unsigned stage, uint32_t name_i
 
 void st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload)
 {
-    if (!atomic_load_explicit(&enabled, memory_order_relaxed)) {
+    if (!active()) {
         return;
     }
     nvtxEventAttributes_t a;
@@ -115,7 +123,7 @@ void st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload)
 
 void st_nvtx_pop(void)
 {
-    if (!atomic_load_explicit(&enabled, memory_order_relaxed)) {
+    if (!active()) {
         return;
     }
     nvtxDomainRangePop(domain);
@@ -123,7 +131,7 @@ void st_nvtx_pop(void)
 
 uint64_t st_nvtx_start(unsigned stage, uint32_t name_id, uint64_t payload)
 {
-    if (!atomic_load_explicit(&enabled, memory_order_relaxed)) {
+    if (!active()) {
         return 0;
     }
     nvtxEventAttributes_t a;
@@ -133,14 +141,14 @@ uint64_t st_nvtx_start(unsigned stage, uint32_t name_id, uint64_t payload)
 
 void st_nvtx_end(uint64_t range_id)
 {
-    if (range_id && atomic_load_explicit(&enabled, memory_order_relaxed)) {
+    if (range_id && active()) {
         nvtxDomainRangeEnd(domain, range_id);
     }
 }
 
 void st_nvtx_mark(unsigned stage, uint32_t name_id, uint64_t payload)
 {
-    if (!atomic_load_explicit(&enabled, memory_order_relaxed)) {
+    if (!active()) {
         return;
     }
     nvtxEventAttributes_t a;
