@@ -20,6 +20,8 @@ from . import native as native_loader
 from . import stages
 from .native import ROOT
 from .settings import Settings
+from .summary import format_text, summarize
+from .tracefile import load
 
 
 def run(comfyui_dir: str | None, workdir: str | None) -> int:
@@ -39,7 +41,7 @@ def _run_comfyui(comfyui_dir: str, workdir: str) -> int:
         print(f"stagetrace demo: {comfyui_dir} is not a ComfyUI checkout (no execution.py)", file=sys.stderr)
         return 2
     traces = os.path.join(workdir, "traces")
-    env = dict(os.environ, STAGETRACE_OUTPUT_DIR=traces, STAGETRACE_SUMMARY="1")
+    env = dict(os.environ, STAGETRACE_OUTPUT_DIR=traces)
     nodes_dir = os.path.join(workdir, "custom_nodes")
     os.makedirs(nodes_dir, exist_ok=True)
     link = os.path.join(nodes_dir, "StageTrace")
@@ -51,17 +53,19 @@ def _run_comfyui(comfyui_dir: str, workdir: str) -> int:
     started = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
-    summary = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "StageTrace" in line
-               or line.startswith("  ")]
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         print(f"stagetrace demo: the ComfyUI run failed (exit {proc.returncode})", file=sys.stderr)
         return 1
-    print("\n".join(summary))
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("StageTrace: "):  # what StageTrace told ComfyUI's log
+            print(line)
     found = sorted(os.listdir(traces)) if os.path.isdir(traces) else []
     for name in found:
-        print(f"trace: {os.path.join(traces, name)}")
-    print(f"(whole run, ComfyUI start-up included: {elapsed:.1f} s). Open the trace in https://ui.perfetto.dev")
+        path = os.path.join(traces, name)
+        print(format_text(summarize(load(path), trace_path=path)))
+    print(f"(whole run, ComfyUI start-up included: {elapsed:.1f} s)")
+    print("Open the trace in https://ui.perfetto.dev, or: python -m comfy_nodes report TRACE")
     return 0 if found else 1
 
 
@@ -118,5 +122,5 @@ def _run_builtin(workdir: str) -> int:
     path = recorder.prompt_end()
     if not settings.summary:
         print(f"trace: {path}")
-    print("\nOpen the trace in https://ui.perfetto.dev, or: stagetrace report " + path)
+    print("\nOpen the trace in https://ui.perfetto.dev, or: python -m comfy_nodes report " + path)
     return 0

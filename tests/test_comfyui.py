@@ -202,3 +202,13 @@ def test_progress_handler_fallback_when_execute_moved(tmp_path):
     assert trace["otherData"]["fallbacks"] == ["node timing through the progress handler"]
     assert "execution.execute" not in trace["otherData"]["hooks"]
     assert sorted(e["args"]["node_id"] for e in node_events(trace)) == sorted(WORKFLOW_NODES)
+
+
+def test_demo_command_runs_real_comfyui(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "comfy_nodes", "demo", "--comfyui", COMFYUI_DIR,
+                           "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (path,) = (tmp_path / "traces").glob("*.trace.json")
+    assert "StageTrace: profiling every prompt" in proc.stdout
+    assert "StageTrace · prompt basic-1 · ok" in proc.stdout and f"trace: {path}" in proc.stdout
+    assert sorted(e["args"]["node_id"] for e in node_events(load(str(path)))) == sorted(WORKFLOW_NODES)
