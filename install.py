@@ -8,6 +8,7 @@ nvidia-nvtx-cu12 wheel is installed for its headers. Without any, the
 extension builds without NVTX ranges.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,10 +17,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 def have_nvtx_headers() -> bool:
-    probe = subprocess.run(
-        [sys.executable, "-c", "import runpy,sys; sys.argv=['setup.py','--name']; "
-         "runpy.run_path('setup.py')"], cwd=ROOT, capture_output=True, text=True)
-    return "NVTX headers from" in probe.stdout
+    spec = importlib.util.spec_from_file_location("stagetrace_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # setup() itself only runs as __main__
+    return module.find_nvtx_include() is not None
 
 
 def main() -> int:

@@ -87,13 +87,19 @@ def extension():
     )
 
 
-options = {}
-if os.environ.get("STAGETRACE_FULL_API") != "1":
-    options["bdist_wheel"] = {"py_limited_api": "cp310"}
+def main():
+    options = {}
+    if os.environ.get("STAGETRACE_FULL_API") != "1":
+        options["bdist_wheel"] = {"py_limited_api": "cp310"}
+    setup(
+        packages=["stagetrace"],
+        package_dir={"stagetrace": "comfy_nodes"},
+        ext_modules=[extension()],
+        options=options,
+    )
 
-setup(
-    packages=["stagetrace"],
-    package_dir={"stagetrace": "comfy_nodes"},
-    ext_modules=[extension()],
-    options=options,
-)
+
+# setuptools (pip, build_meta, `python setup.py`) runs this file as __main__;
+# tests and benchmarks import it for find_nvtx_include() without building.
+if __name__ == "__main__":
+    main()

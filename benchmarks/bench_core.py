@@ -1,24 +1,29 @@
-"""Overhead and throughput of StageTrace's C core, baselines measured in the same run.
+"""Overhead and throughput of StageTrace's C core, each against a baseline timed in the same run.
 
     python benchmarks/bench_core.py [--quick] [--check]
 
-1. Cost added per wrapped call: a plain call, the C Wrapper (abi3 build, and a
-   full-C-API vectorcall build made from the same sources into a temp dir), and
-   a pure-Python wrapper doing the same job (two perf_counter_ns calls,
-   try/finally, appending a record).
-2. NVTX push/pop pair with no tool attached, in C (benchmarks/nvtx_pair.c
-   linked with csrc/st_nvtx.c) and from Python.
-3. Trace writer: events per second and bytes per event.
+1. Cost added per wrapped call of a trivial Python function: the C Wrapper (the
+   repository's abi3 build, and a full-C-API vectorcall build made from the same
+   sources into a temporary directory) against a plain call and a pure-Python
+   wrapper doing the same job.
+2. One NVTX push/pop pair with no tool attached: in C (nvtx_pair.c, linked with
+   csrc/st_nvtx.c) and from Python, each against the same calls with emission off.
+3. Trace writer: events per second and bytes per event, against the json module.
 
-Figures are medians of several repeats; --check exits non-zero when a target is missed.
+Figures are medians of repeats; the variants of a section take turns within each
+repeat, so drift in machine speed hits them alike. Exits 0 unless --check is
+given and a target is missed. See benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import glob
+import importlib.machinery
+import importlib.util
+import json
 import os
-import re
+import platform
 import shutil
 import statistics
 import subprocess
@@ -28,33 +33,50 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.pop("NVTX_INJECTION64_PATH", None)  # "no tool attached"
+os.environ.pop("NVTX_INJECTION64_PATH", None)  # no tool attached: unset before NVTX first looks
 
 from comfy_nodes import _native  # noqa: E402
 
 NODE = _native.STAGES.index("node")
+BUFFER_CAPACITY = 1 << 21  # events; a repeat's events all fit, so none is dropped while timing
 
 
-def per_call_ns(fns: dict, calls: int, repeats: int, drains: dict | None = None) -> dict:
-    """Median nanoseconds per call of each fn() over `repeats` loops of `calls`
-    calls. The variants take turns within every repeat, so drift in machine
-    speed (other load, frequency) hits them all alike."""
-    samples: dict = {key: [] for key in fns}
-    for fn in fns.values():  # warm up
-        for _ in range(calls // 10):
-            fn()
+# --- Timing -----------------------------------------------------------------
+
+
+def paired_medians(timers: dict, repeats: int, calls: int) -> dict[str, float]:
+    """Median ns per call of each timer(calls) -> ns per call, the timers taking
+    turns within every repeat."""
+    samples: dict[str, list[float]] = {label: [] for label in timers}
     for _ in range(repeats):
-        for key, fn in fns.items():
-            t0 = time.perf_counter_ns()
-            for _ in range(calls):
-                fn()
-            samples[key].append((time.perf_counter_ns() - t0) / calls)
-            if drains and key in drains:
-                drains[key]()
-    return {key: statistics.median(values) for key, values in samples.items()}
+        for label, timer in timers.items():
+            samples[label].append(timer(calls))
+    return {label: statistics.median(values) for label, values in samples.items()}
 
 
-def python_wrapper(func, records: list):
+def call_timer(fn, before=None, after=None):
+    """A timer for `calls` calls of fn(); before() and after() run outside the
+    timed loop (to switch recording, or to drain what the calls recorded)."""
+
+    def timer(calls: int) -> float:
+        if before:
+            before()
+        t0 = time.perf_counter_ns()
+        for _ in range(calls):
+            fn()
+        ns = (time.perf_counter_ns() - t0) / calls
+        if after:
+            after()
+        return ns
+
+    return timer
+
+
+# --- 1. Cost per wrapped call -------------------------------------------------
+
+
+def python_wrapper(func, stage: int, name: str, records: list):
+    """The pure-Python equivalent of the C Wrapper's recording job."""
     perf = time.perf_counter_ns
 
     def wrapper(*args, **kwargs):
@@ -62,154 +84,262 @@ def python_wrapper(func, records: list):
         try:
             return func(*args, **kwargs)
         finally:
-            records.append((t0, perf(), "name"))
+            records.append((stage, name, t0, perf()))
 
     return wrapper
 
 
+class BuildFailed(Exception):
+    """A variant could not be built; the message says why."""
+
+
+def last_line(text: str, default: str) -> str:
+    return (text.strip().splitlines() or [default])[-1]
+
+
 def build_full_api(tmp: str):
-    """The full-C-API (vectorcall) build of the same sources, imported as
-    stagetrace_full._native; None with the reason when it cannot be built."""
+    """Build the full-C-API (vectorcall) variant from the repository's sources
+    into tmp and load it as stagetrace_full._native. Raises BuildFailed."""
+    lib = os.path.join(tmp, "full-lib")
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--force", "--build-lib", lib,
+         "--build-temp", os.path.join(tmp, "full-obj")],
+        cwd=ROOT, env=dict(os.environ, STAGETRACE_FULL_API="1"), capture_output=True, text=True,
+    )  # fmt: skip
+    built = glob.glob(os.path.join(lib, "stagetrace", "_native*.so"))
+    if proc.returncode != 0 or not built:
+        raise BuildFailed(last_line(proc.stderr, "no extension produced"))
+    name = "stagetrace_full._native"  # the last component must match PyInit__native
+    path = built[0]
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path, loader=loader))
+    loader.exec_module(module)
+    if module.LIMITED_API:
+        raise BuildFailed(f"{path} is a limited-API build")
+    return module
+
+
+def bench_wrapped_call(tmp: str, calls: int, repeats: int, targets: list) -> None:
     started = time.perf_counter()
-    env = dict(os.environ, STAGETRACE_FULL_API="1")
-    out = os.path.join(tmp, "lib")
-    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", out,
-                           "--build-temp", os.path.join(tmp, "obj")], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None, f"full-API build failed: {proc.stderr.strip().splitlines()[-1:]}"
-    package = os.path.join(tmp, "pkgs", "stagetrace_full")
-    shutil.copytree(os.path.join(out, "stagetrace"), package)
-    open(os.path.join(package, "__init__.py"), "w").close()
-    sys.path.insert(0, os.path.join(tmp, "pkgs"))
-    module = importlib.import_module("stagetrace_full._native")
-    assert module.LIMITED_API == 0
-    return module, f"built in {time.perf_counter() - started:.1f} s"
+    try:
+        full, full_note = build_full_api(tmp), f"built in {time.perf_counter() - started:.1f} s"
+    except BuildFailed as e:
+        full, full_note = None, f"build failed: {e}"
 
-
-def nvtx_include() -> str | None:
-    out = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, capture_output=True, text=True).stdout
-    found = re.search(r"NVTX headers from (.+)", out)
-    return found.group(1).strip() if found else None
-
-
-def nvtx_pair_in_c(tmp: str, pairs: int) -> tuple[float, float] | None:
-    include = nvtx_include()
-    if include is None or shutil.which("gcc") is None:
+    def target():
         return None
+
+    records: list = []
+    timers = {
+        "plain call": call_timer(target),
+        "C Wrapper, abi3, recording off": call_timer(
+            _native.Wrapper(target, NODE, "bench"),
+            before=lambda: _native.set_enabled(False),
+            after=lambda: _native.set_enabled(True),
+        ),
+        "C Wrapper, abi3 (tp_call)": call_timer(_native.Wrapper(target, NODE, "bench"), after=_native.drain),
+    }
+    if full is not None:
+        full.set_buffer_capacity(BUFFER_CAPACITY)
+        timers["C Wrapper, full API (vectorcall)"] = call_timer(full.Wrapper(target, NODE, "bench"), after=full.drain)
+    timers["pure-Python wrapper"] = call_timer(python_wrapper(target, NODE, "bench", records), after=records.clear)
+    ns = paired_medians(timers, repeats, calls)
+
+    print(f"1. Cost added per wrapped call (trivial Python function; {calls:,} calls, median of {repeats})")
+    print(f"   {'variant':<36} {'ns/call':>8} {'added':>8}")
+    base = ns["plain call"]
+    for label, value in ns.items():
+        added = "" if label == "plain call" else f"{value - base:+8.1f}"
+        print(f"   {label:<36} {value:8.1f} {added:>8}")
+    if full is None:
+        print(f"   {'C Wrapper, full API (vectorcall)':<36} skipped: {full_note}")
+    else:
+        print(f"   full-API variant: {full_note}")
+
+    c_added = ns["C Wrapper, abi3 (tp_call)"] - base
+    ratio = (ns["pure-Python wrapper"] - base) / c_added
+    print(f"   pure-Python added / C added: {ratio:.2f}x")
+    targets.append(("C Wrapper (abi3) adds < 150 ns a call", f"{c_added:.1f} ns", c_added < 150))
+    targets.append(("C Wrapper >= 3x cheaper than pure Python", f"{ratio:.2f}x", ratio >= 3))
+    if full is not None:
+        abi3_extra = ns["C Wrapper, abi3 (tp_call)"] - ns["C Wrapper, full API (vectorcall)"]
+        print(f"   abi3 - full API: {abi3_extra:+.1f} ns a call")
+        targets.append(("abi3 costs <= 20 ns a call more than full API", f"{abi3_extra:+.1f} ns", abi3_extra <= 20))
+    dropped = _native.dropped() + (full.dropped() if full is not None else 0)
+    print(f"   events dropped while timing: {dropped}")
+
+
+# --- 2. NVTX push/pop pair ------------------------------------------------------
+
+
+def setup_py_function(name: str):
+    """A function defined in setup.py (importing it does not run setup())."""
+    spec = importlib.util.spec_from_file_location("stagetrace_setup", os.path.join(ROOT, "setup.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def nvtx_pair_in_c(tmp: str, include: str, pairs: int, repeats: int):
+    """Build nvtx_pair.c and run it: median ns a pair with emission on, and with
+    it off. Raises BuildFailed."""
     exe = os.path.join(tmp, "nvtx_pair")
-    sources = [os.path.join(ROOT, "benchmarks", "nvtx_pair.c")] + [
-        os.path.join(ROOT, "csrc", f) for f in ("st_nvtx.c", "st_stage.c", "st_intern.c")]
-    subprocess.run(["gcc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-DST_HAVE_NVTX", f"-I{include}",
-                    f"-I{os.path.join(ROOT, 'csrc')}", *sources, "-o", exe, "-ldl", "-lpthread"], check=True)
-    out = subprocess.run([exe, str(pairs)], capture_output=True, text=True, check=True).stdout.split()
-    return float(out[0]), float(out[1])
+    csrc = os.path.join(ROOT, "csrc")
+    sources = [os.path.join(ROOT, "benchmarks", "nvtx_pair.c")]
+    sources += [os.path.join(csrc, f) for f in ("st_nvtx.c", "st_stage.c", "st_intern.c")]
+    proc = subprocess.run(
+        ["gcc", "-std=c11", "-O2", "-Wall", "-Wextra", "-D_GNU_SOURCE", "-DST_HAVE_NVTX=1",
+         f"-I{csrc}", f"-I{include}", *sources, "-o", exe, "-ldl", "-lpthread"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise BuildFailed(last_line(proc.stderr, "gcc failed"))
+    out = subprocess.run([exe, str(pairs), str(repeats)], capture_output=True, text=True, check=True).stdout
+    samples = [[float(field) for field in line.split()] for line in out.splitlines()]
+    return statistics.median(on for on, _ in samples), statistics.median(off for _, off in samples)
+
+
+def python_pair_timer(on: bool):
+    name_id = _native.intern("bench")
+    push, pop = _native.nvtx_push, _native.nvtx_pop
+
+    def timer(pairs: int) -> float:
+        _native.nvtx_set_enabled(on)
+        t0 = time.perf_counter_ns()
+        for _ in range(pairs):
+            push(NODE, name_id, 0)
+            pop()
+        ns = (time.perf_counter_ns() - t0) / pairs
+        _native.nvtx_set_enabled(True)
+        return ns
+
+    return timer
+
+
+def print_pair(on: float, off: float, places: int) -> None:
+    print(f"     {on:.{places}f} ns a pair; emission off {off:.{places}f} ns", end="; ")
+    print(f"NVTX's own share {on - off:+.{places}f} ns")
+
+
+def bench_nvtx(tmp: str, calls: int, repeats: int, c_pairs: int, targets: list) -> None:
+    print("2. NVTX push/pop pair, no tool attached (NVTX_INJECTION64_PATH unset)")
+    if not _native.NVTX_COMPILED:
+        print("   skipped: the extension was built without NVTX headers")
+        return
+    include = setup_py_function("find_nvtx_include")()
+    if include is None or shutil.which("gcc") is None:
+        print("   in C: skipped: needs gcc and the NVTX headers setup.py finds")
+    else:
+        print(f"   NVTX headers: {include}")
+        try:
+            on, off = nvtx_pair_in_c(tmp, include, c_pairs, repeats)
+        except BuildFailed as e:
+            print(f"   in C: skipped: nvtx_pair.c does not build: {e}")
+        else:
+            print(f"   in C ({c_pairs:,} pairs, median of {repeats}):")
+            print_pair(on, off, places=2)
+            targets.append(("NVTX push/pop pair (in C) < 5 ns", f"{on:.2f} ns", on < 5))
+    ns = paired_medians({"on": python_pair_timer(True), "off": python_pair_timer(False)}, repeats, calls)
+    print(f"   from Python ({calls:,} pairs, median of {repeats}):")
+    print_pair(ns["on"], ns["off"], places=1)
+
+
+# --- 3. Trace writer ------------------------------------------------------------
+
+
+def record_events(count: int):
+    """Record count node spans (50 names, 50 node ids) and drain them as one batch."""
+    _native.drain()
+    names = [_native.intern(f"Node{i}") for i in range(50)]
+    details = [_native.intern(str(i)) for i in range(50)]
+    record = _native.record
+    for i in range(count):
+        t0 = 1_000_000_000 + i * 1000
+        record(NODE, names[i % 50], details[i % 50], t0, t0 + 500)
+    batch = _native.drain()
+    if len(batch) != count:
+        raise RuntimeError(f"recorded {count} events, drained {len(batch)} ({_native.dropped()} dropped)")
+    return batch
+
+
+def write_with_c(batch, path: str) -> None:
+    writer = _native.TraceWriter(path)
+    writer.write_batch(batch, 1)
+    writer.commit('{"bench":true}')
+
+
+def write_with_json(batch, path: str) -> None:
+    """Baseline: the same Chrome trace events as dicts, written by the json module."""
+    stages, outcomes, name_of = _native.STAGES, _native.OUTCOMES, _native.name_of
+    events = [
+        {"ph": "X", "cat": stages[stage], "name": name_of(name_id), "ts": t0 / 1000, "dur": (t1 - t0) / 1000,
+         "pid": 1, "tid": tid, "args": {"outcome": outcomes[outcome], "node_id": name_of(detail_id)}}
+        for t0, t1, name_id, detail_id, tid, stage, outcome, _kind in batch.tolist()
+    ]  # fmt: skip
+    with open(path, "w") as f:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"bench": True}}, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def timed_write(write, batch, path: str) -> tuple[float, int]:
+    """Seconds write(batch, path) took and the size of the file it wrote (then removed)."""
+    t0 = time.perf_counter_ns()
+    write(batch, path)
+    seconds = (time.perf_counter_ns() - t0) / 1e9
+    size = os.path.getsize(path)
+    os.remove(path)
+    return seconds, size
+
+
+def bench_writer(tmp: str, events: int, repeats: int, targets: list) -> None:
+    batch = record_events(events)
+    path = os.path.join(tmp, "bench.trace.json")
+    c_runs = [timed_write(write_with_c, batch, path) for _ in range(repeats)]
+    results = {
+        "C TraceWriter": (statistics.median(seconds for seconds, _ in c_runs), c_runs[0][1]),
+        "json module": timed_write(write_with_json, batch, path),  # once: it is the slow reference
+    }
+    print(f"3. Trace writer ({events:,} node spans to a temp file, fsync included; C median of {repeats}, json once)")
+    print(f"   {'writer':<16} {'ms':>8} {'M events/s':>11} {'bytes/event':>12} {'MB':>7}")
+    for label, (seconds, size) in results.items():
+        rate = events / seconds
+        print(f"   {label:<16} {seconds * 1e3:8.1f} {rate / 1e6:11.2f} {size / events:12.1f} {size / 1e6:7.1f}")
+    rate = events / results["C TraceWriter"][0]
+    print(f"   C / json module: {results['json module'][0] / results['C TraceWriter'][0]:.1f}x the events per second")
+    targets.append(("trace writer >= 2 M events/s", f"{rate / 1e6:.2f} M/s", rate >= 2e6))
+
+
+# --- Main -------------------------------------------------------------------------
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="StageTrace core overhead benchmarks")
-    parser.add_argument("--quick", action="store_true", help="fewer calls, for a smoke run")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    parser = argparse.ArgumentParser(description="StageTrace core overhead and throughput benchmarks")
+    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats: a smoke run")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
-    calls, repeats = (20_000, 3) if args.quick else (200_000, 7)
-    writer_events = 100_000 if args.quick else 1_000_000
-    _native.set_buffer_capacity(1 << 21)  # no drops while measuring: every call stores its event
+    if args.quick:
+        calls, repeats, c_pairs, writer_events, writer_repeats = 20_000, 3, 1_000_000, 100_000, 1
+    else:
+        calls, repeats, c_pairs, writer_events, writer_repeats = 200_000, 7, 10_000_000, 1_000_000, 3
+
+    build = "abi3" if _native.LIMITED_API else "full API (expected abi3: rebuild with `make build`)"
+    print(f"StageTrace core benchmarks: Python {platform.python_version()}, {platform.machine()}, ", end="")
+    print(f"{os.cpu_count()} CPUs, extension {build}")
+    print()
+    _native.set_buffer_capacity(BUFFER_CAPACITY)
     targets: list[tuple[str, str, bool]] = []
+    with tempfile.TemporaryDirectory(prefix="stagetrace-bench-") as tmp:
+        bench_wrapped_call(tmp, calls, repeats, targets)
+        print()
+        bench_nvtx(tmp, calls, repeats, c_pairs, targets)
+        print()
+        bench_writer(tmp, writer_events, writer_repeats, targets)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        full, full_note = build_full_api(tmp)
-        if full is not None:
-            full.set_buffer_capacity(1 << 21)
-
-        # --- 1. per-call cost ---
-        def target():
-            return None
-
-        records: list = []
-        py_wrapped = python_wrapper(target, records)
-        c_wrapped = _native.Wrapper(target, NODE, "bench")
-        full_wrapped = full.Wrapper(target, NODE, "bench") if full is not None else None
-        variants = {"base": target, "c": c_wrapped, "py": py_wrapped}
-        drains = {"c": _native.drain, "py": records.clear}
-        if full_wrapped is not None:
-            variants["full"] = full_wrapped
-            drains["full"] = full.drain
-        ns = per_call_ns(variants, calls, repeats, drains)
-        base, c_ns, py_ns, full_ns = ns["base"], ns["c"], ns["py"], ns.get("full")
-        c_added, py_added = c_ns - base, py_ns - base
-        print("1. cost added per wrapped call (trivial Python function)")
-        print(f"   plain call                      {base:8.1f} ns")
-        print(f"   C Wrapper, abi3 (tp_call)       {c_ns:8.1f} ns   +{c_added:6.1f} ns")
-        if full_ns is not None:
-            print(f"   C Wrapper, full API (vectorcall){full_ns:8.1f} ns   +{full_ns - base:6.1f} ns   ({full_note})")
-        else:
-            print(f"   C Wrapper, full API: skipped ({full_note})")
-        print(f"   pure-Python perf_counter wrapper{py_ns:8.1f} ns   +{py_added:6.1f} ns")
-        print(f"   ratio pure-Python added / C added: {py_added / c_added:5.1f}x")
-        targets.append(("C wrapper adds < 150 ns per call", f"{c_added:.1f} ns", c_added < 150))
-        targets.append(("C wrapper >= 3x cheaper than pure Python", f"{py_added / c_added:.1f}x",
-                        py_added / c_added >= 3))
-        if full_ns is not None:
-            abi_cost = c_ns - full_ns
-            print(f"   abi3 costs {abi_cost:+.1f} ns per call against the full API")
-            targets.append(("abi3 costs <= 20 ns more than full API", f"{abi_cost:+.1f} ns", abi_cost <= 20))
-
-        # --- 2. NVTX ---
-        pairs = 1_000_000 if args.quick else 10_000_000
-        in_c = nvtx_pair_in_c(tmp, pairs)
-        name = _native.intern("bench")
-        push, pop = _native.nvtx_push, _native.nvtx_pop
-
-        def pair():
-            push(NODE, name, 0)
-            pop()
-
-        def pair_off():
-            _native.nvtx_set_enabled(False)
-            pair()
-            _native.nvtx_set_enabled(True)
-
-        def pair_on():
-            _native.nvtx_set_enabled(True)
-            pair()
-            _native.nvtx_set_enabled(True)
-
-        nvtx_ns = per_call_ns({"on": pair_on, "off": pair_off}, calls, repeats)
-        py_on, py_off = nvtx_ns["on"], nvtx_ns["off"]
-        print("2. NVTX push/pop pair, no tool attached")
-        if in_c is not None:
-            print(f"   in C: {in_c[0]:.2f} ns a pair (emission off: {in_c[1]:.2f} ns), {pairs:,} pairs")
-            targets.append(("NVTX push/pop pair < 5 ns", f"{in_c[0]:.2f} ns", in_c[0] < 5))
-        else:
-            print("   in C: skipped (no NVTX headers or gcc)")
-        print(f"   from Python: {py_on:.1f} ns a pair, {py_off:.1f} ns with emission off "
-              f"(NVTX's own share: {py_on - py_off:+.1f} ns)")
-
-        # --- 3. writer ---
-        _native.drain()
-        record, intern_ = _native.record, _native.intern
-        names = [intern_(f"Node{i}") for i in range(50)]
-        details = [intern_(str(i)) for i in range(50)]
-        for i in range(writer_events):
-            record(NODE, names[i % 50], details[i % 50], 1_000_000 + i * 1000, 1_000_500 + i * 1000)
-        batch = _native.drain()
-        assert len(batch) == writer_events, (len(batch), _native.dropped())
-        path = os.path.join(tmp, "bench.trace.json")
-        t0 = time.perf_counter_ns()
-        writer = _native.TraceWriter(path)
-        writer.write_batch(batch, 1)
-        writer.commit('{"bench":true}')
-        seconds = (time.perf_counter_ns() - t0) / 1e9
-        size = os.path.getsize(path)
-        rate = writer_events / seconds
-        print("3. trace writer")
-        print(f"   {writer_events:,} events in {seconds * 1e3:.1f} ms: {rate / 1e6:.2f} M events/s, "
-              f"{size / writer_events:.1f} bytes/event ({size / 1e6:.1f} MB, fsync included)")
-        targets.append(("writer >= 2 M events/s", f"{rate / 1e6:.2f} M/s", rate >= 2e6))
-
-    print("targets")
+    print()
+    print("Targets")
     for label, figure, ok in targets:
-        print(f"   {'PASS' if ok else 'FAIL'}  {label:<42} {figure}")
+        print(f"   {'PASS' if ok else 'FAIL'}  {label:<48} {figure:>10}")
     return 1 if args.check and not all(ok for _, _, ok in targets) else 0
 
 

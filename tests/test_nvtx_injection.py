@@ -1,48 +1,70 @@
 """NVTX through the real injection mechanism: NVTX itself loads a recorder
-tool (tests/nvtx/recorder.c, built here) named by NVTX_INJECTION64_PATH, the
-way Nsight Systems attaches, and the recorder logs every call StageTrace makes."""
+tool (tests/nvtx/recorder.c, built here with gcc) named by
+NVTX_INJECTION64_PATH, the way Nsight Systems attaches, and the recorder logs
+every NVTX call StageTrace makes. Each scenario runs in a fresh interpreter,
+because NVTX looks for a tool only once per process."""
 
 import collections
+import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from nvtx_paths import nvtx_include
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def nvtx_include():
-    """The NVTX include directory setup.py builds with (it prints it), or None."""
-    out = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, capture_output=True, text=True).stdout
-    found = re.search(r"NVTX headers from (.+)", out)
-    return found.group(1).strip() if found else None
+Call = collections.namedtuple("Call", "tid op domain message argb category payload range_id")
 
 
 @pytest.fixture(scope="module")
 def recorder_lib(tmp_path_factory):
-    from comfy_nodes import _native
-
+    try:
+        from comfy_nodes import _native
+    except ImportError as exc:
+        pytest.skip(f"C extension not built: run python setup.py build_ext --inplace ({exc})")
     if not _native.NVTX_COMPILED:
-        pytest.skip("the extension was built without NVTX headers")
+        pytest.skip("the extension was built without NVTX headers (NVTX_COMPILED is 0)")
     include = nvtx_include()
-    if include is None or shutil.which("gcc") is None:
-        pytest.skip("no NVTX headers or no gcc to build the recorder tool")
+    if include is None:
+        pytest.skip("no NVTX headers to build the recorder tool (pip install nvidia-nvtx-cu12)")
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to build the NVTX recorder tool")
     lib = tmp_path_factory.mktemp("nvtx") / "librecorder.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-Wall", "-Werror", f"-I{include}",
-                    os.path.join(ROOT, "tests", "nvtx", "recorder.c"), "-o", str(lib), "-lpthread"], check=True)
+    source = os.path.join(ROOT, "tests", "nvtx", "recorder.c")
+    subprocess.run(
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-O1",
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{include}",
+            source,
+            "-o",
+            str(lib),
+            "-lpthread",
+        ],
+        check=True,
+    )
     return str(lib)
 
 
+# Runs in a child interpreter; prints one JSON line of facts the log is checked against.
 SCRIPT = textwrap.dedent("""
-    import asyncio, sys, threading
+    import asyncio, json, sys, threading
     from comfy_nodes import _native as n
     NODE, PROMPT, STEP = n.STAGES.index("node"), n.STAGES.index("prompt"), n.STAGES.index("sample.step")
+    facts = {"prompt_detail_id": n.intern("p-1")}
     if sys.argv[1] == "off":
         n.nvtx_set_enabled(False)
+        facts["off_range_id"] = n.nvtx_range_start(NODE, n.intern("Manual"))
     inner = n.Wrapper(lambda: 1, STEP, "Step", detail="12")
     outer = n.Wrapper(lambda: inner() + inner(), NODE, "KSampler", detail="3")
     outer()
@@ -54,61 +76,119 @@ SCRIPT = textwrap.dedent("""
     [t.start() for t in threads]
     [t.join() for t in threads]
     n.record(NODE, n.intern("Marker"), n.intern("7"), n.now_ns(), n.now_ns(), instant=True)
+    manual = n.intern("Manual")
+    n.nvtx_push(NODE, manual, 99)
+    n.nvtx_pop()
+    facts["manual_range_id"] = n.nvtx_range_start(NODE, manual, 5)
+    n.nvtx_range_end(facts["manual_range_id"])
+    if sys.argv[1] == "off":
+        n.nvtx_set_enabled(True)  # on again: only this marker may appear
+        n.record(NODE, n.intern("BackOn"), 0, n.now_ns(), n.now_ns(), instant=True)
+    print(json.dumps(facts))
 """)
 
 
-def run_recorded(recorder_lib, tmp_path, mode="on"):
+def run_recorded(tmp_path, recorder_lib, mode="on"):
+    """Run SCRIPT under the recorder; return (calls in log order, the script's facts)."""
     log = tmp_path / f"nvtx-{mode}.log"
-    env = dict(os.environ, NVTX_INJECTION64_PATH=recorder_lib, STAGETRACE_NVTX_LOG=str(log))
-    subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=ROOT, env=env, check=True, timeout=60)
-    Call = collections.namedtuple("Call", "tid op domain message argb category payload range_id")
-    return [Call(*line.split("\t")) for line in log.read_text().splitlines()] if log.exists() else []
+    env = dict(os.environ, STAGETRACE_NVTX_LOG=str(log))
+    if recorder_lib:
+        env["NVTX_INJECTION64_PATH"] = recorder_lib
+    else:
+        env.pop("NVTX_INJECTION64_PATH", None)
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, mode], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    calls = [Call(*line.split("\t")) for line in log.read_text().splitlines()] if log.exists() else []
+    return calls, json.loads(done.stdout.splitlines()[-1])
 
 
-def test_domain_names_colours_and_payloads(recorder_lib, tmp_path):
+@pytest.fixture(scope="module")
+def recorded(recorder_lib, tmp_path_factory):
+    return run_recorded(tmp_path_factory.mktemp("on"), recorder_lib)
+
+
+def text(c):
+    """The message text without its reg:/txt: prefix."""
+    return c.message.split(":", 1)[1]
+
+
+def test_one_domain_with_stage_categories(recorded):
     from comfy_nodes import _native
 
-    calls = run_recorded(recorder_lib, tmp_path)
+    calls, _ = recorded
+    assert [c.op for c in calls].count("domain_create") == 1
     assert [c.domain for c in calls if c.op == "domain_create"] == ["StageTrace"]
-    assert {c.domain for c in calls} == {"StageTrace"}
-    categories = [c.message for c in calls if c.op == "name_category"]
-    assert categories == [f"txt:{i + 1}={name}" for i, name in enumerate(_native.STAGES)]
-    registered = {c.message[4:] for c in calls if c.op == "register_string"}
-    assert {"KSampler", "Step", "prompt", "Marker"} <= registered
+    assert {c.domain for c in calls} == {"StageTrace"}  # nothing outside the domain
+    categories = [text(c) for c in calls if c.op == "name_category"]
+    assert categories == [f"{i + 1}={name}" for i, name in enumerate(_native.STAGES)]
+
+
+def test_ranges_carry_registered_names_colours_categories_payloads(recorded):
+    from comfy_nodes import _native
+
+    calls, facts = recorded
+    registered = collections.Counter(text(c) for c in calls if c.op == "register_string")
+    assert {"KSampler", "Step", "prompt", "Marker", "Manual"} <= set(registered)
+    assert set(registered.values()) == {1}  # each name registered once, however often used
     ranges = [c for c in calls if c.op in ("push", "start", "mark")]
-    assert ranges and all(c.message.startswith("reg:") for c in ranges)  # registered strings, not copies
-    stage_of = {"KSampler": "node", "Step": "sample.step", "prompt": "prompt", "Marker": "node"}
+    assert ranges and all(c.message.startswith("reg:") for c in ranges)  # handles, not copied text
+    stage_of = {"KSampler": "node", "Step": "sample.step", "prompt": "prompt", "Marker": "node", "Manual": "node"}
     for c in ranges:
-        stage = _native.STAGES.index(stage_of[c.message[4:]])
-        assert int(c.argb) == _native.STAGE_COLOURS[stage]
-        assert int(c.category) == stage + 1
-    payloads = {c.message[4:]: int(c.payload) for c in ranges}
-    assert payloads["Step"] == 12 and payloads["KSampler"] == 3 and payloads["Marker"] == 7
-    assert [c.op for c in calls if c.message == "reg:Marker"] == ["mark"]
+        stage = _native.STAGES.index(stage_of[text(c)])
+        assert int(c.argb) == _native.STAGE_COLOURS[stage], c
+        assert int(c.category) == stage + 1, c
+    payloads = collections.defaultdict(set)
+    for c in ranges:
+        payloads[c.op, text(c)].add(int(c.payload))
+    assert payloads["push", "Step"] == {12}  # numeric node id as the number itself
+    assert payloads["push", "KSampler"] == {3}
+    assert payloads["mark", "Marker"] == {7}
+    assert payloads["start", "prompt"] == {facts["prompt_detail_id"]}  # not numeric: the intern id
+    assert payloads["push", "Manual"] == {99} and payloads["start", "Manual"] == {5}
+    assert [c.op for c in calls if c.message == "reg:Marker"] == ["mark"]  # an instant is a marker
 
 
-def test_ranges_balance_and_nest_per_thread(recorder_lib, tmp_path):
-    calls = run_recorded(recorder_lib, tmp_path)
+def test_push_pop_balance_and_nest_per_thread(recorded):
+    calls, _ = recorded
     stacks = collections.defaultdict(list)
     for c in calls:
         if c.op == "push":
-            stacks[c.tid].append(c.message)
+            stacks[c.tid].append(text(c))
         elif c.op == "pop":
-            assert stacks[c.tid], f"pop without push on thread {c.tid}"
+            assert stacks[c.tid], f"pop without a push on thread {c.tid}"
             stacks[c.tid].pop()
-    assert all(not stack for stack in stacks.values())
-    assert len({c.tid for c in calls if c.op == "push"}) == 4  # main thread + 3 workers
-    main = calls[0].tid
-    sequence = [(c.op, c.message) for c in calls if c.tid == main and c.op in ("push", "pop")][:6]
-    assert sequence == [("push", "reg:KSampler"), ("push", "reg:Step"), ("pop", "-"),
-                        ("push", "reg:Step"), ("pop", "-"), ("pop", "-")]
-    # the coroutine span is a start/end range (it may suspend), matched by id
-    starts = {c.range_id for c in calls if c.op == "start"}
+    assert stacks and all(not stack for stack in stacks.values())
+    main = next(c.tid for c in calls if c.op == "domain_create")  # the importing thread
+    workers = {c.tid for c in calls if c.op == "push"} - {main}
+    assert len(workers) == 3
+    nested = [("push", "KSampler"), ("push", "Step"), ("pop", "-"), ("push", "Step"), ("pop", "-"), ("pop", "-")]
+    for tid in workers | {main}:
+        sequence = [
+            (c.op, text(c) if c.op == "push" else "-") for c in calls if c.tid == tid and c.op in ("push", "pop")
+        ]
+        assert sequence[:6] == nested, tid
+
+
+def test_start_end_ranges_match(recorded):
+    calls, facts = recorded
+    starts = {c.range_id: text(c) for c in calls if c.op == "start"}
     ends = [c.range_id for c in calls if c.op == "end"]
-    assert len(starts) == 1 and sorted(ends) == sorted(starts)
-    assert [c.message for c in calls if c.op == "start"] == ["reg:prompt"]
+    assert sorted(starts.values()) == ["Manual", "prompt"]  # a coroutine span may suspend: start/end
+    assert sorted(ends) == sorted(starts) and len(set(ends)) == len(ends)
+    assert starts[str(facts["manual_range_id"])] == "Manual"  # the tool's id reaches Python unchanged
 
 
-def test_disabled_nvtx_emits_no_ranges(recorder_lib, tmp_path):
-    calls = run_recorded(recorder_lib, tmp_path, mode="off")
-    assert not [c for c in calls if c.op in ("push", "pop", "start", "end", "mark")]
+def test_disabled_nvtx_emits_nothing(recorder_lib, tmp_path):
+    calls, facts = run_recorded(tmp_path, recorder_lib, mode="off")
+    emitted = [(c.op, c.message) for c in calls if c.op in ("push", "pop", "start", "end", "mark")]
+    assert emitted == [("mark", "reg:BackOn")]  # only what happened after turning it on again
+    assert facts["off_range_id"] == 0
+
+
+def test_without_a_tool_nvtx_stays_silent(tmp_path, native):
+    if not native.NVTX_COMPILED:
+        pytest.skip("the extension was built without NVTX headers (NVTX_COMPILED is 0)")
+    calls, facts = run_recorded(tmp_path, None)
+    assert calls == [] and facts["manual_range_id"] == 0  # NVTX's no-tool path: no range ids
