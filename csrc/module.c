@@ -463,8 +463,9 @@ static PyObject *wrapper_descr_get(PyObject *self, PyObject *obj, PyObject *type
     return PyObject_CallFunctionObjArgs(st->method_type, self, obj, NULL);
 }
 
-/* Unknown attributes (__name__, __module__, __doc__, ...) come from the
- * wrapped callable, so the wrapper passes for it. */
+/* Attributes the Wrapper lacks (__name__, __qualname__, __defaults__, ...)
+ * come from the wrapped callable, so the wrapper passes for it where code
+ * inspects it. The type's own __module__ and __doc__ are not forwarded. */
 static PyObject *wrapper_getattro(PyObject *self, PyObject *name)
 {
     PyObject *r = PyObject_GenericGetAttr(self, name);
@@ -1197,12 +1198,14 @@ static PyObject *mod_stats(PyObject *m, PyObject *unused)
 static PyObject *mod_set_buffer_capacity(PyObject *m, PyObject *arg)
 {
     (void)m;
-    unsigned long cap = PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred()) {
+    int overflow;
+    long long cap = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (cap == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (cap > UINT32_MAX || st_events_set_capacity((uint32_t)cap) != ST_EVENTS_OK) {
-        PyErr_Format(PyExc_ValueError, "buffer capacity %lu is not within 1..%u", cap,
+    if (overflow || cap <= 0 || cap > ST_EVENTS_MAX_CAPACITY ||
+        st_events_set_capacity((uint32_t)cap) != ST_EVENTS_OK) {
+        PyErr_Format(PyExc_ValueError, "buffer capacity %R is not within 1..%u", arg,
                      ST_EVENTS_MAX_CAPACITY);
         return NULL;
     }

@@ -249,10 +249,10 @@ def test_rounded_capacity_is_what_a_new_buffer_holds(fresh):
         worker.stop()
 
 
-@pytest.mark.parametrize("bad", [0, (1 << 24) + 1, 1 << 30, 1 << 32])
+@pytest.mark.parametrize("bad", [0, -5, (1 << 24) + 1, 1 << 30, 1 << 32, 1 << 70])
 def test_bad_capacity_is_refused_by_value(fresh, bad):
     fresh.set_buffer_capacity(64)
-    with pytest.raises(ValueError, match=rf"\b{bad}\b"):
+    with pytest.raises(ValueError, match=rf"capacity {bad} is not within"):
         fresh.set_buffer_capacity(bad)
     assert fresh.stats()["capacity"] == 64  # unchanged
 
