@@ -175,12 +175,17 @@ SELF_CHECK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_self_check_notices_zero_node_spans_and_falls_back(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", SELF_CHECK_SCRIPT, COMFYUI_DIR, str(tmp_path)], cwd=ROOT,
+def run_script(script, tmp_path):
+    """Run a harness script in a fresh process; its RESULT line and its log."""
+    proc = subprocess.run([sys.executable, "-c", script, COMFYUI_DIR, str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    return json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:]), log
+
+
+def test_self_check_notices_zero_node_spans_and_falls_back(tmp_path):
+    result, log = run_script(SELF_CHECK_SCRIPT, tmp_path)
     assert result["success"] == [True, True]
     assert log.count("ran with zero node spans") == 1
     first, second = (load(str(p)) for p in traces(tmp_path))
@@ -191,11 +196,7 @@ def test_self_check_notices_zero_node_spans_and_falls_back(tmp_path):
 
 
 def test_progress_handler_fallback_when_execute_moved(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", FALLBACK_SCRIPT, COMFYUI_DIR, str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    result = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    result, log = run_script(FALLBACK_SCRIPT, tmp_path)
     assert result["success"]
     assert "unknown signature" in log
     trace = load(result["trace"])
