@@ -7,7 +7,7 @@ and the integration tests drive prompts through ComfyUI's own executor.
 prints one final line ``HARNESS_RESULT {json}``. Scenarios: ``basic`` (one
 text-to-image prompt), ``twice`` (the same prompt twice: the second is served
 from cache), ``fail`` (a node raises), ``interrupt`` (a node interrupts the
-prompt). ``--break-stagetrace`` makes every StageTrace hook raise, to show the
+prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first). ``--break-stagetrace`` makes every StageTrace hook raise, to show the
 prompt is unaffected.
 
 Boot order follows shared/comfyui-notes.md §6: argument parsing off and
@@ -44,6 +44,9 @@ class RecordingServer:
 
     def send_sync(self, event, data, sid=None):
         self.messages.append((event, data))
+
+    def queue_updated(self):
+        pass
 
 
 def _test_nodes():
@@ -133,7 +136,9 @@ class Harness:
             write_tiny_sd15_checkpoint(path)
         return CHECKPOINT
 
-    def run(self, prompt: dict, prompt_id: str) -> dict:
+    def run(self, prompt: dict, prompt_id: str, queue_wait_s: float | None = None) -> dict:
+        """Execute one prompt. With queue_wait_s it goes through ComfyUI's
+        PromptQueue first and waits there that long, as behind a busy worker."""
         import execution
 
         before = self._images()
@@ -141,8 +146,14 @@ class Harness:
         valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid[0]:
             return {"success": False, "validation_error": valid[1], "node_errors": valid[3]}
+        extra_data, outputs = {"client_id": "harness"}, valid[2]
+        if queue_wait_s is not None:
+            queue = execution.PromptQueue(self.server)
+            queue.put((0, prompt_id, prompt, extra_data, valid[2]))
+            time.sleep(queue_wait_s)
+            (_, prompt_id, prompt, extra_data, outputs), _ = queue.get()
         started = time.perf_counter()
-        self.executor.execute(prompt, prompt_id, {"client_id": "harness"}, valid[2])
+        self.executor.execute(prompt, prompt_id, extra_data, outputs)
         seconds = time.perf_counter() - started
         images = sorted(self._images() - before)
         return {
@@ -212,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", required=True)
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--scenario", choices=("basic", "twice", "fail", "interrupt"), default="basic")
+    parser.add_argument("--scenario", choices=("basic", "twice", "fail", "interrupt", "queued"), default="basic")
     parser.add_argument("--custom-node-dir", action="append", default=[])
     parser.add_argument("--break-stagetrace", action="store_true")
     args = parser.parse_args(argv)
@@ -229,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         prompt = with_node_between_sampler_and_decode(prompt, "HarnessFail")
     elif args.scenario == "interrupt":
         prompt = with_node_between_sampler_and_decode(prompt, "HarnessInterrupt")
-    runs = [harness.run(prompt, f"{args.scenario}-1")]
+    runs = [harness.run(prompt, f"{args.scenario}-1", queue_wait_s=0.3 if args.scenario == "queued" else None)]
     if args.scenario == "twice":
         runs.append(harness.run(prompt, f"{args.scenario}-2"))
     print("HARNESS_RESULT " + json.dumps({"boot_s": boot_s, "broken_hooks": broken, "runs": runs}), flush=True)

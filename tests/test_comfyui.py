@@ -213,3 +213,16 @@ def test_demo_command_runs_real_comfyui(tmp_path):
     assert "StageTrace: profiling every prompt" in proc.stdout
     assert "StageTrace · prompt basic-1 · ok" in proc.stdout and f"trace: {path}" in proc.stdout
     assert sorted(e["args"]["node_id"] for e in node_events(load(str(path)))) == sorted(WORKFLOW_NODES)
+
+
+def test_queue_wait_is_measured(tmp_path):
+    result, log = run_harness(tmp_path, "queued")
+    assert result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    (wait,) = [e for e in trace["traceEvents"] if e.get("name") == "queue_wait"]
+    (prompt,) = [e for e in trace["traceEvents"] if e.get("cat") == "prompt" and e["ph"] == "X"
+                 and e["name"] == "prompt"]
+    assert 0.3 <= trace["otherData"]["queue_wait_s"] < 5
+    assert wait["dur"] >= 300_000 and wait["ts"] + wait["dur"] == pytest.approx(prompt["ts"], abs=50_000)
+    assert "queue wait 0.3" in log
