@@ -7,8 +7,9 @@ and the integration tests drive prompts through ComfyUI's own executor.
 prints one final line ``HARNESS_RESULT {json}``. Scenarios: ``basic`` (one
 text-to-image prompt), ``twice`` (the same prompt twice: the second is served
 from cache), ``fail`` (a node raises), ``interrupt`` (a node interrupts the
-prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first). ``--break-stagetrace`` makes every StageTrace hook raise, to show the
-prompt is unaffected.
+prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first).
+``--break-stagetrace`` makes every StageTrace hook raise, to show the prompt
+is unaffected.
 
 Boot order follows shared/comfyui-notes.md §6: argument parsing off and
 ``args.cpu`` set before ``comfy.model_management`` is imported; ComfyUI's
