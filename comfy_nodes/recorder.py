@@ -34,7 +34,7 @@ class Recorder:
         self.fallbacks: list[str] = []
         self.last_trace: str | None = None
         self.last_summary = None
-        self._submitted: dict[str, tuple[int, float]] = {}  # prompt id -> (ns, epoch s)
+        self._submitted: dict[str, int] = {}  # prompt id -> submit time, ns
         self._lock = threading.Lock()
         self._reset_prompt()
         self._hook_errors_seen = 0
@@ -57,7 +57,7 @@ class Recorder:
         with self._lock:
             if len(self._submitted) >= MAX_QUEUED_SUBMITS:
                 self._submitted.pop(next(iter(self._submitted)))
-            self._submitted[str(prompt_id)] = (self.native.now_ns(), time.time())
+            self._submitted[str(prompt_id)] = self.native.now_ns()
 
     def prompt_begin(self, prompt: dict, prompt_id: str, extra_data: dict | None) -> None:
         self._reset_prompt()
@@ -67,7 +67,7 @@ class Recorder:
         with self._lock:
             submitted = self._submitted.pop(self.prompt_id, None)
         if submitted is not None:
-            self.queue_wait_ns = max(0, self.t_begin - submitted[0])
+            self.queue_wait_ns = max(0, self.t_begin - submitted)
         elif isinstance(extra_data, dict) and isinstance(extra_data.get("create_time"), (int, float)):
             # newer ComfyUI stamps the submit time (epoch milliseconds)
             self.queue_wait_ns = max(0, int((time.time() * 1000 - extra_data["create_time"]) * 1e6))
@@ -140,7 +140,8 @@ class Recorder:
         """Drain, write the trace, print the summary. Returns the trace path."""
         self._close_fallback_nodes()
         batch = self.native.drain()
-        self._self_check(sum(1 for ev in batch.tolist() if ev[5] == stages.NODE))
+        recorded = batch.tolist()
+        self._self_check(sum(1 for ev in recorded if ev[5] == stages.NODE))
         directory = self._output_dir()
         os.makedirs(directory, exist_ok=True)
         path = trace_path(directory, self.prompt_id or "prompt")
@@ -148,7 +149,7 @@ class Recorder:
         try:
             pid = os.getpid()
             writer.write_batch(batch, pid, 0)
-            for event in self._extra_events(batch, pid):
+            for event in self._extra_events(recorded, pid):
                 writer.write_raw(json.dumps(event, separators=(",", ":"), default=str))
             writer.commit(json.dumps(self._metadata(), separators=(",", ":"), default=str))
         finally:
@@ -182,14 +183,13 @@ class Recorder:
             if self.on_self_check_failed is not None:
                 self.on_self_check_failed()
 
-    def _extra_events(self, batch, pid: int) -> list[dict]:
+    def _extra_events(self, recorded: list[tuple], pid: int) -> list[dict]:
         """Events only Python knows: names of threads, prompt messages, cached
         nodes that never reached execute(), the queue wait."""
         tid = threading.get_native_id()
         events: list[dict] = [
             {"ph": "M", "name": "process_name", "pid": pid, "tid": tid, "args": {"name": "ComfyUI (StageTrace)"}}
         ]
-        recorded = batch.tolist()
         native_names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
         for thread_id in sorted({ev[4] for ev in recorded} | {tid}):
             name = native_names.get(thread_id, f"thread {thread_id}")
