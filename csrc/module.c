@@ -20,7 +20,9 @@
 #include "st_events.h"
 #include "st_intern.h"
 #include "st_json.h"
+#include "st_jsonscan.h"
 #include "st_nvtx.h"
+#include "st_safetensors.h"
 #include "st_sink.h"
 #include "st_stage.h"
 #include "st_trace.h"
@@ -44,6 +46,7 @@ typedef struct {
     PyTypeObject *span_await_type;
     PyTypeObject *event_batch_type;
     PyTypeObject *trace_writer_type;
+    PyObject *safetensors_error; /* SafetensorsError(ValueError) */
     PyObject *coroutine_type; /* types.CoroutineType */
     PyObject *method_type;    /* types.MethodType */
 } module_state;
@@ -1303,6 +1306,125 @@ static PyObject *mod_hook_errors(PyObject *m, PyObject *unused)
     return Py_BuildValue("(Ks)", (unsigned long long)hook_error_count, hook_error_last);
 }
 
+
+// --- Safetensors headers ------------------------------------------------------
+
+/* Raise SafetensorsError(message) with .path .status .offset .detail set. */
+static PyObject *safetensors_error(module_state *st, PyObject *path, const st_sf_header *h,
+                                   st_sf_status status)
+{
+    char what[256];
+    if (status == ST_SF_OPEN_FAILED || status == ST_SF_READ_FAILED) {
+        snprintf(what, sizeof what, "%s: %s", st_sf_status_text(status), strerror(h->err_errno));
+    } else if (status == ST_SF_BAD_JSON) {
+        snprintf(what, sizeof what, "%s: %s", st_sf_status_text(status),
+                 st_json_status_text((st_json_status)h->json_status));
+    } else {
+        snprintf(what, sizeof what, "%s", st_sf_status_text(status));
+    }
+    PyObject *msg = h->err_detail[0]
+                        ? PyUnicode_FromFormat("%S: byte offset %llu: %s (%s)", path,
+                                               (unsigned long long)h->err_offset, what, h->err_detail)
+                        : PyUnicode_FromFormat("%S: byte offset %llu: %s", path,
+                                               (unsigned long long)h->err_offset, what);
+    PyObject *exc = msg ? PyObject_CallFunctionObjArgs(st->safetensors_error, msg, NULL) : NULL;
+    Py_XDECREF(msg);
+    if (!exc) {
+        return NULL;
+    }
+    PyObject *offset = PyLong_FromUnsignedLongLong(h->err_offset);
+    PyObject *detail = PyUnicode_DecodeUTF8(h->err_detail, (Py_ssize_t)strlen(h->err_detail), "replace");
+    if (offset && detail && PyObject_SetAttrString(exc, "path", path) == 0 &&
+        PyObject_SetAttrString(exc, "offset", offset) == 0 &&
+        PyObject_SetAttrString(exc, "detail", detail) == 0) {
+        PyObject *name = PyUnicode_FromString(st_sf_status_name(status));
+        if (name && PyObject_SetAttrString(exc, "status", name) == 0) {
+            PyErr_SetObject(st->safetensors_error, exc);
+        }
+        Py_XDECREF(name);
+    }
+    Py_XDECREF(offset);
+    Py_XDECREF(detail);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+static PyObject *header_to_dict(const st_sf_header *h)
+{
+    PyObject *tensors = PyList_New((Py_ssize_t)h->n_tensors);
+    PyObject *meta = h->has_metadata ? PyDict_New() : Py_NewRef(Py_None);
+    PyObject *result = NULL;
+    if (!tensors || !meta) {
+        goto error;
+    }
+    for (size_t i = 0; i < h->n_tensors; i++) {
+        const st_sf_tensor *t = &h->tensors[i];
+        PyObject *shape = PyTuple_New(t->ndim);
+        if (!shape) {
+            goto error;
+        }
+        for (unsigned d = 0; d < t->ndim; d++) {
+            PyTuple_SetItem(shape, d, PyLong_FromUnsignedLongLong(t->shape[d]));
+        }
+        PyObject *item = Py_BuildValue("(NsNKK)",
+                                       PyUnicode_DecodeUTF8(h->strings + t->name_off, t->name_len, "strict"),
+                                       st_sf_dtype_name(t->dtype), shape, (unsigned long long)t->begin,
+                                       (unsigned long long)t->end);
+        if (!item) {
+            goto error;
+        }
+        PyList_SetItem(tensors, (Py_ssize_t)i, item);
+    }
+    for (size_t i = 0; i < h->n_meta && meta != Py_None; i++) {
+        const st_sf_meta *m = &h->meta[i];
+        PyObject *k = PyUnicode_DecodeUTF8(h->strings + m->key_off, m->key_len, "strict");
+        PyObject *v = PyUnicode_DecodeUTF8(h->strings + m->value_off, m->value_len, "strict");
+        int bad = !k || !v || PyDict_SetItem(meta, k, v) < 0;
+        Py_XDECREF(k);
+        Py_XDECREF(v);
+        if (bad) {
+            goto error;
+        }
+    }
+    result = Py_BuildValue("{sNsNsKsKsK}", "tensors", tensors, "metadata", meta, "header_bytes",
+                           (unsigned long long)h->header_len, "file_size",
+                           (unsigned long long)h->file_size, "data_bytes",
+                           (unsigned long long)h->data_end);
+    return result; /* N stole both references */
+error:
+    Py_XDECREF(tensors);
+    Py_XDECREF(meta);
+    return NULL;
+}
+
+static PyObject *mod_read_safetensors_header(PyObject *m, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"path", "header_cap", NULL};
+    PyObject *path_bytes;
+    unsigned long long cap = ST_SF_DEFAULT_HEADER_CAP;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|K", kwlist, PyUnicode_FSConverter, &path_bytes,
+                                     &cap)) {
+        return NULL;
+    }
+    st_sf_header h;
+    st_sf_status status;
+    const char *cpath = PyBytes_AsString(path_bytes);
+    Py_BEGIN_ALLOW_THREADS
+    status = st_sf_read(cpath, cap, &h);
+    Py_END_ALLOW_THREADS
+    PyObject *path = PyUnicode_DecodeFSDefault(cpath);
+    Py_DECREF(path_bytes);
+    if (!path) {
+        st_sf_header_free(&h);
+        return NULL;
+    }
+    PyObject *r = status == ST_SF_OK ? header_to_dict(&h)
+                                     : safetensors_error(PyModule_GetState(m), path, &h, status);
+    Py_DECREF(path);
+    st_sf_header_free(&h);
+    return r;
+}
+
 static PyMethodDef module_methods[] = {
     {"now_ns", mod_now_ns, METH_NOARGS, "Monotonic clock in nanoseconds (the trace clock)."},
     {"intern", mod_intern, METH_O, "intern(name) -> id; '' and None give 0."},
@@ -1328,6 +1450,11 @@ static PyMethodDef module_methods[] = {
     {"nvtx_enabled", mod_nvtx_enabled, METH_NOARGS, "Whether NVTX emission is on."},
     {"json_escape", mod_json_escape, METH_O,
      "The JSON string literal (quoted) for str or bytes, as the trace writer writes it."},
+    {"read_safetensors_header", (PyCFunction)(void (*)(void))mod_read_safetensors_header,
+     METH_VARARGS | METH_KEYWORDS,
+     "read_safetensors_header(path, header_cap=100_000_000) -> {tensors: [(name, dtype, shape,\n"
+     "begin, end)] in file order, metadata, header_bytes, file_size, data_bytes}. Reads only the\n"
+     "header; SafetensorsError (with .path .status .offset .detail) for anything malformed."},
     {"hook_errors", mod_hook_errors, METH_NOARGS,
      "(count, last message) of errors swallowed inside hooks."},
     {NULL},
@@ -1342,6 +1469,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->span_await_type);
     Py_VISIT(st->event_batch_type);
     Py_VISIT(st->trace_writer_type);
+    Py_VISIT(st->safetensors_error);
     Py_VISIT(st->coroutine_type);
     Py_VISIT(st->method_type);
     return 0;
@@ -1354,6 +1482,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->span_await_type);
     Py_CLEAR(st->event_batch_type);
     Py_CLEAR(st->trace_writer_type);
+    Py_CLEAR(st->safetensors_error);
     Py_CLEAR(st->coroutine_type);
     Py_CLEAR(st->method_type);
     return 0;
@@ -1396,6 +1525,14 @@ static int module_exec(PyObject *m)
         add_type(m, &span_await_spec, &st->span_await_type) < 0 ||
         add_type(m, &batch_spec, &st->event_batch_type) < 0 ||
         add_type(m, &writer_spec, &st->trace_writer_type) < 0) {
+        return -1;
+    }
+    st->safetensors_error = PyErr_NewExceptionWithDoc(
+        "stagetrace._native.SafetensorsError",
+        "A .safetensors file that cannot be read; .path, .status, .offset (bytes), .detail.",
+        PyExc_ValueError, NULL);
+    if (!st->safetensors_error ||
+        PyModule_AddObject(m, "SafetensorsError", Py_NewRef(st->safetensors_error)) < 0) {
         return -1;
     }
     /* a SpanAwait is a coroutine to asyncio (create_task, iscoroutine) */

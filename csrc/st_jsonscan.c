@@ -1,0 +1,422 @@
+/* st_jsonscan: strict JSON lexing. Strings are validated as UTF-8 (the same
+ * well-formedness table as st_json.c) and their escapes decoded; numbers follow
+ * the RFC 8259 grammar; nesting is bounded so hostile input cannot exhaust
+ * the stack. */
+#include "st_jsonscan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static st_json_status fail(st_json_cursor *c, st_json_status status, size_t pos)
+{
+    c->err_pos = pos;
+    return status;
+}
+
+void st_json_cursor_init(st_json_cursor *c, const char *p, size_t len)
+{
+    memset(c, 0, sizeof *c);
+    c->p = p;
+    c->len = len;
+}
+
+void st_json_cursor_free(st_json_cursor *c)
+{
+    free(c->buf);
+    c->buf = NULL;
+    c->buf_cap = 0;
+}
+
+int st_json_peek(st_json_cursor *c)
+{
+    while (c->pos < c->len) {
+        char ch = c->p[c->pos];
+        if (ch != ' ' && ch != '\t' && ch != '\n' && ch != '\r') {
+            return (unsigned char)ch;
+        }
+        c->pos++;
+    }
+    return -1;
+}
+
+st_json_status st_json_expect(st_json_cursor *c, char ch)
+{
+    int next = st_json_peek(c);
+    if (next < 0) {
+        return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
+    }
+    if (next != (unsigned char)ch) {
+        return fail(c, ST_JSON_UNEXPECTED_CHAR, c->pos);
+    }
+    c->pos++;
+    return ST_JSON_OK;
+}
+
+static int reserve(st_json_cursor *c, size_t need)
+{
+    if (need <= c->buf_cap) {
+        return 0;
+    }
+    size_t cap = c->buf_cap ? c->buf_cap : 64;
+    while (cap < need) {
+        cap *= 2;
+    }
+    char *p = realloc(c->buf, cap);
+    if (!p) {
+        return -1;
+    }
+    c->buf = p;
+    c->buf_cap = cap;
+    return 0;
+}
+
+static int hex_value(char ch)
+{
+    if (ch >= '0' && ch <= '9') {
+        return ch - '0';
+    }
+    if (ch >= 'a' && ch <= 'f') {
+        return ch - 'a' + 10;
+    }
+    if (ch >= 'A' && ch <= 'F') {
+        return ch - 'A' + 10;
+    }
+    return -1;
+}
+
+/* Four hex digits at pos, or -1. */
+static long hex4(const st_json_cursor *c, size_t pos)
+{
+    if (c->len - pos < 4) {
+        return -1;
+    }
+    long v = 0;
+    for (int i = 0; i < 4; i++) {
+        int h = hex_value(c->p[pos + (size_t)i]);
+        if (h < 0) {
+            return -1;
+        }
+        v = v * 16 + h;
+    }
+    return v;
+}
+
+/* Length of the well-formed UTF-8 sequence at s (1..4) or 0. */
+static size_t utf8_length(const unsigned char *s, size_t avail)
+{
+    unsigned char b = s[0], lo = 0x80, hi = 0xBF;
+    size_t need;
+    if (b < 0x80) {
+        return 1;
+    } else if (b >= 0xC2 && b <= 0xDF) {
+        need = 2;
+    } else if (b >= 0xE0 && b <= 0xEF) {
+        need = 3;
+        lo = b == 0xE0 ? 0xA0 : 0x80;
+        hi = b == 0xED ? 0x9F : 0xBF;
+    } else if (b >= 0xF0 && b <= 0xF4) {
+        need = 4;
+        lo = b == 0xF0 ? 0x90 : 0x80;
+        hi = b == 0xF4 ? 0x8F : 0xBF;
+    } else {
+        return 0;
+    }
+    if (avail < need || s[1] < lo || s[1] > hi) {
+        return 0;
+    }
+    for (size_t i = 2; i < need; i++) {
+        if (s[i] < 0x80 || s[i] > 0xBF) {
+            return 0;
+        }
+    }
+    return need;
+}
+
+static size_t put_utf8(char *out, unsigned long cp)
+{
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xC0 | (cp >> 6));
+        out[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        out[0] = (char)(0xE0 | (cp >> 12));
+        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        out[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    out[0] = (char)(0xF0 | (cp >> 18));
+    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
+    out[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+st_json_status st_json_string(st_json_cursor *c, const char **out, size_t *out_len)
+{
+    st_json_status status = st_json_expect(c, '"');
+    if (status != ST_JSON_OK) {
+        return status;
+    }
+    /* decoded output is never longer than the source */
+    size_t n = 0;
+    while (1) {
+        if (c->pos >= c->len) {
+            return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
+        }
+        if (reserve(c, n + 4) != 0) {
+            return fail(c, ST_JSON_NO_MEMORY, c->pos);
+        }
+        unsigned char ch = (unsigned char)c->p[c->pos];
+        if (ch == '"') {
+            c->pos++;
+            break;
+        }
+        if (ch < 0x20) {
+            return fail(c, ST_JSON_BAD_STRING, c->pos);
+        }
+        if (ch >= 0x80) {
+            size_t k = utf8_length((const unsigned char *)c->p + c->pos, c->len - c->pos);
+            if (!k) {
+                return fail(c, ST_JSON_BAD_STRING, c->pos);
+            }
+            memcpy(c->buf + n, c->p + c->pos, k);
+            n += k;
+            c->pos += k;
+            continue;
+        }
+        if (ch != '\\') {
+            c->buf[n++] = (char)ch;
+            c->pos++;
+            continue;
+        }
+        size_t esc = c->pos;
+        if (c->pos + 1 >= c->len) {
+            return fail(c, ST_JSON_UNEXPECTED_END, c->len);
+        }
+        char e = c->p[c->pos + 1];
+        c->pos += 2;
+        switch (e) {
+        case '"': c->buf[n++] = '"'; break;
+        case '\\': c->buf[n++] = '\\'; break;
+        case '/': c->buf[n++] = '/'; break;
+        case 'b': c->buf[n++] = '\b'; break;
+        case 'f': c->buf[n++] = '\f'; break;
+        case 'n': c->buf[n++] = '\n'; break;
+        case 'r': c->buf[n++] = '\r'; break;
+        case 't': c->buf[n++] = '\t'; break;
+        case 'u': {
+            long cp = hex4(c, c->pos);
+            if (cp < 0) {
+                return fail(c, ST_JSON_BAD_STRING, esc);
+            }
+            c->pos += 4;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) {
+                return fail(c, ST_JSON_BAD_STRING, esc); /* lone low surrogate */
+            }
+            if (cp >= 0xD800 && cp <= 0xDBFF) { /* needs a low surrogate next */
+                long lo = c->len - c->pos >= 6 && c->p[c->pos] == '\\' && c->p[c->pos + 1] == 'u'
+                              ? hex4(c, c->pos + 2)
+                              : -1;
+                if (lo < 0xDC00 || lo > 0xDFFF) {
+                    return fail(c, ST_JSON_BAD_STRING, esc);
+                }
+                c->pos += 6;
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            }
+            n += put_utf8(c->buf + n, (unsigned long)cp);
+            break;
+        }
+        default:
+            return fail(c, ST_JSON_BAD_STRING, esc);
+        }
+    }
+    if (reserve(c, n + 1) != 0) {
+        return fail(c, ST_JSON_NO_MEMORY, c->pos);
+    }
+    c->buf[n] = '\0';
+    *out = c->buf;
+    *out_len = n;
+    return ST_JSON_OK;
+}
+
+/* Scan a number per RFC 8259 from c->pos; sets *is_uint when it is a plain
+ * run of digits. Leaves pos after it. */
+static st_json_status scan_number(st_json_cursor *c, int *is_uint)
+{
+    size_t start = c->pos, i = c->pos;
+    const char *p = c->p;
+    *is_uint = 1;
+    if (i < c->len && p[i] == '-') {
+        *is_uint = 0;
+        i++;
+    }
+    if (i >= c->len) {
+        return fail(c, ST_JSON_UNEXPECTED_END, i);
+    }
+    if (p[i] == '0') {
+        i++;
+    } else if (p[i] >= '1' && p[i] <= '9') {
+        while (i < c->len && p[i] >= '0' && p[i] <= '9') {
+            i++;
+        }
+    } else {
+        return fail(c, ST_JSON_BAD_NUMBER, start);
+    }
+    if (i < c->len && p[i] == '.') {
+        *is_uint = 0;
+        i++;
+        if (i >= c->len || p[i] < '0' || p[i] > '9') {
+            return fail(c, ST_JSON_BAD_NUMBER, start);
+        }
+        while (i < c->len && p[i] >= '0' && p[i] <= '9') {
+            i++;
+        }
+    }
+    if (i < c->len && (p[i] == 'e' || p[i] == 'E')) {
+        *is_uint = 0;
+        i++;
+        if (i < c->len && (p[i] == '+' || p[i] == '-')) {
+            i++;
+        }
+        if (i >= c->len || p[i] < '0' || p[i] > '9') {
+            return fail(c, ST_JSON_BAD_NUMBER, start);
+        }
+        while (i < c->len && p[i] >= '0' && p[i] <= '9') {
+            i++;
+        }
+    }
+    c->pos = i;
+    return ST_JSON_OK;
+}
+
+st_json_status st_json_uint(st_json_cursor *c, uint64_t *out)
+{
+    int next = st_json_peek(c);
+    if (next < 0) {
+        return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
+    }
+    if (next != '-' && (next < '0' || next > '9')) {
+        return fail(c, ST_JSON_UNEXPECTED_CHAR, c->pos);
+    }
+    size_t start = c->pos;
+    int is_uint;
+    st_json_status status = scan_number(c, &is_uint);
+    if (status != ST_JSON_OK) {
+        return status;
+    }
+    if (!is_uint) {
+        return fail(c, ST_JSON_NOT_UINT, start);
+    }
+    uint64_t v = 0;
+    for (size_t i = start; i < c->pos; i++) {
+        uint64_t d = (uint64_t)(c->p[i] - '0');
+        if (v > (UINT64_MAX - d) / 10) {
+            return fail(c, ST_JSON_NOT_UINT, start);
+        }
+        v = v * 10 + d;
+    }
+    *out = v;
+    return ST_JSON_OK;
+}
+
+static st_json_status literal(st_json_cursor *c, const char *word)
+{
+    size_t n = strlen(word);
+    if (c->len - c->pos < n) {
+        return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
+    }
+    if (memcmp(c->p + c->pos, word, n) != 0) {
+        return fail(c, ST_JSON_UNEXPECTED_CHAR, c->pos);
+    }
+    c->pos += n;
+    return ST_JSON_OK;
+}
+
+st_json_status st_json_next(st_json_cursor *c, char close, int *more)
+{
+    int next = st_json_peek(c);
+    if (next < 0) {
+        return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
+    }
+    if (next == ',') {
+        c->pos++;
+        *more = 1;
+        return ST_JSON_OK;
+    }
+    if (next == (unsigned char)close) {
+        c->pos++;
+        *more = 0;
+        return ST_JSON_OK;
+    }
+    return fail(c, ST_JSON_UNEXPECTED_CHAR, c->pos);
+}
+
+st_json_status st_json_skip(st_json_cursor *c, int max_depth)
+{
+    int next = st_json_peek(c);
+    if (next < 0) {
+        return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
+    }
+    const char *s;
+    size_t n;
+    int more, is_uint;
+    st_json_status status;
+    switch (next) {
+    case '"':
+        return st_json_string(c, &s, &n);
+    case 't':
+        return literal(c, "true");
+    case 'f':
+        return literal(c, "false");
+    case 'n':
+        return literal(c, "null");
+    case '[':
+    case '{':
+        if (max_depth <= 0) {
+            return fail(c, ST_JSON_TOO_DEEP, c->pos);
+        }
+        c->pos++;
+        if (st_json_peek(c) == (next == '[' ? ']' : '}')) {
+            c->pos++;
+            return ST_JSON_OK;
+        }
+        do {
+            if (next == '{') {
+                if ((status = st_json_string(c, &s, &n)) != ST_JSON_OK ||
+                    (status = st_json_expect(c, ':')) != ST_JSON_OK) {
+                    return status;
+                }
+            }
+            if ((status = st_json_skip(c, max_depth - 1)) != ST_JSON_OK ||
+                (status = st_json_next(c, next == '[' ? ']' : '}', &more)) != ST_JSON_OK) {
+                return status;
+            }
+        } while (more);
+        return ST_JSON_OK;
+    default:
+        if (next == '-' || (next >= '0' && next <= '9')) {
+            return scan_number(c, &is_uint);
+        }
+        return fail(c, ST_JSON_UNEXPECTED_CHAR, c->pos);
+    }
+}
+
+const char *st_json_status_text(st_json_status status)
+{
+    switch (status) {
+    case ST_JSON_OK: return "ok";
+    case ST_JSON_UNEXPECTED_END: return "JSON ends too early";
+    case ST_JSON_UNEXPECTED_CHAR: return "unexpected character in JSON";
+    case ST_JSON_BAD_STRING: return "invalid JSON string (control character, escape or UTF-8)";
+    case ST_JSON_BAD_NUMBER: return "invalid JSON number";
+    case ST_JSON_NOT_UINT: return "expected a non-negative integer below 2^64";
+    case ST_JSON_TOO_DEEP: return "JSON nested too deeply";
+    case ST_JSON_NO_MEMORY: return "out of memory";
+    }
+    return "unknown JSON error";
+}

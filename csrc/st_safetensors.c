@@ -1,0 +1,613 @@
+/* st_safetensors: the safetensors header format: 8-byte little-endian length
+ * N, N bytes of JSON ({name: {dtype, shape, data_offsets}, "__metadata__":
+ * {str: str}}), then the data section the offsets point into. Only the
+ * first 8 + N bytes are ever read. */
+#include "st_safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "st_jsonscan.h"
+
+static const struct {
+    const char *name;
+    unsigned bits;
+} dtypes[] = {
+    {"BOOL", 8},         {"U8", 8},           {"I8", 8},       {"F8_E5M2", 8},
+    {"F8_E4M3", 8},      {"F8_E4M3FNUZ", 8},  {"F8_E5M2FNUZ", 8}, {"F8_E8M0", 8},
+    {"I16", 16},         {"U16", 16},         {"F16", 16},     {"BF16", 16},
+    {"I32", 32},         {"U32", 32},         {"F32", 32},     {"F64", 64},
+    {"I64", 64},         {"U64", 64},         {"C64", 64},     {"F4", 4},
+    {"F6_E2M3", 6},      {"F6_E3M2", 6},
+};
+#define DTYPE_COUNT (sizeof dtypes / sizeof dtypes[0])
+
+const char *st_sf_dtype_name(unsigned dtype)
+{
+    return dtype < DTYPE_COUNT ? dtypes[dtype].name : NULL;
+}
+
+unsigned st_sf_dtype_bits(unsigned dtype)
+{
+    return dtype < DTYPE_COUNT ? dtypes[dtype].bits : 0;
+}
+
+// --- Parser state -------------------------------------------------------------
+
+typedef struct parser {
+    st_json_cursor c;
+    st_sf_header *h;
+    uint64_t base; /* file offset of the JSON's first byte */
+    size_t tensors_cap, meta_cap, strings_cap;
+    uint64_t *key_pos; /* file offset of each tensor's name, for duplicate reports */
+} parser;
+
+static st_sf_status fail_at(parser *ps, st_sf_status status, uint64_t file_offset, const char *detail)
+{
+    ps->h->err_offset = file_offset;
+    if (detail) {
+        snprintf(ps->h->err_detail, sizeof ps->h->err_detail, "%s", detail);
+    }
+    return status;
+}
+
+static st_sf_status fail_json(parser *ps, st_json_status js, const char *detail)
+{
+    if (js == ST_JSON_NO_MEMORY) {
+        return ST_SF_NO_MEMORY;
+    }
+    ps->h->json_status = (int)js;
+    return fail_at(ps, ST_SF_BAD_JSON, ps->base + ps->c.err_pos, detail);
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t item)
+{
+    if (need <= *cap) {
+        return 0;
+    }
+    size_t n = *cap ? *cap * 2 : 64;
+    while (n < need) {
+        n *= 2;
+    }
+    void *q = realloc(*p, n * item);
+    if (!q) {
+        return -1;
+    }
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* Copy a string into the arena; its offset in *off. */
+static int save_string(parser *ps, const char *s, size_t len, uint32_t *off)
+{
+    st_sf_header *h = ps->h;
+    if (h->strings_len + len + 1 > UINT32_MAX ||
+        grow((void **)&h->strings, &ps->strings_cap, h->strings_len + len + 1, 1) != 0) {
+        return -1;
+    }
+    memcpy(h->strings + h->strings_len, s, len);
+    h->strings[h->strings_len + len] = '\0';
+    *off = (uint32_t)h->strings_len;
+    h->strings_len += len + 1;
+    return 0;
+}
+
+static const char *name_of(parser *ps, const st_sf_tensor *t)
+{
+    return ps->h->strings + t->name_off;
+}
+
+// --- Entries ------------------------------------------------------------------
+
+enum { FIELD_DTYPE = 1, FIELD_SHAPE = 2, FIELD_OFFSETS = 4 };
+
+/* File offset of the next value (whitespace skipped). */
+static uint64_t value_offset(parser *ps)
+{
+    st_json_peek(&ps->c);
+    return ps->base + ps->c.pos;
+}
+
+static st_sf_status read_dtype(parser *ps, st_sf_tensor *t, const char *name)
+{
+    uint64_t at = value_offset(ps);
+    const char *s;
+    size_t n;
+    st_json_status js = st_json_string(&ps->c, &s, &n);
+    if (js != ST_JSON_OK) {
+        return js == ST_JSON_UNEXPECTED_CHAR ? fail_at(ps, ST_SF_BAD_DTYPE, at, name) : fail_json(ps, js, name);
+    }
+    for (unsigned i = 0; i < DTYPE_COUNT; i++) {
+        if (strlen(dtypes[i].name) == n && memcmp(dtypes[i].name, s, n) == 0) {
+            t->dtype = (uint8_t)i;
+            return ST_SF_OK;
+        }
+    }
+    return fail_at(ps, ST_SF_BAD_DTYPE, at, name);
+}
+
+/* Read '[' uint (',' uint)* ']' into out (at most max values). */
+static st_sf_status read_uint_list(parser *ps, uint64_t *out, unsigned max, unsigned *count,
+                                   st_sf_status bad, const char *name)
+{
+    uint64_t at = value_offset(ps);
+    st_json_status js = st_json_expect(&ps->c, '[');
+    if (js != ST_JSON_OK) {
+        return js == ST_JSON_UNEXPECTED_CHAR ? fail_at(ps, bad, at, name) : fail_json(ps, js, name);
+    }
+    *count = 0;
+    if (st_json_peek(&ps->c) == ']') {
+        ps->c.pos++;
+        return ST_SF_OK;
+    }
+    int more = 1;
+    while (more) {
+        uint64_t item_at = value_offset(ps);
+        if (*count >= max) {
+            return fail_at(ps, bad, item_at, name);
+        }
+        js = st_json_uint(&ps->c, &out[*count]);
+        if (js == ST_JSON_NOT_UINT || js == ST_JSON_UNEXPECTED_CHAR) {
+            return fail_at(ps, bad, ps->base + ps->c.err_pos, name);
+        }
+        if (js != ST_JSON_OK || (js = st_json_next(&ps->c, ']', &more)) != ST_JSON_OK) {
+            return fail_json(ps, js, name);
+        }
+        (*count)++;
+    }
+    return ST_SF_OK;
+}
+
+static st_sf_status read_entry(parser *ps, st_sf_tensor *t, const char *name, uint64_t entry_at)
+{
+    st_json_status js = st_json_expect(&ps->c, '{');
+    if (js != ST_JSON_OK) {
+        return js == ST_JSON_UNEXPECTED_CHAR ? fail_at(ps, ST_SF_BAD_ENTRY, entry_at, name)
+                                             : fail_json(ps, js, name);
+    }
+    unsigned seen = 0, count;
+    uint64_t offsets[2] = {0, 0}, offsets_at = entry_at;
+    int more = st_json_peek(&ps->c) != '}';
+    if (!more) {
+        ps->c.pos++;
+    }
+    while (more) {
+        uint64_t key_at = value_offset(ps);
+        const char *key;
+        size_t key_len;
+        if ((js = st_json_string(&ps->c, &key, &key_len)) != ST_JSON_OK ||
+            (js = st_json_expect(&ps->c, ':')) != ST_JSON_OK) {
+            return fail_json(ps, js, name);
+        }
+        unsigned field = key_len == 5 && memcmp(key, "dtype", 5) == 0          ? FIELD_DTYPE
+                         : key_len == 5 && memcmp(key, "shape", 5) == 0        ? FIELD_SHAPE
+                         : key_len == 12 && memcmp(key, "data_offsets", 12) == 0 ? FIELD_OFFSETS
+                                                                                 : 0;
+        if (field & seen) {
+            return fail_at(ps, ST_SF_DUPLICATE_KEY, key_at, name);
+        }
+        seen |= field;
+        st_sf_status status = ST_SF_OK;
+        if (field == FIELD_DTYPE) {
+            status = read_dtype(ps, t, name);
+        } else if (field == FIELD_SHAPE) {
+            status = read_uint_list(ps, t->shape, ST_SF_MAX_DIMS, &count, ST_SF_BAD_SHAPE, name);
+            t->ndim = (uint8_t)count;
+        } else if (field == FIELD_OFFSETS) {
+            offsets_at = value_offset(ps);
+            status = read_uint_list(ps, offsets, 2, &count, ST_SF_BAD_OFFSETS, name);
+            if (status == ST_SF_OK && count != 2) {
+                status = fail_at(ps, ST_SF_BAD_OFFSETS, offsets_at, name);
+            }
+        } else if ((js = st_json_skip(&ps->c, ST_JSON_MAX_DEPTH - 2)) != ST_JSON_OK) {
+            status = fail_json(ps, js, name);
+        }
+        if (status != ST_SF_OK) {
+            return status;
+        }
+        if ((js = st_json_next(&ps->c, '}', &more)) != ST_JSON_OK) {
+            return fail_json(ps, js, name);
+        }
+    }
+    if (seen != (FIELD_DTYPE | FIELD_SHAPE | FIELD_OFFSETS)) {
+        return fail_at(ps, ST_SF_BAD_ENTRY, entry_at, name);
+    }
+    if (offsets[0] > offsets[1]) {
+        return fail_at(ps, ST_SF_BAD_OFFSETS, offsets_at, name);
+    }
+    t->begin = offsets[0];
+    t->end = offsets[1];
+    /* bytes = bits(dtype) x prod(shape) / 8, without overflow */
+    uint64_t elements = 1;
+    for (unsigned i = 0; i < t->ndim; i++) {
+        if (t->shape[i] && elements > UINT64_MAX / t->shape[i]) {
+            return fail_at(ps, ST_SF_SIZE_MISMATCH, offsets_at, name);
+        }
+        elements *= t->shape[i];
+    }
+    uint64_t bits = dtypes[t->dtype].bits;
+    if (elements > UINT64_MAX / bits || (elements * bits) % 8 != 0 ||
+        elements * bits / 8 != t->end - t->begin) {
+        return fail_at(ps, ST_SF_SIZE_MISMATCH, offsets_at, name);
+    }
+    return ST_SF_OK;
+}
+
+static st_sf_status read_metadata(parser *ps, uint64_t at)
+{
+    st_sf_header *h = ps->h;
+    if (st_json_peek(&ps->c) == 'n') { /* "__metadata__": null is allowed */
+        st_json_status js = st_json_skip(&ps->c, 1);
+        return js == ST_JSON_OK ? ST_SF_OK : fail_json(ps, js, "__metadata__");
+    }
+    h->has_metadata = 1;
+    st_json_status js = st_json_expect(&ps->c, '{');
+    if (js != ST_JSON_OK) {
+        return js == ST_JSON_UNEXPECTED_CHAR ? fail_at(ps, ST_SF_BAD_METADATA, at, "__metadata__")
+                                             : fail_json(ps, js, "__metadata__");
+    }
+    int more = st_json_peek(&ps->c) != '}';
+    if (!more) {
+        ps->c.pos++;
+    }
+    while (more) {
+        const char *s;
+        size_t n;
+        st_sf_meta m;
+        if ((js = st_json_string(&ps->c, &s, &n)) != ST_JSON_OK) {
+            return fail_json(ps, js, "__metadata__");
+        }
+        if (save_string(ps, s, n, &m.key_off) != 0) {
+            return ST_SF_NO_MEMORY;
+        }
+        m.key_len = (uint32_t)n;
+        if ((js = st_json_expect(&ps->c, ':')) != ST_JSON_OK) {
+            return fail_json(ps, js, "__metadata__");
+        }
+        uint64_t value_at = value_offset(ps);
+        if (st_json_peek(&ps->c) != '"') {
+            return fail_at(ps, ST_SF_BAD_METADATA, value_at, h->strings + m.key_off);
+        }
+        if ((js = st_json_string(&ps->c, &s, &n)) != ST_JSON_OK) {
+            return fail_json(ps, js, "__metadata__");
+        }
+        if (save_string(ps, s, n, &m.value_off) != 0 ||
+            grow((void **)&h->meta, &ps->meta_cap, h->n_meta + 1, sizeof *h->meta) != 0) {
+            return ST_SF_NO_MEMORY;
+        }
+        m.value_len = (uint32_t)n;
+        h->meta[h->n_meta++] = m;
+        if ((js = st_json_next(&ps->c, '}', &more)) != ST_JSON_OK) {
+            return fail_json(ps, js, "__metadata__");
+        }
+    }
+    return ST_SF_OK;
+}
+
+// --- Whole-header checks ------------------------------------------------------
+
+static int by_begin(const void *a, const void *b)
+{
+    const st_sf_tensor *x = a, *y = b;
+    if (x->begin != y->begin) {
+        return x->begin < y->begin ? -1 : 1;
+    }
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+typedef struct named {
+    const char *name;
+    size_t index;
+} named;
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const named *)a)->name, ((const named *)b)->name);
+}
+
+static st_sf_status check_names_unique(parser *ps)
+{
+    size_t n = ps->h->n_tensors;
+    if (n < 2) {
+        return ST_SF_OK;
+    }
+    named *order = malloc(n * sizeof *order);
+    if (!order) {
+        return ST_SF_NO_MEMORY;
+    }
+    for (size_t i = 0; i < n; i++) {
+        order[i].name = name_of(ps, &ps->h->tensors[i]);
+        order[i].index = i;
+    }
+    qsort(order, n, sizeof *order, by_name);
+    st_sf_status status = ST_SF_OK;
+    for (size_t i = 1; i < n; i++) {
+        if (strcmp(order[i - 1].name, order[i].name) == 0) {
+            size_t later = order[i].index > order[i - 1].index ? order[i].index : order[i - 1].index;
+            status = fail_at(ps, ST_SF_DUPLICATE_KEY, ps->key_pos[later], order[i].name);
+            break;
+        }
+    }
+    free(order);
+    return status;
+}
+
+static st_sf_status check_layout(parser *ps)
+{
+    st_sf_header *h = ps->h;
+    qsort(h->tensors, h->n_tensors, sizeof *h->tensors, by_begin);
+    uint64_t data_len = h->file_size - 8 - h->header_len;
+    uint64_t reach = 0; /* end of the bytes claimed so far */
+    const st_sf_tensor *owner = NULL;
+    for (size_t i = 0; i < h->n_tensors; i++) {
+        const st_sf_tensor *t = &h->tensors[i];
+        if (t->end > t->begin && t->begin < reach) {
+            char detail[sizeof h->err_detail];
+            snprintf(detail, sizeof detail, "%.70s overlaps %.70s", name_of(ps, t), name_of(ps, owner));
+            return fail_at(ps, ST_SF_OVERLAP, 8 + h->header_len + t->begin, detail);
+        }
+        if (t->end > reach) {
+            reach = t->end;
+            owner = t;
+        }
+    }
+    h->data_end = reach;
+    if (reach > data_len) {
+        char detail[sizeof h->err_detail];
+        snprintf(detail, sizeof detail, "%.80s ends at data byte %llu; the file holds %llu",
+                 owner ? name_of(ps, owner) : "?", (unsigned long long)reach, (unsigned long long)data_len);
+        return fail_at(ps, ST_SF_OUT_OF_RANGE, h->file_size, detail);
+    }
+    return ST_SF_OK;
+}
+
+static st_sf_status parse_json(parser *ps)
+{
+    st_sf_header *h = ps->h;
+    st_json_status js;
+    if (st_json_peek(&ps->c) != '{') {
+        return st_json_peek(&ps->c) < 0 ? fail_json(ps, ST_JSON_UNEXPECTED_END, NULL)
+                                        : fail_at(ps, ST_SF_NOT_AN_OBJECT, ps->base + ps->c.pos, NULL);
+    }
+    ps->c.pos++;
+    int more = st_json_peek(&ps->c) != '}';
+    if (!more) {
+        ps->c.pos++;
+    }
+    size_t key_pos_cap = 0;
+    int seen_metadata = 0;
+    while (more) {
+        uint64_t key_at = value_offset(ps);
+        const char *key;
+        size_t key_len;
+        if ((js = st_json_string(&ps->c, &key, &key_len)) != ST_JSON_OK ||
+            (js = st_json_expect(&ps->c, ':')) != ST_JSON_OK) {
+            return fail_json(ps, js, NULL);
+        }
+        st_sf_status status;
+        if (key_len == 12 && memcmp(key, "__metadata__", 12) == 0) {
+            if (seen_metadata++) {
+                return fail_at(ps, ST_SF_DUPLICATE_KEY, key_at, "__metadata__");
+            }
+            status = read_metadata(ps, value_offset(ps));
+        } else {
+            if (grow((void **)&h->tensors, &ps->tensors_cap, h->n_tensors + 1, sizeof *h->tensors) != 0 ||
+                grow((void **)&ps->key_pos, &key_pos_cap, h->n_tensors + 1, sizeof *ps->key_pos) != 0) {
+                return ST_SF_NO_MEMORY;
+            }
+            st_sf_tensor *t = &h->tensors[h->n_tensors];
+            memset(t, 0, sizeof *t);
+            if (save_string(ps, key, key_len, &t->name_off) != 0) {
+                return ST_SF_NO_MEMORY;
+            }
+            t->name_len = (uint32_t)key_len;
+            ps->key_pos[h->n_tensors] = key_at;
+            h->n_tensors++;
+            status = read_entry(ps, t, h->strings + t->name_off, value_offset(ps));
+        }
+        if (status != ST_SF_OK) {
+            return status;
+        }
+        if ((js = st_json_next(&ps->c, '}', &more)) != ST_JSON_OK) {
+            return fail_json(ps, js, NULL);
+        }
+    }
+    if (st_json_peek(&ps->c) >= 0) { /* only whitespace padding may follow */
+        ps->c.err_pos = ps->c.pos;
+        return fail_json(ps, ST_JSON_UNEXPECTED_CHAR, "after the header object");
+    }
+    st_sf_status status = check_names_unique(ps);
+    return status != ST_SF_OK ? status : check_layout(ps);
+}
+
+// --- Entry points -------------------------------------------------------------
+
+static uint64_t le64(const unsigned char *b)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = (v << 8) | b[i];
+    }
+    return v;
+}
+
+/* Checks on the length prefix shared by both entry points. */
+static st_sf_status check_prefix(st_sf_header *h, const unsigned char *prefix, uint64_t header_cap)
+{
+    h->header_len = le64(prefix);
+    if (h->header_len > header_cap) {
+        snprintf(h->err_detail, sizeof h->err_detail, "header length %llu, cap %llu",
+                 (unsigned long long)h->header_len, (unsigned long long)header_cap);
+        return ST_SF_HEADER_TOO_LARGE;
+    }
+    if (h->header_len > h->file_size - 8) {
+        snprintf(h->err_detail, sizeof h->err_detail, "header length %llu, file holds %llu after the prefix",
+                 (unsigned long long)h->header_len, (unsigned long long)(h->file_size - 8));
+        return ST_SF_HEADER_BEYOND_EOF;
+    }
+    return ST_SF_OK;
+}
+
+static st_sf_status parse_header_json(const char *json, st_sf_header *h)
+{
+    parser ps;
+    memset(&ps, 0, sizeof ps);
+    ps.h = h;
+    ps.base = 8;
+    st_json_cursor_init(&ps.c, json, (size_t)h->header_len);
+    st_sf_status status = parse_json(&ps);
+    st_json_cursor_free(&ps.c);
+    free(ps.key_pos);
+    return status;
+}
+
+static void reset(st_sf_header *h)
+{
+    memset(h, 0, sizeof *h);
+}
+
+/* Free the results but keep the error fields. */
+static st_sf_status finish(st_sf_header *h, st_sf_status status)
+{
+    if (status != ST_SF_OK) {
+        free(h->tensors);
+        free(h->meta);
+        free(h->strings);
+        h->tensors = NULL;
+        h->meta = NULL;
+        h->strings = NULL;
+        h->n_tensors = h->n_meta = h->strings_len = 0;
+    }
+    return status;
+}
+
+st_sf_status st_sf_parse(const char *bytes, size_t len, uint64_t file_size, uint64_t header_cap,
+                         st_sf_header *h)
+{
+    reset(h);
+    h->file_size = file_size;
+    if (len < 8 || file_size < 8) {
+        return ST_SF_TOO_SHORT;
+    }
+    st_sf_status status = check_prefix(h, (const unsigned char *)bytes, header_cap);
+    if (status != ST_SF_OK) {
+        return status;
+    }
+    if (h->header_len > len - 8) { /* the caller gave less than the header */
+        h->err_offset = len;
+        return ST_SF_HEADER_BEYOND_EOF;
+    }
+    return finish(h, parse_header_json(bytes + 8, h));
+}
+
+st_sf_status st_sf_read(const char *path, uint64_t header_cap, st_sf_header *h)
+{
+    reset(h);
+    char *json = NULL;
+    st_sf_status status = ST_SF_OK;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        h->err_errno = errno;
+        return ST_SF_OPEN_FAILED;
+    }
+    struct stat st;
+    unsigned char prefix[8];
+    if (fstat(fd, &st) != 0) {
+        h->err_errno = errno;
+        status = ST_SF_READ_FAILED;
+        goto error;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        h->err_errno = EISDIR;
+        status = ST_SF_READ_FAILED;
+        goto error;
+    }
+    h->file_size = (uint64_t)st.st_size;
+    if (h->file_size < 8) {
+        status = ST_SF_TOO_SHORT;
+        goto error;
+    }
+    ssize_t got = pread(fd, prefix, 8, 0);
+    if (got != 8) {
+        h->err_errno = got < 0 ? errno : EIO;
+        status = ST_SF_READ_FAILED;
+        goto error;
+    }
+    if ((status = check_prefix(h, prefix, header_cap)) != ST_SF_OK) {
+        goto error;
+    }
+    json = malloc(h->header_len ? (size_t)h->header_len : 1);
+    if (!json) {
+        status = ST_SF_NO_MEMORY;
+        goto error;
+    }
+    for (uint64_t off = 0; off < h->header_len;) {
+        ssize_t r = pread(fd, json + off, (size_t)(h->header_len - off), (off_t)(8 + off));
+        if (r < 0 && errno == EINTR) {
+            continue;
+        }
+        if (r <= 0) { /* the file shrank under us */
+            h->err_errno = r < 0 ? errno : EIO;
+            h->err_offset = 8 + off;
+            status = ST_SF_READ_FAILED;
+            goto error;
+        }
+        off += (uint64_t)r;
+    }
+    status = parse_header_json(json, h);
+error:
+    free(json);
+    close(fd);
+    return finish(h, status);
+}
+
+void st_sf_header_free(st_sf_header *h)
+{
+    free(h->tensors);
+    free(h->meta);
+    free(h->strings);
+    reset(h);
+}
+
+static const char *const status_names[ST_SF_STATUS_COUNT] = {
+    "OK", "OPEN_FAILED", "READ_FAILED", "TOO_SHORT", "HEADER_TOO_LARGE", "HEADER_BEYOND_EOF",
+    "BAD_JSON", "NOT_AN_OBJECT", "BAD_ENTRY", "DUPLICATE_KEY", "BAD_DTYPE", "BAD_SHAPE",
+    "BAD_OFFSETS", "SIZE_MISMATCH", "OVERLAP", "OUT_OF_RANGE", "BAD_METADATA", "NO_MEMORY",
+};
+
+static const char *const status_texts[ST_SF_STATUS_COUNT] = {
+    "ok",
+    "cannot open the file",
+    "cannot read the file",
+    "file shorter than the 8-byte header length",
+    "header length above the cap (not a safetensors file?)",
+    "header length runs past the end of the file",
+    "header is not valid JSON",
+    "header is not a JSON object",
+    "tensor entry is not an object with dtype, shape and data_offsets",
+    "duplicate key",
+    "unknown dtype",
+    "shape is not a list of non-negative integers (at most 16)",
+    "data_offsets is not [begin, end] with begin <= end",
+    "byte size differs from dtype x shape",
+    "tensors overlap",
+    "tensor data beyond the end of the file (truncated or partial download)",
+    "__metadata__ is not an object of strings",
+    "out of memory",
+};
+
+const char *st_sf_status_text(st_sf_status status)
+{
+    return (unsigned)status < ST_SF_STATUS_COUNT ? status_texts[status] : "unknown status";
+}
+
+const char *st_sf_status_name(st_sf_status status)
+{
+    return (unsigned)status < ST_SF_STATUS_COUNT ? status_names[status] : "UNKNOWN";
+}

@@ -1,0 +1,92 @@
+/* st_safetensors: reads and validates a .safetensors header without touching
+ * the tensor data, so a 20 GB file reads as fast as a 20 KB one. */
+#ifndef ST_SAFETENSORS_H
+#define ST_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One status per failure; each comes with the byte offset (from the start of
+ * the file) where it was found. */
+typedef enum st_sf_status {
+    ST_SF_OK = 0,
+    ST_SF_OPEN_FAILED,       /* see err_errno */
+    ST_SF_READ_FAILED,       /* see err_errno */
+    ST_SF_TOO_SHORT,         /* fewer than 8 bytes: no header length */
+    ST_SF_HEADER_TOO_LARGE,  /* header length above the cap */
+    ST_SF_HEADER_BEYOND_EOF, /* header length runs past the end of the file */
+    ST_SF_BAD_JSON,          /* see json_status */
+    ST_SF_NOT_AN_OBJECT,     /* the header is not a JSON object */
+    ST_SF_BAD_ENTRY,         /* a tensor entry is not an object or lacks a field */
+    ST_SF_DUPLICATE_KEY,     /* a tensor name (or an entry field) appears twice */
+    ST_SF_BAD_DTYPE,         /* unknown dtype string */
+    ST_SF_BAD_SHAPE,         /* shape not a list of integers, or too many dims */
+    ST_SF_BAD_OFFSETS,       /* data_offsets not [begin, end] with begin <= end */
+    ST_SF_SIZE_MISMATCH,     /* dtype size x shape != end - begin */
+    ST_SF_OVERLAP,           /* two tensors share bytes */
+    ST_SF_OUT_OF_RANGE,      /* offsets beyond the data section the file has */
+    ST_SF_BAD_METADATA,      /* __metadata__ is not an object of strings */
+    ST_SF_NO_MEMORY,
+    ST_SF_STATUS_COUNT
+} st_sf_status;
+
+#define ST_SF_MAX_DIMS 16
+#define ST_SF_DEFAULT_HEADER_CAP 100000000u /* as the safetensors library */
+
+typedef struct st_sf_tensor {
+    uint32_t name_off; /* into st_sf_header.strings, NUL-terminated */
+    uint32_t name_len;
+    uint8_t dtype;     /* index into the dtype table (st_sf_dtype_name) */
+    uint8_t ndim;
+    uint64_t shape[ST_SF_MAX_DIMS];
+    uint64_t begin, end; /* relative to the data section */
+} st_sf_tensor;
+
+typedef struct st_sf_meta {
+    uint32_t key_off, key_len, value_off, value_len; /* into strings */
+} st_sf_meta;
+
+typedef struct st_sf_header {
+    st_sf_tensor *tensors;
+    size_t n_tensors;
+    st_sf_meta *meta;
+    size_t n_meta;
+    int has_metadata;
+    char *strings; /* names, keys, values, each NUL-terminated */
+    size_t strings_len;
+    uint64_t header_len; /* N, the JSON's length */
+    uint64_t file_size;
+    uint64_t data_end;   /* largest tensor end: the data the header declares */
+    /* on failure */
+    uint64_t err_offset;
+    int err_errno;
+    int json_status;      /* st_json_status when BAD_JSON */
+    char err_detail[160]; /* tensor name or field involved, if any */
+} st_sf_header;
+
+/* Read the header of the file at path, validating it fully: header length
+ * within the file and below header_cap, strict JSON, entries well formed,
+ * offsets ordered, non-overlapping, sized as dtype x shape and inside the
+ * file's data section. Tensors come out in file order (by begin offset).
+ * Needs no GIL. On failure *h holds the error fields and nothing to free;
+ * on success free it with st_sf_header_free. */
+st_sf_status st_sf_read(const char *path, uint64_t header_cap, st_sf_header *h);
+
+/* Same, over a header already in memory (the 8-byte length prefix included)
+ * for a file of file_size bytes. For fuzzing and tests. */
+st_sf_status st_sf_parse(const char *bytes, size_t len, uint64_t file_size, uint64_t header_cap,
+                         st_sf_header *h);
+
+void st_sf_header_free(st_sf_header *h);
+
+/* The dtype's safetensors name ("F16"), its size in bits, or NULL/0 when out of range. */
+const char *st_sf_dtype_name(unsigned dtype);
+unsigned st_sf_dtype_bits(unsigned dtype);
+
+/* A short English description of a status. Static storage. */
+const char *st_sf_status_text(st_sf_status status);
+
+/* The status's identifier ("SIZE_MISMATCH"). Static storage. */
+const char *st_sf_status_name(st_sf_status status);
+
+#endif
