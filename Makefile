@@ -1,7 +1,7 @@
 # Everyday commands. `make test` is the README's test command.
 PYTHON ?= python3
 
-.PHONY: build test bench lint format sanitize valgrind clean
+.PHONY: build test bench lint format sanitize valgrind fuzz clean
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
@@ -11,6 +11,12 @@ test: build
 
 bench: build
 	$(PYTHON) benchmarks/bench_core.py
+	$(PYTHON) benchmarks/bench_safetensors.py
+
+# The libFuzzer target under ASan/UBSan for FUZZ_SECONDS (the tests run it for 20 s).
+FUZZ_SECONDS ?= 300
+fuzz:
+	STAGETRACE_FUZZ_SECONDS=$(FUZZ_SECONDS) $(PYTHON) -m pytest tests/test_fuzz.py -q
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -341,7 +341,9 @@ static st_sf_status check_names_unique(parser *ps)
 static st_sf_status check_layout(parser *ps)
 {
     st_sf_header *h = ps->h;
-    qsort(h->tensors, h->n_tensors, sizeof *h->tensors, by_begin);
+    if (h->n_tensors > 1) { /* qsort's pointer must not be NULL, even for 0 items */
+        qsort(h->tensors, h->n_tensors, sizeof *h->tensors, by_begin);
+    }
     uint64_t data_len = h->file_size - 8 - h->header_len;
     uint64_t reach = 0; /* end of the bytes claimed so far */
     const st_sf_tensor *owner = NULL;
