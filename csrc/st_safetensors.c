@@ -344,7 +344,22 @@ static st_sf_status check_layout(parser *ps)
     if (h->n_tensors > 1) { /* qsort's pointer must not be NULL, even for 0 items */
         qsort(h->tensors, h->n_tensors, sizeof *h->tensors, by_begin);
     }
+    /* first: does the file hold all the data the header declares? (a
+     * truncated download), so later offsets always point inside the file */
     uint64_t data_len = h->file_size - 8 - h->header_len;
+    const st_sf_tensor *last = NULL;
+    for (size_t i = 0; i < h->n_tensors; i++) {
+        if (!last || h->tensors[i].end > last->end) {
+            last = &h->tensors[i];
+        }
+    }
+    h->data_end = last ? last->end : 0;
+    if (h->data_end > data_len) {
+        char detail[sizeof h->err_detail];
+        snprintf(detail, sizeof detail, "%.80s ends at data byte %llu; the file holds %llu", name_of(ps, last),
+                 (unsigned long long)h->data_end, (unsigned long long)data_len);
+        return fail_at(ps, ST_SF_OUT_OF_RANGE, h->file_size, detail);
+    }
     uint64_t reach = 0; /* end of the bytes claimed so far */
     const st_sf_tensor *owner = NULL;
     for (size_t i = 0; i < h->n_tensors; i++) {
@@ -358,13 +373,6 @@ static st_sf_status check_layout(parser *ps)
             reach = t->end;
             owner = t;
         }
-    }
-    h->data_end = reach;
-    if (reach > data_len) {
-        char detail[sizeof h->err_detail];
-        snprintf(detail, sizeof detail, "%.80s ends at data byte %llu; the file holds %llu",
-                 owner ? name_of(ps, owner) : "?", (unsigned long long)reach, (unsigned long long)data_len);
-        return fail_at(ps, ST_SF_OUT_OF_RANGE, h->file_size, detail);
     }
     return ST_SF_OK;
 }
