@@ -7,9 +7,7 @@
 static const char hex_digits[] = "0123456789abcdef";
 static const char replacement[] = "\xEF\xBF\xBD"; /* U+FFFD */
 
-/* Length of the well-formed UTF-8 sequence at p (1..4), or 0 when ill-formed;
- * *bad_len is then the length of the maximal ill-formed subpart (>= 1). */
-static size_t utf8_sequence(const unsigned char *p, size_t avail, size_t *bad_len)
+size_t st_utf8_sequence(const unsigned char *p, size_t avail, size_t *bad_len)
 {
     unsigned char c = p[0];
     size_t need;
@@ -68,7 +66,7 @@ size_t st_json_write_string(st_sink *out, const char *s, size_t len)
             run = 0;
         }
         if (c >= 0x80) {
-            size_t bad = 0, n = utf8_sequence(p + i, len - i, &bad);
+            size_t bad = 0, n = st_utf8_sequence(p + i, len - i, &bad);
             if (n) {
                 st_sink_write(out, p + i, n);
                 i += n;

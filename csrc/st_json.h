@@ -14,4 +14,9 @@
  * U+FFFD. Returns the number of replacements made. Sink errors are sticky. */
 size_t st_json_write_string(st_sink *out, const char *s, size_t len);
 
+/* Length of the well-formed UTF-8 sequence at p (1..4; avail >= 1 bytes
+ * there), or 0 when ill-formed; *bad_len is then the length of the maximal
+ * ill-formed subpart (>= 1). Can't fail. */
+size_t st_utf8_sequence(const unsigned char *p, size_t avail, size_t *bad_len);
+
 #endif

@@ -4,6 +4,8 @@
  * the stack. */
 #include "st_jsonscan.h"
 
+#include "st_json.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,37 +103,6 @@ static long hex4(const st_json_cursor *c, size_t pos)
     return v;
 }
 
-/* Length of the well-formed UTF-8 sequence at s (1..4) or 0. */
-static size_t utf8_length(const unsigned char *s, size_t avail)
-{
-    unsigned char b = s[0], lo = 0x80, hi = 0xBF;
-    size_t need;
-    if (b < 0x80) {
-        return 1;
-    } else if (b >= 0xC2 && b <= 0xDF) {
-        need = 2;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-        need = 3;
-        lo = b == 0xE0 ? 0xA0 : 0x80;
-        hi = b == 0xED ? 0x9F : 0xBF;
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        need = 4;
-        lo = b == 0xF0 ? 0x90 : 0x80;
-        hi = b == 0xF4 ? 0x8F : 0xBF;
-    } else {
-        return 0;
-    }
-    if (avail < need || s[1] < lo || s[1] > hi) {
-        return 0;
-    }
-    for (size_t i = 2; i < need; i++) {
-        if (s[i] < 0x80 || s[i] > 0xBF) {
-            return 0;
-        }
-    }
-    return need;
-}
-
 static size_t put_utf8(char *out, unsigned long cp)
 {
     if (cp < 0x80) {
@@ -180,7 +151,7 @@ st_json_status st_json_string(st_json_cursor *c, const char **out, size_t *out_l
             return fail(c, ST_JSON_BAD_STRING, c->pos);
         }
         if (ch >= 0x80) {
-            size_t k = utf8_length((const unsigned char *)c->p + c->pos, c->len - c->pos);
+            size_t bad, k = st_utf8_sequence((const unsigned char *)c->p + c->pos, c->len - c->pos, &bad);
             if (!k) {
                 return fail(c, ST_JSON_BAD_STRING, c->pos);
             }

@@ -114,6 +114,17 @@ static uint64_t value_offset(parser *ps)
     return ps->base + ps->c.pos;
 }
 
+/* Read an object member's key and the ':' after it; *at gets the key's offset. */
+static st_sf_status read_key(parser *ps, const char **key, size_t *len, uint64_t *at, const char *context)
+{
+    *at = value_offset(ps);
+    st_json_status js = st_json_string(&ps->c, key, len);
+    if (js == ST_JSON_OK) {
+        js = st_json_expect(&ps->c, ':');
+    }
+    return js == ST_JSON_OK ? ST_SF_OK : fail_json(ps, js, context);
+}
+
 static st_sf_status read_dtype(parser *ps, st_sf_tensor *t, const char *name)
 {
     uint64_t at = value_offset(ps);
@@ -178,12 +189,12 @@ static st_sf_status read_entry(parser *ps, st_sf_tensor *t, const char *name, ui
         ps->c.pos++;
     }
     while (more) {
-        uint64_t key_at = value_offset(ps);
+        uint64_t key_at;
         const char *key;
         size_t key_len;
-        if ((js = st_json_string(&ps->c, &key, &key_len)) != ST_JSON_OK ||
-            (js = st_json_expect(&ps->c, ':')) != ST_JSON_OK) {
-            return fail_json(ps, js, name);
+        st_sf_status key_status = read_key(ps, &key, &key_len, &key_at, name);
+        if (key_status != ST_SF_OK) {
+            return key_status;
         }
         unsigned field = key_len == 5 && memcmp(key, "dtype", 5) == 0          ? FIELD_DTYPE
                          : key_len == 5 && memcmp(key, "shape", 5) == 0        ? FIELD_SHAPE
@@ -393,14 +404,13 @@ static st_sf_status parse_json(parser *ps)
     size_t key_pos_cap = 0;
     int seen_metadata = 0;
     while (more) {
-        uint64_t key_at = value_offset(ps);
+        uint64_t key_at;
         const char *key;
         size_t key_len;
-        if ((js = st_json_string(&ps->c, &key, &key_len)) != ST_JSON_OK ||
-            (js = st_json_expect(&ps->c, ':')) != ST_JSON_OK) {
-            return fail_json(ps, js, NULL);
+        st_sf_status status = read_key(ps, &key, &key_len, &key_at, NULL);
+        if (status != ST_SF_OK) {
+            return status;
         }
-        st_sf_status status;
         if (key_len == 12 && memcmp(key, "__metadata__", 12) == 0) {
             if (seen_metadata++) {
                 return fail_at(ps, ST_SF_DUPLICATE_KEY, key_at, "__metadata__");
