@@ -1,6 +1,9 @@
 """The ``stagetrace`` command.
 
     stagetrace report TRACE [--json]   the stage summary of a saved trace
+    stagetrace inspect FILE... [--json] [--models-dir DIR]
+                                       what a model file holds and lacks (exit 0
+                                       complete, 1 incomplete, 2 unreadable)
     stagetrace demo [--comfyui DIR]    profile a real (tiny, CPU) ComfyUI run, or
                                        a built-in example when no ComfyUI is given
 """
@@ -34,6 +37,22 @@ def _report(args) -> int:
     return status
 
 
+def _inspect(args) -> int:
+    from . import inspect_files
+
+    if not args.files and not args.models_dir:
+        print("stagetrace inspect: give model files, or --models-dir DIR", file=sys.stderr)
+        return inspect_files.UNREADABLE
+    reports = [inspect_files.inspect_file(path) for path in args.files]
+    if args.models_dir:
+        reports += inspect_files.walk_models_dir(args.models_dir)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+    else:
+        print("\n\n".join(inspect_files.format_report(r) for r in reports))
+    return inspect_files.exit_code(reports)
+
+
 def _demo(args) -> int:
     from . import demo
 
@@ -47,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("trace", nargs="+", help="a .trace.json file written by StageTrace")
     report.add_argument("--json", action="store_true", help="machine-readable output")
     report.set_defaults(func=_report)
+    inspect = sub.add_parser("inspect", help="what a model file holds, what it lacks, how to load it")
+    inspect.add_argument("files", nargs="*", help=".safetensors files")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--models-dir", help="walk a ComfyUI models folder and flag problems")
+    inspect.set_defaults(func=_inspect)
     demo = sub.add_parser("demo", help="profile a tiny ComfyUI workflow on the CPU (or a built-in example)")
     demo.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"),
                       help="ComfyUI checkout to run (default: $COMFYUI_DIR)")
