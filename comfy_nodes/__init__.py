@@ -1,5 +1,7 @@
 """StageTrace: profiles ComfyUI from inside its process.
 
-Importing this package does nothing heavy: the C core is loaded by
-``native.py`` on first use and hooks are installed only by ``setup_comfyui``.
+Importing this package does nothing heavy: ``native.py`` loads the C core when
+a module that needs it is imported, and hooks are installed only by
+``comfyui.setup()`` (which the repository's root ``__init__.py`` calls when
+ComfyUI loads the folder as a custom node).
 """
