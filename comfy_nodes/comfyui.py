@@ -121,6 +121,7 @@ def _install(native, settings: Settings, execution) -> Installation:
             inst.replace(executor, "add_message", _tap_messages(add_message, recorder), "PromptExecutor.add_message")
         else:
             inst.recorder.fallbacks.append("no add_message tap: cached nodes and prompt events not recorded")
+    _hook_model_files(inst, recorder)
     queue = getattr(execution, "PromptQueue", None)
     put = queue.__dict__.get("put") if queue is not None else None
     if put is not None and _params(put)[:2] == ["self", "item"]:
@@ -152,6 +153,25 @@ def _hook_prompt(inst: Installation, native, recorder: Recorder, executor) -> No
             _finish_prompt(recorder)
 
     inst.replace(executor, "execute_async", execute_async, "PromptExecutor.execute_async")
+
+
+def _hook_model_files(inst: Installation, recorder: Recorder) -> None:
+    """comfy.utils.load_torch_file: every loader reads weights through it."""
+    utils = sys.modules.get("comfy.utils")
+    original = getattr(utils, "load_torch_file", None)
+    if original is None or _params(original)[:1] != ["ckpt"]:
+        recorder.fallbacks.append("no model-file hook: checkpoint anatomy not recorded")
+        return
+
+    @functools.wraps(original)
+    def load_torch_file(ckpt, *args, **kwargs):
+        try:
+            recorder.on_model_file(ckpt)
+        except Exception as exc:
+            log_once("model-file", "checkpoint anatomy failed (%s: %s)", type(exc).__name__, exc)
+        return original(ckpt, *args, **kwargs)
+
+    inst.replace(utils, "load_torch_file", load_torch_file, "comfy.utils.load_torch_file")
 
 
 def _finish_prompt(recorder: Recorder) -> None:

@@ -7,7 +7,8 @@ and the integration tests drive prompts through ComfyUI's own executor.
 prints one final line ``HARNESS_RESULT {json}``. Scenarios: ``basic`` (one
 text-to-image prompt), ``twice`` (the same prompt twice: the second is served
 from cache), ``fail`` (a node raises), ``interrupt`` (a node interrupts the
-prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first).
+prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first),
+``needs-clip`` (CLIPTextEncode asks the CLIP-less checkpoint for its CLIP).
 ``--break-stagetrace`` makes every StageTrace hook raise, to show the prompt
 is unaffected.
 
@@ -205,6 +206,15 @@ def with_node_between_sampler_and_decode(prompt: dict, class_type: str) -> dict:
     return prompt
 
 
+def with_clip_text_encode(prompt: dict) -> dict:
+    """The workflow with its positive prompt encoded by CLIPTextEncode from the
+    checkpoint loader's CLIP output, which the tiny checkpoint does not have:
+    ComfyUI then fails with "clip input is invalid: None"."""
+    prompt = json.loads(json.dumps(prompt))
+    prompt["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}}
+    return prompt
+
+
 def _break_stagetrace() -> int:
     """Make every StageTrace hook raise (fault injection for the fail-open test)."""
     broken = 0
@@ -224,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", required=True)
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--scenario", choices=("basic", "twice", "fail", "interrupt", "queued"), default="basic")
+    parser.add_argument("--scenario", default="basic",
+                        choices=("basic", "twice", "fail", "interrupt", "queued", "needs-clip"))
     parser.add_argument("--custom-node-dir", action="append", default=[])
     parser.add_argument("--break-stagetrace", action="store_true")
     args = parser.parse_args(argv)
@@ -241,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         prompt = with_node_between_sampler_and_decode(prompt, "HarnessFail")
     elif args.scenario == "interrupt":
         prompt = with_node_between_sampler_and_decode(prompt, "HarnessInterrupt")
+    elif args.scenario == "needs-clip":
+        prompt = with_clip_text_encode(prompt)
     runs = [harness.run(prompt, f"{args.scenario}-1", queue_wait_s=0.3 if args.scenario == "queued" else None)]
     if args.scenario == "twice":
         runs.append(harness.run(prompt, f"{args.scenario}-2"))

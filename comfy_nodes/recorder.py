@@ -51,6 +51,8 @@ class Recorder:
         self.outcome = stages.OK
         self.t_begin = 0
         self.queue_wait_ns: int | None = None
+        self.anatomy: list[dict] = []  # model files read during the prompt
+        self.warnings: list[str] = []
 
     def on_submit(self, prompt_id: str) -> None:
         """A prompt entered the queue (PromptQueue.put)."""
@@ -116,6 +118,54 @@ class Recorder:
         elif event == "execution_interrupted":
             self.outcome = stages.INTERRUPTED
         self.messages.append((now, event, data))
+
+    # --- model files (comfy.utils.load_torch_file) ------------------------
+
+    def on_model_file(self, path: str) -> None:
+        """Before a loader reads a file: record its anatomy, and warn when the
+        loader node cannot give what its downstream nodes need."""
+        if not str(path).lower().endswith((".safetensors", ".sft")):
+            return
+        from .anatomy import classify
+
+        path = str(path)
+        n = self.native
+        node_id = _executing_node_id()
+        name_id, path_id, now = n.intern("anatomy: " + os.path.basename(path)), n.intern(path), n.now_ns()
+        try:
+            header = n.read_safetensors_header(path)
+        except n.SafetensorsError as exc:
+            self.anatomy.append({"path": path, "node_id": node_id, "error": str(exc)})
+            n.record(stages.ANATOMY, name_id, path_id, now, now, stages.ERROR, instant=True)
+            return
+        anatomy = classify({t[0]: (t[1], t[2]) for t in header["tensors"]}, header["metadata"])
+        self.anatomy.append({"path": path, "node_id": node_id, **anatomy.to_dict()})
+        n.record(stages.ANATOMY, name_id, path_id, now, now, stages.OK, instant=True)
+        warning = self._loader_warning(node_id, path, anatomy)
+        if warning:
+            self.warnings.append(warning)
+            logger.warning("StageTrace: %s", warning)
+
+    def _loader_warning(self, node_id: str | None, path: str, anatomy) -> str | None:
+        node = self.prompt.get(node_id) if node_id is not None else None
+        outputs = _LOADER_OUTPUTS.get(node.get("class_type")) if isinstance(node, dict) else None
+        if not outputs:
+            return None
+        missing = {index: what for index, (kind, what) in outputs.items() if not anatomy.of_kind(kind)}
+        consumers = {index: [] for index in missing}
+        for other_id, other in self.prompt.items():
+            for value in (other.get("inputs") or {}).values() if isinstance(other, dict) else ():
+                if isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id and value[1] in missing:
+                    consumers[value[1]].append(f"{other.get('class_type', '?')} #{other_id}")
+        needed = [f"no {missing[i]}, which {', '.join(users)} need{'s' if len(users) == 1 else ''}"
+                  for i, users in consumers.items() if users]
+        if not needed:
+            return None
+        advice = "; ".join(f"{step.node} ({', '.join(f'{k}={v}' for k, v in step.inputs.items())})"
+                           for step in anatomy.loading_advice(os.path.basename(path)))
+        text = (f"{node['class_type']} #{node_id} loads {os.path.basename(path)} ({anatomy.family_label}), which has "
+                f"{' and '.join(needed)}: this prompt will fail there. ")
+        return text + (f"Load it with: {advice}." if advice else "Use a complete checkpoint.")
 
     # --- progress-handler fallback (when execution.execute moved) -------
 
@@ -232,6 +282,8 @@ class Recorder:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "torch": getattr(torch, "__version__", None),
+            "anatomy": self.anatomy,
+            "warnings": self.warnings,
         }
 
     def _report_hook_errors(self) -> None:
@@ -239,6 +291,20 @@ class Recorder:
         if count > self._hook_errors_seen:
             self._hook_errors_seen = count
             log_once("hook-error", "a hook failed and was skipped (%s); the prompt was not affected", last)
+
+
+# Loader node class -> {output index: (component kind it needs, what to call it)}
+_LOADER_OUTPUTS = {
+    "CheckpointLoaderSimple": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
+    "CheckpointLoader": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
+    "unCLIPCheckpointLoader": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
+}
+
+
+def _executing_node_id() -> str | None:
+    utils = sys.modules.get("comfy_execution.utils")
+    context = utils.get_executing_context() if utils and hasattr(utils, "get_executing_context") else None
+    return str(context.node_id) if context is not None else None
 
 
 _MESSAGE_FIELDS = ("prompt_id", "node_id", "node_type", "exception_type", "exception_message", "nodes")

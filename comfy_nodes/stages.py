@@ -23,6 +23,7 @@ OUTCOMES = ("ok", "error", "interrupted", "pending", "cached")
 
 PROMPT = STAGES.index("prompt")
 NODE = STAGES.index("node")
+ANATOMY = STAGES.index("anatomy")
 
 OK = OUTCOMES.index("ok")
 ERROR = OUTCOMES.index("error")

@@ -29,9 +29,15 @@ class Summary:
     nodes: list[NodeTime]  # executed nodes, slowest first
     cached: list[NodeTime]
     failures: list[str] = field(default_factory=list)  # "failed: ...", "interrupted at: ..."
+    warnings: list[str] = field(default_factory=list)
     events: int = 0
     dropped: int = 0
     trace_path: str | None = None
+
+
+def _first_line(text: object) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _union_us(intervals: list[tuple[float, float]]) -> float:
@@ -59,7 +65,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         if ph == "i" and ev.get("name") == "execution_error":
             failures.append(
                 f"failed: {args.get('node_type', '?')} #{args.get('node_id', '?')}: "
-                f"{args.get('exception_type', 'error')}: {args.get('exception_message', '')}".rstrip()
+                f"{args.get('exception_type', 'error')}: {_first_line(args.get('exception_message', ''))}".rstrip()
             )
         elif ph == "i" and ev.get("name") == "execution_interrupted":
             failures.append(f"interrupted at: {args.get('node_type', '?')} #{args.get('node_id', '?')}")
@@ -104,6 +110,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         nodes=sorted(node_time.values(), key=lambda n: n.seconds, reverse=True),
         cached=sorted(cached.values(), key=lambda n: n.node_id),
         failures=failures,
+        warnings=[str(w) for w in other.get("warnings") or ()],
         events=len(events),
         dropped=int(other.get("dropped_events", 0) or 0),
         trace_path=trace_path,
@@ -140,6 +147,8 @@ def format_text(s: Summary) -> str:
     if s.cached:
         names = ", ".join(f"{n.class_type} #{n.node_id}" for n in s.cached)
         lines.append(f"  cached: {len(s.cached)} node{'s' if len(s.cached) != 1 else ''} ({names})")
+    for warning in s.warnings:
+        lines.append(f"  warning: {warning}")
     for failure in s.failures:
         lines.append(f"  {failure}")
     if s.trace_path:

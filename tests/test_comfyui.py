@@ -56,7 +56,12 @@ def test_prompt_trace_and_summary(tmp_path):
     (path,) = traces(tmp_path)
     trace = load(str(path))
     assert trace["otherData"]["hooks"] == [
-        "execution.execute", "PromptExecutor.execute_async", "PromptExecutor.add_message", "PromptQueue.put"]
+        "execution.execute", "PromptExecutor.execute_async", "PromptExecutor.add_message",
+        "comfy.utils.load_torch_file", "PromptQueue.put"]
+    (anatomy,) = trace["otherData"]["anatomy"]
+    assert anatomy["node_id"] == "4" and anatomy["family"] == "sd1" and trace["otherData"]["warnings"] == []
+    assert [e["name"] for e in trace["traceEvents"] if e.get("cat") == "anatomy"] == [
+        "anatomy: tiny_sd15.safetensors"]
     assert trace["otherData"]["comfyui_version"]
     nodes = node_events(trace)
     assert sorted(e["args"]["node_id"] for e in nodes) == sorted(WORKFLOW_NODES)  # every node, once
@@ -226,3 +231,23 @@ def test_queue_wait_is_measured(tmp_path):
     assert 0.3 <= trace["otherData"]["queue_wait_s"] < 5
     assert wait["dur"] >= 300_000 and wait["ts"] + wait["dur"] == pytest.approx(prompt["ts"], abs=50_000)
     assert "queue wait 0.3" in log
+
+
+def test_missing_clip_is_reported_before_the_failure(tmp_path):
+    result, log = run_harness(tmp_path, "needs-clip")
+    run = result["runs"][0]
+    assert not run["success"]
+    assert "clip input is invalid: None" in run["errors"][0]["exception_message"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    (warning,) = trace["otherData"]["warnings"]
+    assert "CheckpointLoaderSimple #4 loads tiny_sd15.safetensors" in warning
+    assert "no text encoder (CLIP), which CLIPTextEncode #6 needs" in warning
+    assert "CLIPLoader" in warning
+    # logged once, and before ComfyUI's own error
+    assert log.count("StageTrace: CheckpointLoaderSimple #4 loads") == 1
+    assert log.index("StageTrace: CheckpointLoaderSimple #4 loads") < log.index("!!! Exception during processing")
+    (event,) = [e for e in trace["traceEvents"] if e.get("cat") == "anatomy"]
+    error = next(e for e in trace["traceEvents"] if e.get("name") == "execution_error")
+    assert event["ts"] < error["ts"]
+    assert f"warning: {warning}" in log  # the console summary repeats it
