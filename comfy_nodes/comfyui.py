@@ -10,6 +10,8 @@ the hook falls back to a coarser one and the trace metadata says so.
   are written when it returns.
 - ``PromptExecutor.add_message``: tap for cached nodes and prompt events.
 - ``PromptQueue.put``: submit time, for the queue wait.
+- ``comfy.utils.load_torch_file``: each model file's anatomy (header only),
+  and a warning when a loader cannot give the CLIP/VAE its consumers need.
 """
 
 from __future__ import annotations
