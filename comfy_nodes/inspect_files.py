@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from . import native as native_loader
+from .anatomy import human_bytes
 
 COMPLETE, INCOMPLETE, UNREADABLE = 0, 1, 2
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -96,16 +97,8 @@ def walk_models_dir(models_dir: str) -> list[FileReport]:
     return reports
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def format_report(report: FileReport) -> str:
-    lines = [f"{report.path}  ({_size(report.size)})"]
+    lines = [f"{report.path}  ({human_bytes(report.size)})"]
     if report.error:
         lines.append(f"  unreadable: {report.error}")
     anatomy = report.anatomy
