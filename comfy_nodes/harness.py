@@ -8,7 +8,9 @@ prints one final line ``HARNESS_RESULT {json}``. Scenarios: ``basic`` (one
 text-to-image prompt), ``twice`` (the same prompt twice: the second is served
 from cache), ``fail`` (a node raises), ``interrupt`` (a node interrupts the
 prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first),
-``needs-clip`` (CLIPTextEncode asks the CLIP-less checkpoint for its CLIP).
+``needs-clip`` (CLIPTextEncode asks the CLIP-less checkpoint for its CLIP),
+``diffusion-only`` (the same, with a diffusion-model-only file in
+CheckpointLoaderSimple: no CLIP and no VAE).
 ``--break-stagetrace`` makes every StageTrace hook raise, to show the prompt
 is unaffected.
 
@@ -29,9 +31,10 @@ import os
 import sys
 import time
 
-from .tiny_checkpoint import write_tiny_sd15_checkpoint
+from .tiny_checkpoint import write_tiny_diffusion_model_only, write_tiny_sd15_checkpoint
 
 CHECKPOINT = "tiny_sd15.safetensors"
+DIFFUSION_ONLY = "tiny_sd15_unet_only.safetensors"
 
 
 class RecordingServer:
@@ -132,11 +135,12 @@ class Harness:
         nodes.NODE_CLASS_MAPPINGS.update(_test_nodes())
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
 
-    def write_checkpoint(self) -> str:
-        path = os.path.join(self.models, CHECKPOINT)
+    def write_checkpoint(self, diffusion_model_only: bool = False) -> str:
+        name = DIFFUSION_ONLY if diffusion_model_only else CHECKPOINT
+        path = os.path.join(self.models, name)
         if not os.path.exists(path):
-            write_tiny_sd15_checkpoint(path)
-        return CHECKPOINT
+            (write_tiny_diffusion_model_only if diffusion_model_only else write_tiny_sd15_checkpoint)(path)
+        return name
 
     def run(self, prompt: dict, prompt_id: str, queue_wait_s: float | None = None) -> dict:
         """Execute one prompt. With queue_wait_s it goes through ComfyUI's
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfyui", required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--scenario", default="basic",
-                        choices=("basic", "twice", "fail", "interrupt", "queued", "needs-clip"))
+                        choices=("basic", "twice", "fail", "interrupt", "queued", "needs-clip", "diffusion-only"))
     parser.add_argument("--custom-node-dir", action="append", default=[])
     parser.add_argument("--break-stagetrace", action="store_true")
     args = parser.parse_args(argv)
@@ -247,12 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     harness.boot()
     boot_s = time.perf_counter() - started
     broken = _break_stagetrace() if args.break_stagetrace else 0
-    prompt = tiny_txt2img(harness.write_checkpoint())
+    prompt = tiny_txt2img(harness.write_checkpoint(diffusion_model_only=args.scenario == "diffusion-only"))
     if args.scenario == "fail":
         prompt = with_node_between_sampler_and_decode(prompt, "HarnessFail")
     elif args.scenario == "interrupt":
         prompt = with_node_between_sampler_and_decode(prompt, "HarnessInterrupt")
-    elif args.scenario == "needs-clip":
+    elif args.scenario in ("needs-clip", "diffusion-only"):
         prompt = with_clip_text_encode(prompt)
     runs = [harness.run(prompt, f"{args.scenario}-1", queue_wait_s=0.3 if args.scenario == "queued" else None)]
     if args.scenario == "twice":

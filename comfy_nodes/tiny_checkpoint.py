@@ -212,3 +212,18 @@ def write_tiny_sd15_checkpoint(path: str | os.PathLike, *, seed: int = 0, with_v
     state_dict = tiny_sd15_state_dict(seed=seed, with_vae=with_vae, dtype=dtype)
     save_file(state_dict, path, metadata={"format": "pt", "generator": "stagetrace.tiny_sd15", "seed": str(seed)})
     return path
+
+
+def write_tiny_diffusion_model_only(path: str | os.PathLike, *, seed: int = 0) -> str:
+    """The same UNet as a diffusion-model-only file: unprefixed keys, no VAE and
+    no text encoder, like Qwen-Image's ``diffusion_pytorch_model.safetensors``.
+    CheckpointLoaderSimple loads it as a diffusion model and returns no CLIP and
+    no VAE; UNETLoader is the intended loader."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    state_dict = tiny_sd15_state_dict(seed=seed, with_vae=False)
+    save_file({key[len(UNET_PREFIX):]: value for key, value in state_dict.items()}, path,
+              metadata={"format": "pt", "generator": "stagetrace.tiny_sd15_unet", "seed": str(seed)})
+    return path

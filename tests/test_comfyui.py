@@ -251,3 +251,21 @@ def test_missing_clip_is_reported_before_the_failure(tmp_path):
     error = next(e for e in trace["traceEvents"] if e.get("name") == "execution_error")
     assert event["ts"] < error["ts"]
     assert f"warning: {warning}" in log  # the console summary repeats it
+
+
+def test_diffusion_model_only_file_in_checkpoint_loader(tmp_path):
+    """The user's case in miniature: a diffusion-model-only file through
+    CheckpointLoaderSimple, with CLIPTextEncode and VAEDecode downstream."""
+    result, log = run_harness(tmp_path, "diffusion-only")
+    run = result["runs"][0]
+    assert not run["success"] and "clip input is invalid" in run["errors"][0]["exception_message"]
+    assert "This is not a checkpoint file, trying to load it as a diffusion model only" in log
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    (anatomy,) = trace["otherData"]["anatomy"]
+    assert anatomy["family"] == "sd1" and anatomy["complete"] is False
+    (warning,) = trace["otherData"]["warnings"]
+    assert "no text encoder (CLIP), which CLIPTextEncode #6 needs" in warning
+    assert "no VAE, which VAEDecode #8 needs" in warning
+    assert "UNETLoader" in warning and "VAELoader" in warning
+    assert log.index("StageTrace: CheckpointLoaderSimple #4 loads") < log.index("!!! Exception during processing")
