@@ -30,6 +30,7 @@ SOURCES = [
     "csrc/st_jsonscan.c",
     "csrc/st_nvtx.c",
     "csrc/st_safetensors.c",
+    "csrc/st_sfgroup.c",
     "csrc/st_sink.c",
     "csrc/st_stage.c",
     "csrc/st_trace.c",

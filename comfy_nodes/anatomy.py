@@ -29,12 +29,13 @@ Pure Python: no I/O, no torch. Importing the module only builds the tables.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
 UNKNOWN = "unknown"
 KINDS = ("diffusion_model", "text_encoder", "vae", "lora", "controlnet", "other")
+_KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
 # --- Dtypes ---
 
@@ -56,6 +57,9 @@ DTYPES: dict[str, tuple[str, int]] = {
     "BOOL": ("other", 8),
     "F64": ("other", 64),
     "F8_E8M0": ("other", 8),
+    "F8_E4M3FNUZ": ("other", 8),
+    "F8_E5M2FNUZ": ("other", 8),
+    "C64": ("other", 64),
     "F6_E2M3": ("other", 6),
     "F6_E3M2": ("other", 6),
     "F4": ("other", 4),
@@ -63,9 +67,12 @@ DTYPES: dict[str, tuple[str, int]] = {
 DTYPE_ORDER = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2", "int", "other")
 
 
+_OTHER = ("other", 0)
+
+
 def dtype_name(dtype: str) -> str:
     """The histogram name of a safetensors dtype string ("F8_E4M3" -> "fp8_e4m3fn"); "other" if unknown."""
-    return DTYPES.get(dtype, ("other", 0))[0]
+    return DTYPES.get(dtype, _OTHER)[0]
 
 
 # --- Key patterns ---
@@ -80,8 +87,15 @@ def dtype_name(dtype: str) -> str:
 def _compile(pattern: str) -> tuple[str, re.Pattern[str]]:
     """(literal head, regex) for a pattern; the head lets a scan skip most keys cheaply."""
     pieces = re.split(r"([#*])", pattern)
-    regex = "".join(r"(\d+)" if p == "#" else ".+?" if p == "*" else re.escape(p) for p in pieces)
-    return pieces[0], re.compile(regex)
+    regex = "".join("([0-9]+)" if p == "#" else ".+?" if p == "*" else re.escape(p) for p in pieces)
+    return pieces[0], re.compile(regex, re.DOTALL)  # as csrc/st_sfgroup.c matches prefixes
+
+
+@cache
+def _tail(pattern: str) -> str:
+    """The literal text after a pattern's last wildcard: with the head, it rules out most keys
+    before the regex runs."""
+    return re.split(r"[#*]", pattern)[-1]
 
 
 def _is_literal(pattern: str) -> bool:
@@ -348,6 +362,8 @@ PREFIXES: tuple[Prefix, ...] = (
     Prefix("control_model.", "controlnet"),
     Prefix("model_ema.", "other", "ema", "EMA copy of the UNet weights"),
 )
+PREFIX_PATTERNS = tuple(p.pattern for p in PREFIXES)  # what the C reader's group_by takes
+_PATTERN_SPECS = {-1: None, **dict(enumerate(PREFIXES))}  # the reader's pattern index -> Prefix
 
 
 # --- What each diffusion-model family needs ---
@@ -719,29 +735,45 @@ class Anatomy:
 # --- Classification ---
 
 
-class _Group:
-    """The tensors under one prefix, keyed by their names with the prefix removed."""
+_UNSEEN = object()
 
-    def __init__(self, prefix: str, spec: Prefix | None) -> None:
+
+class _Group:
+    """The tensors under one prefix: ``keys`` maps each name with the prefix removed to its shape;
+    the totals (tensor count, parameters, bytes, bytes per safetensors dtype) come with it, from the
+    C reader or from :func:`_group_by_prefix`."""
+
+    __slots__ = ("prefix", "spec", "kind", "keys", "tensors", "parameters", "bytes", "dtype_bytes", "_found")
+
+    def __init__(self, prefix: str, spec: Prefix | None, keys: dict[str, tuple[int, ...]], tensors: int = 0,
+                 parameters: int = 0, nbytes: int = 0, dtype_bytes: dict[str, int] | None = None) -> None:
         self.prefix = prefix
         self.spec = spec  # None for keys under no known prefix: every rule is tried
         self.kind = spec.kind if spec else None
-        self.tensors: dict[str, tuple[str, tuple[int, ...], int]] = {}
+        self.keys = keys
+        self.tensors = tensors
+        self.parameters = parameters
+        self.bytes = nbytes
+        self.dtype_bytes = dtype_bytes if dtype_bytes is not None else {}
         self._found: dict[str, str | None] = {}
 
     def find(self, pattern: str) -> str | None:
         """The key matching ``pattern`` with the smallest block indices, or None."""
-        if pattern not in self._found:
-            self._found[pattern] = self._scan(pattern)
-        return self._found[pattern]
+        if pattern in self.keys:  # a literal key, present
+            return pattern
+        found = self._found.get(pattern, _UNSEEN)
+        if found is _UNSEEN:
+            found = self._found[pattern] = self._scan(pattern)
+        return found
 
     def _scan(self, pattern: str) -> str | None:
         if _is_literal(pattern):
-            return pattern if pattern in self.tensors else None
+            return None  # find() looked it up already
         head, regex = _compile(pattern)
+        tail = _tail(pattern)
         best: tuple[tuple[int, ...], str] | None = None
-        for key in self.tensors:
-            if key.startswith(head):
+        for key in self.keys:
+            if key.startswith(head) and key.endswith(tail):
                 m = regex.fullmatch(key)
                 if m:
                     candidate = (tuple(int(g) for g in m.groups() if g.isdigit()), key)
@@ -753,46 +785,103 @@ class _Group:
         """1 + the highest first ``#`` index among keys matching ``pattern`` (0 if none): a block count
         that stays right when a header sample leaves middle blocks out."""
         head, regex = _compile(pattern)
+        tail = _tail(pattern)
         top = -1
-        for key in self.tensors:
-            if key.startswith(head):
+        for key in self.keys:
+            if key.startswith(head) and key.endswith(tail):
                 m = regex.fullmatch(key)
                 if m and m.groups():
                     top = max(top, int(m.group(1)))
         return top + 1
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return self.tensors[key][1]
+        return self.keys[key]
 
 
 def _shape_value(shape: tuple[int, ...], axis: int | str) -> int | None:
     if axis == "rank":
         return len(shape)
-    if isinstance(axis, int) and -len(shape) <= axis < len(shape):
-        return shape[axis]
-    return None
+    return shape[axis] if -len(shape) <= axis < len(shape) else None  # type: ignore[operator]
 
 
-def _rule_matches(rule: Rule, group: _Group, inner: str) -> bool:
-    if any(group.find(inner + p) is None for p in rule.keys):
-        return False
-    if any(group.find(inner + p) is not None for p in rule.absent):
-        return False
-    for predicate in rule.shapes:
-        key = group.find(inner + predicate.key)
-        if key is None or _shape_value(group.shape(key), predicate.axis) not in predicate.values:
-            return False
-    return True
+@dataclass(frozen=True)
+class _Check:
+    """A rule with one inner prefix applied: the full keys it looks for, ready to test a group."""
+
+    rule: Rule
+    inner: str
+    anchor: str | None  # the first literal key: a group without it cannot match
+    keys: tuple[str, ...]
+    absent: tuple[str, ...]
+    shapes: tuple[tuple[str, int | str, tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, rule: Rule, inner: str) -> _Check:
+        anchor = next((key for key in rule.keys if _is_literal(key)), None)
+        return cls(rule, inner, inner + anchor if anchor is not None else None,
+                   tuple(inner + key for key in rule.keys), tuple(inner + key for key in rule.absent),
+                   tuple((inner + p.key, p.axis, p.values) for p in rule.shapes))
+
+    def matches(self, group: _Group) -> bool:
+        keys, find = group.keys, group.find
+        for key in self.keys:
+            if key not in keys and find(key) is None:
+                return False
+        for key in self.absent:
+            if find(key) is not None:
+                return False
+        for pattern, axis, values in self.shapes:
+            key = find(pattern)
+            if key is None or _shape_value(keys[key], axis) not in values:
+                return False
+        return True
+
+
+class _RuleIndex:
+    """The checks (rule x inner prefix) a group of one kind tries, in priority order, indexed by
+    their anchor key: a group with fewer keys than there are checks looks its keys up in the index
+    instead of trying every check."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.checks = [_Check.of(rule, inner) for rule in rules for inner in INNER_PREFIXES]
+        self.by_anchor: dict[str, list[int]] = {}
+        self.unanchored: list[int] = []
+        for position, check in enumerate(self.checks):
+            if check.anchor is None:
+                self.unanchored.append(position)
+            else:
+                self.by_anchor.setdefault(check.anchor, []).append(position)
+
+    def best(self, group: _Group) -> tuple[Rule, str] | None:
+        keys, checks = group.keys, self.checks
+        if len(keys) < len(checks):
+            candidates = list(self.unanchored)
+            by_anchor = self.by_anchor
+            for key in keys:
+                if key in by_anchor:
+                    candidates.extend(by_anchor[key])
+            if not candidates:
+                return None
+            candidates.sort()
+            todo: Iterable[_Check] = (checks[i] for i in candidates)
+        else:
+            todo = (c for c in checks if c.anchor is None or c.anchor in keys)
+        for check in todo:
+            if check.matches(group):
+                return check.rule, check.inner
+        return None
+
+
+# The rules a group tries: those of its prefix's kind, or all of them (kind None).
+_RULE_INDEX: dict[str | None, _RuleIndex] = {
+    kind: _RuleIndex([rule for rule in _RULES_BY_PRIORITY if kind is None or rule.kind == kind])
+    for kind in (None, *KINDS)
+}
 
 
 def _best_rule(group: _Group) -> tuple[Rule, str] | None:
-    for rule in _RULES_BY_PRIORITY:
-        if group.kind is not None and rule.kind != group.kind:
-            continue
-        for inner in INNER_PREFIXES:
-            if _rule_matches(rule, group, inner):
-                return rule, inner
-    return None
+    """The highest-priority rule (first in RULES among equals) that matches, with its inner prefix."""
+    return _RULE_INDEX[group.kind].best(group)
 
 
 def _facts(rule: Rule, group: _Group, inner: str) -> dict[str, object]:
@@ -813,19 +902,28 @@ def _facts(rule: Rule, group: _Group, inner: str) -> dict[str, object]:
     return details
 
 
+def _prefix_of(name: str) -> tuple[str, Prefix | None]:
+    for candidate in PREFIXES:
+        m = _compile(candidate.pattern)[1].match(name)
+        if m:
+            return m.group(0), candidate
+    return "", None
+
+
 def _group_by_prefix(tensors: Mapping[str, Sequence]) -> list[_Group]:
+    """What the C reader's ``group_by`` gives, computed from a name -> (dtype, shape[, bytes]) mapping."""
     groups: dict[str, _Group] = {}
     for name, entry in tensors.items():
-        prefix, spec = "", None
-        for candidate in PREFIXES:
-            m = _compile(candidate.pattern)[1].match(name)
-            if m:
-                prefix, spec = m.group(0), candidate
-                break
+        prefix, spec = _prefix_of(name)
         group = groups.get(prefix)
         if group is None:
-            group = groups[prefix] = _Group(prefix, spec)
-        group.tensors[name[len(prefix):]] = _entry(entry)
+            group = groups[prefix] = _Group(prefix, spec, {})
+        dtype, shape, size = _entry(entry)
+        group.keys[name[len(prefix):]] = shape
+        group.tensors += 1
+        group.parameters += _numel(shape)
+        group.bytes += size
+        group.dtype_bytes[dtype] = group.dtype_bytes.get(dtype, 0) + size
     return list(groups.values())
 
 
@@ -846,26 +944,29 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
+# ComfyUI's scaled-fp8 files mark a model with a "scaled_fp8" tensor at its root.
+_SCALED_FP8_KEYS = tuple(inner + "scaled_fp8" for inner in INNER_PREFIXES)
+
+
 def _component(group: _Group, metadata: Mapping[str, str]) -> Component:
+    dtypes: dict[str, int] = {}
+    for dtype, size in group.dtype_bytes.items():
+        name = DTYPES.get(dtype, _OTHER)[0]
+        dtypes[name] = dtypes.get(name, 0) + size
+    totals = (group.tensors, group.parameters, group.bytes, _ordered_dtypes(dtypes))
     match = _best_rule(group)
     if match is not None:
         rule, inner = match
-        component = Component(rule.kind, rule.name, rule.label, group.prefix, details=_facts(rule, group, inner))
+        component = Component(rule.kind, rule.name, rule.label, group.prefix, *totals, _facts(rule, group, inner))
     elif group.spec is not None:
         label = group.spec.label or f"unrecognised {group.spec.kind.replace('_', ' ')}"
-        component = Component(group.spec.kind, group.spec.name, label, group.prefix)
+        component = Component(group.spec.kind, group.spec.name, label, group.prefix, *totals, {})
     else:
-        component = Component("other", UNKNOWN, "unrecognised tensors", group.prefix)
-    dtypes: dict[str, int] = {}
-    for dtype, shape, size in group.tensors.values():
-        component.parameters += _numel(shape)
-        component.bytes += size
-        name = dtype_name(dtype)
-        dtypes[name] = dtypes.get(name, 0) + size
-    component.tensors = len(group.tensors)
-    component.dtypes = _ordered_dtypes(dtypes)
-    if any(k == "scaled_fp8" or k.endswith(".scaled_fp8") for k in group.tensors):
-        component.details["scaled_fp8"] = True
+        component = Component("other", UNKNOWN, "unrecognised tensors", group.prefix, *totals, {})
+    for key in _SCALED_FP8_KEYS:
+        if key in group.keys:
+            component.details["scaled_fp8"] = True
+            break
     if component.kind == "lora":
         target = _lora_target(group, metadata)
         if target:
@@ -880,7 +981,7 @@ def _lora_target(group: _Group, metadata: Mapping[str, str]) -> str | None:
             if needle in value:
                 return family
     for needle, family in LORA_KEY_HINTS:
-        if any(needle in key for key in group.tensors):
+        if any(needle in key for key in group.keys):
             return family
     return None
 
@@ -890,9 +991,30 @@ def classify(tensors: Mapping[str, Sequence], metadata: Mapping[str, str] | None
     ``(dtype, shape, nbytes)`` with safetensors dtype strings ("F16", "BF16", "F8_E4M3", ...);
     ``metadata`` is the ``__metadata__`` dict. Pure function: no I/O. Unrecognised content comes
     out as components named ``UNKNOWN``; it raises only for entries that are not (dtype, shape)."""
+    return _anatomy(_group_by_prefix(tensors), metadata)
+
+
+def classify_groups(groups: Sequence[Mapping], metadata: Mapping[str, str] | None = None) -> Anatomy:
+    """Classify what ``read_safetensors_header(path, group_by=PREFIX_PATTERNS)`` returns: the C
+    reader has grouped the tensors by prefix and totalled each group, so no Python code walks the
+    tensors one by one (the fast path for real files)."""
+    specs = _PATTERN_SPECS
+    return _anatomy([_Group(prefix, specs[pattern], keys, tensors, parameters, nbytes, dtypes)
+                     for prefix, pattern, keys, tensors, parameters, nbytes, dtypes in groups], metadata)
+
+
+def read_anatomy(native, path: str) -> tuple[Anatomy, dict]:
+    """Read the header of the safetensors file at ``path`` with the C reader (``native`` is the
+    loaded ``_native`` module) and classify it: (anatomy, the reader's result). Raises the reader's
+    SafetensorsError for a bad file."""
+    header = native.read_safetensors_header(path, group_by=PREFIX_PATTERNS)
+    return classify_groups(header["groups"], header["metadata"]), header
+
+
+def _anatomy(groups: list[_Group], metadata: Mapping[str, str] | None) -> Anatomy:
     metadata = dict(metadata or {})
-    components = [_component(group, metadata) for group in _group_by_prefix(tensors)]
-    components.sort(key=lambda c: (KINDS.index(c.kind), c.prefix))
+    components = [_component(group, metadata) for group in groups]
+    components.sort(key=lambda c: (_KIND_ORDER[c.kind], c.prefix))
     return Anatomy(components, metadata)
 
 
@@ -964,6 +1086,8 @@ def _advice_for_part(component: Component, file_name: str) -> list[LoaderStep]:
 
 
 def _ordered_dtypes(sizes: Mapping[str, int]) -> dict[str, int]:
+    if len(sizes) <= 1:  # most components hold one dtype
+        return dict(sizes)
     return {name: sizes[name] for name in DTYPE_ORDER if name in sizes}
 
 

@@ -52,7 +52,7 @@ def _header_digest(path: str, header_bytes: int) -> str:
 
 def inspect_file(path: str) -> FileReport:
     """Read and classify one file; never raises for a bad file."""
-    from .anatomy import classify
+    from .anatomy import read_anatomy
 
     size = os.path.getsize(path) if os.path.exists(path) else 0
     if not path.lower().endswith(SAFETENSORS_SUFFIXES):
@@ -60,11 +60,9 @@ def inspect_file(path: str) -> FileReport:
                           "safetensors headers only (pickled .ckpt/.pt files would have to be unpickled)")
     native = native_loader.require()
     try:
-        header = native.read_safetensors_header(path)
+        anatomy, header = read_anatomy(native, path)
     except native.SafetensorsError as exc:
         return FileReport(path, size, UNREADABLE, error=str(exc), error_status=exc.status)
-    tensors = {name: (dtype, shape) for name, dtype, shape, _, _ in header["tensors"]}
-    anatomy = classify(tensors, header["metadata"])
     status = COMPLETE if anatomy.complete else INCOMPLETE
     return FileReport(path, size, status, anatomy=anatomy, header_digest=_header_digest(path, header["header_bytes"]))
 

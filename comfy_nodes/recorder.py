@@ -126,19 +126,18 @@ class Recorder:
         loader node cannot give what its downstream nodes need."""
         if not str(path).lower().endswith((".safetensors", ".sft")):
             return
-        from .anatomy import classify
+        from .anatomy import read_anatomy
 
         path = str(path)
         n = self.native
         node_id = _executing_node_id()
         name_id, path_id, now = n.intern("anatomy: " + os.path.basename(path)), n.intern(path), n.now_ns()
         try:
-            header = n.read_safetensors_header(path)
+            anatomy, _ = read_anatomy(n, path)
         except n.SafetensorsError as exc:
             self.anatomy.append({"path": path, "node_id": node_id, "error": str(exc)})
             n.record(stages.ANATOMY, name_id, path_id, now, now, stages.ERROR, instant=True)
             return
-        anatomy = classify({t[0]: (t[1], t[2]) for t in header["tensors"]}, header["metadata"])
         self.anatomy.append({"path": path, "node_id": node_id, **anatomy.to_dict()})
         n.record(stages.ANATOMY, name_id, path_id, now, now, stages.OK, instant=True)
         warning = self._loader_warning(node_id, path, anatomy)

@@ -23,6 +23,7 @@
 #include "st_jsonscan.h"
 #include "st_nvtx.h"
 #include "st_safetensors.h"
+#include "st_sfgroup.h"
 #include "st_sink.h"
 #include "st_stage.h"
 #include "st_trace.h"
@@ -1349,31 +1350,139 @@ static PyObject *safetensors_error(module_state *st, PyObject *path, const st_sf
     return NULL;
 }
 
-static PyObject *header_to_dict(const st_sf_header *h)
+static PyObject *shape_tuple(const st_sf_tensor *t)
+{
+    PyObject *shape = PyTuple_New(t->ndim);
+    for (unsigned d = 0; shape && d < t->ndim; d++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(t->shape[d]);
+        if (!v) {
+            Py_CLEAR(shape);
+            break;
+        }
+        PyTuple_SetItem(shape, d, v);
+    }
+    return shape;
+}
+
+/* [(name, dtype, shape, begin, end)] in file order. */
+static PyObject *tensor_list(const st_sf_header *h)
 {
     PyObject *tensors = PyList_New((Py_ssize_t)h->n_tensors);
-    PyObject *meta = h->has_metadata ? PyDict_New() : Py_NewRef(Py_None);
-    PyObject *result = NULL;
-    if (!tensors || !meta) {
-        goto error;
-    }
-    for (size_t i = 0; i < h->n_tensors; i++) {
+    for (size_t i = 0; tensors && i < h->n_tensors; i++) {
         const st_sf_tensor *t = &h->tensors[i];
-        PyObject *shape = PyTuple_New(t->ndim);
-        if (!shape) {
-            goto error;
-        }
-        for (unsigned d = 0; d < t->ndim; d++) {
-            PyTuple_SetItem(shape, d, PyLong_FromUnsignedLongLong(t->shape[d]));
-        }
         PyObject *item = Py_BuildValue("(NsNKK)",
                                        PyUnicode_DecodeUTF8(h->strings + t->name_off, t->name_len, "strict"),
-                                       st_sf_dtype_name(t->dtype), shape, (unsigned long long)t->begin,
+                                       st_sf_dtype_name(t->dtype), shape_tuple(t), (unsigned long long)t->begin,
                                        (unsigned long long)t->end);
         if (!item) {
-            goto error;
+            Py_CLEAR(tensors);
+            break;
         }
         PyList_SetItem(tensors, (Py_ssize_t)i, item);
+    }
+    return tensors;
+}
+
+/* Checkpoints repeat a few hundred shapes over thousands of tensors: equal
+ * shapes share one tuple, through a small direct-mapped cache. */
+#define SHAPE_CACHE 128
+
+typedef struct shape_cache {
+    const st_sf_tensor *owner[SHAPE_CACHE]; /* whose shape each tuple is */
+    PyObject *tuple[SHAPE_CACHE];
+} shape_cache;
+
+static PyObject *cached_shape(shape_cache *cache, const st_sf_tensor *t)
+{
+    uint64_t h = t->ndim;
+    for (unsigned d = 0; d < t->ndim; d++) {
+        h = (h ^ t->shape[d]) * 0x9E3779B97F4A7C15u;
+    }
+    unsigned slot = (unsigned)(h >> 57) % SHAPE_CACHE;
+    const st_sf_tensor *o = cache->owner[slot];
+    if (o && o->ndim == t->ndim && memcmp(o->shape, t->shape, t->ndim * sizeof t->shape[0]) == 0) {
+        return Py_NewRef(cache->tuple[slot]);
+    }
+    PyObject *shape = shape_tuple(t);
+    if (shape) {
+        PyObject *old = cache->tuple[slot];
+        cache->tuple[slot] = Py_NewRef(shape);
+        cache->owner[slot] = t;
+        Py_XDECREF(old);
+    }
+    return shape;
+}
+
+static void shape_cache_clear(shape_cache *cache)
+{
+    for (unsigned i = 0; i < SHAPE_CACHE; i++) {
+        Py_CLEAR(cache->tuple[i]);
+    }
+}
+
+/* [(prefix, pattern, keys: {name after the prefix: shape}, tensors, parameters,
+ * bytes, dtypes: {dtype: bytes})], one per group of g (tuples: cheaper than dicts
+ * for the small files, where this is most of the cost). */
+static PyObject *group_list(const st_sf_header *h, const st_sfg_result *g)
+{
+    PyObject *groups = PyList_New((Py_ssize_t)g->n_groups);
+    PyObject **keys = PyMem_Calloc(g->n_groups ? g->n_groups : 1, sizeof *keys);
+    if (!groups || !keys) {
+        goto error;
+    }
+    for (size_t k = 0; k < g->n_groups; k++) {
+        const st_sfg_group *group = &g->groups[k];
+        PyObject *dtypes = PyDict_New();
+        for (unsigned d = 0; dtypes && d < ST_SFG_DTYPES; d++) {
+            PyObject *n = group->dtype_bytes[d] ? PyLong_FromUnsignedLongLong(group->dtype_bytes[d]) : NULL;
+            const char *name = st_sf_dtype_name(d);
+            int bad = group->dtype_bytes[d] && (!n || PyDict_SetItemString(dtypes, name ? name : "?", n) < 0);
+            Py_XDECREF(n);
+            if (bad) {
+                Py_CLEAR(dtypes);
+            }
+        }
+        keys[k] = PyDict_New();
+        PyObject *item = Py_BuildValue(
+            "(NiNKKKN)",
+            PyUnicode_DecodeUTF8(h->strings + h->tensors[group->first].name_off, group->prefix_len, "strict"),
+            group->pattern, keys[k], (unsigned long long)group->n_tensors, (unsigned long long)group->parameters,
+            (unsigned long long)group->bytes, dtypes);
+        if (!item) { /* N released what it had */
+            goto error;
+        }
+        PyList_SetItem(groups, (Py_ssize_t)k, item);
+    }
+    shape_cache cache;
+    memset(&cache, 0, sizeof cache);
+    for (size_t i = 0; i < h->n_tensors; i++) {
+        const st_sf_tensor *t = &h->tensors[i];
+        uint32_t skip = g->groups[g->group_of[i]].prefix_len;
+        PyObject *name = PyUnicode_DecodeUTF8(h->strings + t->name_off + skip, t->name_len - skip, "strict");
+        PyObject *shape = name ? cached_shape(&cache, t) : NULL;
+        int bad = !shape || PyDict_SetItem(keys[g->group_of[i]], name, shape) < 0;
+        Py_XDECREF(name);
+        Py_XDECREF(shape);
+        if (bad) {
+            shape_cache_clear(&cache);
+            goto error;
+        }
+    }
+    shape_cache_clear(&cache);
+    PyMem_Free(keys); /* borrowed: each group dict owns its keys dict */
+    return groups;
+error:
+    PyMem_Free(keys);
+    Py_XDECREF(groups);
+    return NULL;
+}
+
+static PyObject *header_to_dict(const st_sf_header *h, const st_sfg_result *g)
+{
+    PyObject *items = g ? group_list(h, g) : tensor_list(h);
+    PyObject *meta = h->has_metadata ? PyDict_New() : Py_NewRef(Py_None);
+    if (!items || !meta) {
+        goto error;
     }
     for (size_t i = 0; i < h->n_meta && meta != Py_None; i++) {
         const st_sf_meta *m = &h->meta[i];
@@ -1386,41 +1495,77 @@ static PyObject *header_to_dict(const st_sf_header *h)
             goto error;
         }
     }
-    result = Py_BuildValue("{sNsNsKsKsK}", "tensors", tensors, "metadata", meta, "header_bytes",
-                           (unsigned long long)h->header_len, "file_size",
-                           (unsigned long long)h->file_size, "data_bytes",
-                           (unsigned long long)h->data_end);
-    return result; /* N stole both references */
+    return Py_BuildValue("{sNsNsKsKsK}", g ? "groups" : "tensors", items, "metadata", meta, "header_bytes",
+                         (unsigned long long)h->header_len, "file_size", (unsigned long long)h->file_size,
+                         "data_bytes", (unsigned long long)h->data_end); /* N steals both */
 error:
-    Py_XDECREF(tensors);
+    Py_XDECREF(items);
     Py_XDECREF(meta);
     return NULL;
 }
 
+/* The prefix patterns of group_by as UTF-8 C strings; *owner keeps them alive.
+ * NULL with an exception set when group_by is not a sequence of str. */
+static const char **group_patterns(PyObject *group_by, PyObject **owner, Py_ssize_t *count)
+{
+    *owner = PySequence_Tuple(group_by);
+    if (!*owner) {
+        return NULL;
+    }
+    *count = PyTuple_Size(*owner);
+    const char **patterns = PyMem_Calloc(*count ? (size_t)*count : 1, sizeof *patterns);
+    if (!patterns) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < *count; i++) {
+        patterns[i] = PyUnicode_AsUTF8AndSize(PyTuple_GetItem(*owner, i), NULL);
+        if (!patterns[i]) {
+            PyMem_Free(patterns);
+            return NULL;
+        }
+    }
+    return patterns;
+}
+
 static PyObject *mod_read_safetensors_header(PyObject *m, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"path", "header_cap", NULL};
-    PyObject *path_bytes;
+    static char *kwlist[] = {"path", "header_cap", "group_by", NULL};
+    PyObject *path_bytes, *group_by = Py_None, *owner = NULL, *path = NULL, *r = NULL;
     unsigned long long cap = ST_SF_DEFAULT_HEADER_CAP;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|K", kwlist, PyUnicode_FSConverter, &path_bytes,
-                                     &cap)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|K$O", kwlist, PyUnicode_FSConverter, &path_bytes, &cap,
+                                     &group_by)) {
+        return NULL;
+    }
+    const char **patterns = NULL;
+    Py_ssize_t n_patterns = 0;
+    if (group_by != Py_None && !(patterns = group_patterns(group_by, &owner, &n_patterns))) {
+        Py_DECREF(path_bytes);
+        Py_XDECREF(owner);
         return NULL;
     }
     st_sf_header h;
+    st_sfg_result g = {0};
     st_sf_status status;
+    int grouped = 0;
     const char *cpath = PyBytes_AsString(path_bytes);
     Py_BEGIN_ALLOW_THREADS
     status = st_sf_read(cpath, cap, &h);
-    Py_END_ALLOW_THREADS
-    PyObject *path = PyUnicode_DecodeFSDefault(cpath);
-    Py_DECREF(path_bytes);
-    if (!path) {
-        st_sf_header_free(&h);
-        return NULL;
+    if (status == ST_SF_OK && patterns) {
+        grouped = st_sfg_group_tensors(&h, patterns, (size_t)n_patterns, &g) == 0 ? 1 : -1;
     }
-    PyObject *r = status == ST_SF_OK ? header_to_dict(&h)
-                                     : safetensors_error(PyModule_GetState(m), path, &h, status);
-    Py_DECREF(path);
+    Py_END_ALLOW_THREADS
+    if (grouped < 0) {
+        PyErr_NoMemory();
+    } else if ((path = PyUnicode_DecodeFSDefault(cpath)) != NULL) {
+        r = status == ST_SF_OK ? header_to_dict(&h, grouped ? &g : NULL)
+                               : safetensors_error(PyModule_GetState(m), path, &h, status);
+    }
+    Py_XDECREF(path);
+    Py_DECREF(path_bytes);
+    Py_XDECREF(owner);
+    PyMem_Free(patterns);
+    st_sfg_free(&g);
     st_sf_header_free(&h);
     return r;
 }
@@ -1452,9 +1597,13 @@ static PyMethodDef module_methods[] = {
      "The JSON string literal (quoted) for str or bytes, as the trace writer writes it."},
     {"read_safetensors_header", (PyCFunction)(void (*)(void))mod_read_safetensors_header,
      METH_VARARGS | METH_KEYWORDS,
-     "read_safetensors_header(path, header_cap=100_000_000) -> {tensors: [(name, dtype, shape,\n"
-     "begin, end)] in file order, metadata, header_bytes, file_size, data_bytes}. Reads only the\n"
-     "header; SafetensorsError (with .path .status .offset .detail) for anything malformed."},
+     "read_safetensors_header(path, header_cap=100_000_000, *, group_by=None) -> {tensors: [(name,\n"
+     "dtype, shape, begin, end)] in file order, metadata, header_bytes, file_size, data_bytes}.\n"
+     "Reads only the header; SafetensorsError (with .path .status .offset .detail) for anything\n"
+     "malformed. With group_by, a sequence of prefix patterns ('#' a run of digits, '*' any run),\n"
+     "'groups' replaces 'tensors': [(prefix, pattern (index, -1 for none), keys: {name after the\n"
+     "prefix: shape}, tensors, parameters, bytes, dtypes: {dtype: bytes})], each tensor in the\n"
+     "group of the first pattern matching the start of its name."},
     {"hook_errors", mod_hook_errors, METH_NOARGS,
      "(count, last message) of errors swallowed inside hooks."},
     {NULL},

@@ -29,31 +29,6 @@ void st_json_cursor_free(st_json_cursor *c)
     c->buf_cap = 0;
 }
 
-int st_json_peek(st_json_cursor *c)
-{
-    while (c->pos < c->len) {
-        char ch = c->p[c->pos];
-        if (ch != ' ' && ch != '\t' && ch != '\n' && ch != '\r') {
-            return (unsigned char)ch;
-        }
-        c->pos++;
-    }
-    return -1;
-}
-
-st_json_status st_json_expect(st_json_cursor *c, char ch)
-{
-    int next = st_json_peek(c);
-    if (next < 0) {
-        return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
-    }
-    if (next != (unsigned char)ch) {
-        return fail(c, ST_JSON_UNEXPECTED_CHAR, c->pos);
-    }
-    c->pos++;
-    return ST_JSON_OK;
-}
-
 static int reserve(st_json_cursor *c, size_t need)
 {
     if (need <= c->buf_cap) {
@@ -127,11 +102,60 @@ static size_t put_utf8(char *out, unsigned long cp)
     return 4;
 }
 
+/* Length of the run of plain bytes (printable ASCII other than '"' and '\\')
+ * at p, up to len: eight bytes at a time while the word holds none of the
+ * special bytes; the first special byte of a word is the lowest flag of the
+ * word test on little-endian machines (byte by byte elsewhere, and for the
+ * last few bytes of the input). */
+static size_t plain_run(const char *p, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+        uint64_t special = (w | ((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
+                            ((backslash - ones) & ~backslash)) &
+                           highs;
+        if (special) {
+#if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+            /* the lowest flagged byte is exact (borrows only run upwards
+             * from a special byte), and it is the first in memory */
+            return i + (size_t)__builtin_ctzll(special) / 8;
+#else
+            break;
+#endif
+        }
+    }
+    for (; i < len; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch < 0x20 || ch >= 0x80 || ch == '"' || ch == '\\') {
+            break;
+        }
+    }
+    return i;
+}
+
 st_json_status st_json_string(st_json_cursor *c, const char **out, size_t *out_len)
 {
     st_json_status status = st_json_expect(c, '"');
     if (status != ST_JSON_OK) {
         return status;
+    }
+    /* most strings are one plain run up to the closing quote: no escapes,
+     * no multi-byte characters, one copy */
+    size_t first = plain_run(c->p + c->pos, c->len - c->pos);
+    if (c->pos + first < c->len && c->p[c->pos + first] == '"') {
+        if (reserve(c, first + 1) != 0) {
+            return fail(c, ST_JSON_NO_MEMORY, c->pos);
+        }
+        memcpy(c->buf, c->p + c->pos, first);
+        c->buf[first] = '\0';
+        c->pos += first + 1;
+        *out = c->buf;
+        *out_len = first;
+        return ST_JSON_OK;
     }
     /* decoded output is never longer than the source */
     size_t n = 0;
@@ -139,8 +163,15 @@ st_json_status st_json_string(st_json_cursor *c, const char **out, size_t *out_l
         if (c->pos >= c->len) {
             return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
         }
-        if (reserve(c, n + 4) != 0) {
+        size_t run = plain_run(c->p + c->pos, c->len - c->pos);
+        if (reserve(c, n + run + 4) != 0) {
             return fail(c, ST_JSON_NO_MEMORY, c->pos);
+        }
+        memcpy(c->buf + n, c->p + c->pos, run);
+        n += run;
+        c->pos += run;
+        if (c->pos >= c->len) {
+            return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
         }
         unsigned char ch = (unsigned char)c->p[c->pos];
         if (ch == '"') {
@@ -306,25 +337,6 @@ static st_json_status literal(st_json_cursor *c, const char *word)
     }
     c->pos += n;
     return ST_JSON_OK;
-}
-
-st_json_status st_json_next(st_json_cursor *c, char close, int *more)
-{
-    int next = st_json_peek(c);
-    if (next < 0) {
-        return fail(c, ST_JSON_UNEXPECTED_END, c->pos);
-    }
-    if (next == ',') {
-        c->pos++;
-        *more = 1;
-        return ST_JSON_OK;
-    }
-    if (next == (unsigned char)close) {
-        c->pos++;
-        *more = 0;
-        return ST_JSON_OK;
-    }
-    return fail(c, ST_JSON_UNEXPECTED_CHAR, c->pos);
 }
 
 st_json_status st_json_skip(st_json_cursor *c, int max_depth)

@@ -35,11 +35,7 @@ void st_json_cursor_init(st_json_cursor *c, const char *p, size_t len);
 /* Free the string scratch buffer. Can't fail. */
 void st_json_cursor_free(st_json_cursor *c);
 
-/* Skip whitespace; return the next byte or -1 at the end. */
-int st_json_peek(st_json_cursor *c);
 
-/* Consume the byte ch (after whitespace) or fail with UNEXPECTED_CHAR/END. */
-st_json_status st_json_expect(st_json_cursor *c, char ch);
 
 /* Read a string; *out points into the cursor's scratch buffer (valid until
  * the next string is read) holding the decoded UTF-8, *out_len its length. */
@@ -52,9 +48,47 @@ st_json_status st_json_uint(st_json_cursor *c, uint64_t *out);
 /* Skip any one value, validating it, nesting at most max_depth levels. */
 st_json_status st_json_skip(st_json_cursor *c, int max_depth);
 
+
+// --- Cursor steps (inline: they run several times per header entry) ---
+
+/* Skip whitespace; return the next byte or -1 at the end. Can't fail. */
+static inline int st_json_peek(st_json_cursor *c)
+{
+    while (c->pos < c->len) {
+        char ch = c->p[c->pos];
+        if (ch != ' ' && ch != '\t' && ch != '\n' && ch != '\r') {
+            return (unsigned char)ch;
+        }
+        c->pos++;
+    }
+    return -1;
+}
+
+/* Consume the byte ch (after whitespace) or fail with UNEXPECTED_CHAR/END. */
+static inline st_json_status st_json_expect(st_json_cursor *c, char ch)
+{
+    int next = st_json_peek(c);
+    if (next == (unsigned char)ch) {
+        c->pos++;
+        return ST_JSON_OK;
+    }
+    c->err_pos = c->pos;
+    return next < 0 ? ST_JSON_UNEXPECTED_END : ST_JSON_UNEXPECTED_CHAR;
+}
+
 /* After an element of an object or array: consume ',' (returns 1 in *more)
  * or the closing `close` byte (*more = 0). */
-st_json_status st_json_next(st_json_cursor *c, char close, int *more);
+static inline st_json_status st_json_next(st_json_cursor *c, char close, int *more)
+{
+    int next = st_json_peek(c);
+    if (next == ',' || next == (unsigned char)close) {
+        c->pos++;
+        *more = next == ',';
+        return ST_JSON_OK;
+    }
+    c->err_pos = c->pos;
+    return next < 0 ? ST_JSON_UNEXPECTED_END : ST_JSON_UNEXPECTED_CHAR;
+}
 
 /* A short English name for a status ("invalid string"). Static storage. */
 const char *st_json_status_text(st_json_status status);

@@ -43,7 +43,7 @@ typedef struct parser {
     st_json_cursor c;
     st_sf_header *h;
     uint64_t base; /* file offset of the JSON's first byte */
-    size_t tensors_cap, meta_cap, strings_cap;
+    size_t tensors_cap, meta_cap, strings_cap, key_pos_cap;
     uint64_t *key_pos; /* file offset of each tensor's name, for duplicate reports */
 } parser;
 
@@ -135,7 +135,7 @@ static st_sf_status read_dtype(parser *ps, st_sf_tensor *t, const char *name)
         return js == ST_JSON_UNEXPECTED_CHAR ? fail_at(ps, ST_SF_BAD_DTYPE, at, name) : fail_json(ps, js, name);
     }
     for (unsigned i = 0; i < DTYPE_COUNT; i++) {
-        if (strlen(dtypes[i].name) == n && memcmp(dtypes[i].name, s, n) == 0) {
+        if (dtypes[i].name[0] == s[0] && strlen(dtypes[i].name) == n && memcmp(dtypes[i].name, s, n) == 0) {
             t->dtype = (uint8_t)i;
             return ST_SF_OK;
         }
@@ -312,47 +312,68 @@ static int by_begin(const void *a, const void *b)
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
-typedef struct named {
-    const char *name;
-    size_t index;
-} named;
-
-static int by_name(const void *a, const void *b)
+uint64_t st_sf_name_hash(const char *s, size_t len)
 {
-    return strcmp(((const named *)a)->name, ((const named *)b)->name);
+    uint64_t h = 0x9E3779B97F4A7C15u ^ len;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0xFF51AFD7ED558CCDu;
+        h ^= h >> 32;
+    }
+    uint64_t tail = 0;
+    memcpy(&tail, s + i, len - i);
+    h = (h ^ tail) * 0xC4CEB9FE1A85EC53u;
+    return h ^ (h >> 29);
 }
 
+/* Duplicate tensor names, found with an open-addressing table of tensor
+ * indices (a slot per name at most half full); the later occurrence in the
+ * file is the one reported. */
 static st_sf_status check_names_unique(parser *ps)
 {
-    size_t n = ps->h->n_tensors;
+    const st_sf_header *h = ps->h;
+    size_t n = h->n_tensors;
     if (n < 2) {
         return ST_SF_OK;
     }
-    named *order = malloc(n * sizeof *order);
-    if (!order) {
+    size_t cap = 4;
+    while (cap < 2 * n) {
+        cap *= 2;
+    }
+    uint32_t *slots = malloc(cap * sizeof *slots); /* tensor index + 1; 0 is empty */
+    if (!slots) {
         return ST_SF_NO_MEMORY;
     }
-    for (size_t i = 0; i < n; i++) {
-        order[i].name = name_of(ps, &ps->h->tensors[i]);
-        order[i].index = i;
-    }
-    qsort(order, n, sizeof *order, by_name);
+    memset(slots, 0, cap * sizeof *slots);
     st_sf_status status = ST_SF_OK;
-    for (size_t i = 1; i < n; i++) {
-        if (strcmp(order[i - 1].name, order[i].name) == 0) {
-            size_t later = order[i].index > order[i - 1].index ? order[i].index : order[i - 1].index;
-            status = fail_at(ps, ST_SF_DUPLICATE_KEY, ps->key_pos[later], order[i].name);
-            break;
+    for (size_t i = 0; i < n && status == ST_SF_OK; i++) {
+        const st_sf_tensor *t = &h->tensors[i];
+        size_t at = (size_t)st_sf_name_hash(name_of(ps, t), t->name_len) & (cap - 1);
+        for (; slots[at]; at = (at + 1) & (cap - 1)) {
+            const st_sf_tensor *other = &h->tensors[slots[at] - 1];
+            if (other->name_len == t->name_len && memcmp(name_of(ps, other), name_of(ps, t), t->name_len) == 0) {
+                status = fail_at(ps, ST_SF_DUPLICATE_KEY, ps->key_pos[i], name_of(ps, t));
+                break;
+            }
         }
+        slots[at] = (uint32_t)(i + 1);
     }
-    free(order);
+    free(slots);
     return status;
 }
 
 static st_sf_status check_layout(parser *ps)
 {
     st_sf_header *h = ps->h;
-    if (h->n_tensors > 1) { /* qsort's pointer must not be NULL, even for 0 items */
+    /* writers put entries in offset order, so sort only when they are not
+     * (qsort's pointer must not be NULL, even for 0 items) */
+    int sorted = 1;
+    for (size_t i = 1; i < h->n_tensors && sorted; i++) {
+        sorted = by_begin(&h->tensors[i - 1], &h->tensors[i]) <= 0;
+    }
+    if (!sorted) {
         qsort(h->tensors, h->n_tensors, sizeof *h->tensors, by_begin);
     }
     /* first: does the file hold all the data the header declares? (a
@@ -401,7 +422,6 @@ static st_sf_status parse_json(parser *ps)
     if (!more) {
         ps->c.pos++;
     }
-    size_t key_pos_cap = 0;
     int seen_metadata = 0;
     while (more) {
         uint64_t key_at;
@@ -418,7 +438,7 @@ static st_sf_status parse_json(parser *ps)
             status = read_metadata(ps, value_offset(ps));
         } else {
             if (grow((void **)&h->tensors, &ps->tensors_cap, h->n_tensors + 1, sizeof *h->tensors) != 0 ||
-                grow((void **)&ps->key_pos, &key_pos_cap, h->n_tensors + 1, sizeof *ps->key_pos) != 0) {
+                grow((void **)&ps->key_pos, &ps->key_pos_cap, h->n_tensors + 1, sizeof *ps->key_pos) != 0) {
                 return ST_SF_NO_MEMORY;
             }
             st_sf_tensor *t = &h->tensors[h->n_tensors];
@@ -481,6 +501,18 @@ static st_sf_status parse_header_json(const char *json, st_sf_header *h)
     ps.h = h;
     ps.base = 8;
     st_json_cursor_init(&ps.c, json, (size_t)h->header_len);
+    /* room up front for what a header of this length likely holds (an
+     * entry takes 60 bytes and more; the strings never exceed the header),
+     * so the arrays are not copied over and over as they grow. Malloc and
+     * page faults were a quarter of the read time without it. */
+    size_t entries = h->header_len / 96 < 65536 ? (size_t)(h->header_len / 96) + 1 : 65536;
+    if (grow((void **)&h->tensors, &ps.tensors_cap, entries, sizeof *h->tensors) != 0 ||
+        grow((void **)&ps.key_pos, &ps.key_pos_cap, entries, sizeof *ps.key_pos) != 0 ||
+        grow((void **)&h->strings, &ps.strings_cap, (size_t)h->header_len + 1, 1) != 0) {
+        st_json_cursor_free(&ps.c);
+        free(ps.key_pos);
+        return ST_SF_NO_MEMORY;
+    }
     st_sf_status status = parse_json(&ps);
     st_json_cursor_free(&ps.c);
     free(ps.key_pos);

@@ -83,6 +83,10 @@ void st_sf_header_free(st_sf_header *h);
 const char *st_sf_dtype_name(unsigned dtype);
 unsigned st_sf_dtype_bits(unsigned dtype);
 
+/* A 64-bit hash of len bytes at s, for hash tables of names: spreads them,
+ * nothing more (confirm equal hashes with memcmp). Can't fail. */
+uint64_t st_sf_name_hash(const char *s, size_t len);
+
 /* A short English description of a status. Static storage. */
 const char *st_sf_status_text(st_sf_status status);
 

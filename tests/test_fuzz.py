@@ -1,4 +1,4 @@
-"""A bounded libFuzzer run of the safetensors reader and the JSON escaper
+"""A bounded libFuzzer run of the safetensors reader (with prefix grouping) and the JSON escaper
 under ASan/UBSan, from the seed corpus in tests/fuzz/corpus (copied: the
 repository's corpus is never modified). Skips when clang with libFuzzer is
 missing (.ci/run installs it)."""
@@ -12,8 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECONDS = int(os.environ.get("STAGETRACE_FUZZ_SECONDS", "20"))
-SOURCES = ["tests/fuzz/fuzz_safetensors.c", "csrc/st_safetensors.c", "csrc/st_jsonscan.c", "csrc/st_json.c",
-           "csrc/st_sink.c"]
+SOURCES = ["tests/fuzz/fuzz_safetensors.c", "csrc/st_safetensors.c", "csrc/st_sfgroup.c", "csrc/st_jsonscan.c",
+           "csrc/st_json.c", "csrc/st_sink.c"]
 
 
 def test_fuzz_safetensors_reader_and_escaper(tmp_path):
