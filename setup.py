@@ -10,6 +10,12 @@ $STAGETRACE_NVTX_INCLUDE, in NVIDIA's pip wheels in this Python's site-packages
 nvidia/cu13/include), under $CUDA_HOME/include and /usr/local/cuda/include.
 Without them the extension still builds, with NVTX calls compiled out.
 
+CUPTI's headers (cupti.h and the CUDA headers it includes) come the same way:
+$STAGETRACE_CUPTI_INCLUDE, NVIDIA's wheels (nvidia-cuda-cupti, nvidia-cuda-runtime,
+nvidia-cuda-crt), or a toolkit. Only the headers are used: libcupti is loaded
+with dlopen at run time, so nothing links CUDA. Without them the extension
+builds and reports GPU collection as unavailable.
+
 STAGETRACE_FULL_API=1 builds against the full C API (vectorcall) instead of
 the stable ABI (abi3); benchmarks/ uses it to measure what abi3 costs.
 """
@@ -24,7 +30,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [
     "csrc/module.c",
     "csrc/st_clock.c",
+    "csrc/st_cupti.c",
     "csrc/st_events.c",
+    "csrc/st_gpu.c",
     "csrc/st_intern.c",
     "csrc/st_json.c",
     "csrc/st_jsonscan.c",
@@ -63,6 +71,40 @@ def find_nvtx_include():
     return None
 
 
+def site_dirs():
+    for key in ("purelib", "platlib"):
+        site = sysconfig.get_paths().get(key)
+        if site:
+            yield site
+    yield from sys.path  # isolated build environments put wheels here
+
+
+def cupti_include_candidates():
+    """Include-directory sets holding cupti.h and what it includes (cuda.h, crt/host_defines.h):
+    $STAGETRACE_CUPTI_INCLUDE (os.pathsep-separated); NVIDIA's CUDA 13 wheels (nvidia-cuda-cupti,
+    nvidia-cuda-runtime and nvidia-cuda-crt all install into nvidia/cu13/include); the CUDA 12
+    wheels' separate folders; a toolkit's include and extras/CUPTI/include."""
+    env = os.environ.get("STAGETRACE_CUPTI_INCLUDE")
+    if env:
+        yield env.split(os.pathsep)
+    for site in site_dirs():
+        yield [os.path.join(site, "nvidia", "cu13", "include")]
+        nv = os.path.join(site, "nvidia")
+        yield [os.path.join(nv, "cuda_cupti", "include"), os.path.join(nv, "cuda_runtime", "include"),
+               os.path.join(nv, "cuda_nvcc", "include")]
+    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    for root in ([cuda] if cuda else []) + ["/usr/local/cuda"]:
+        yield [os.path.join(root, "include"), os.path.join(root, "extras", "CUPTI", "include")]
+
+
+def find_cupti_include():
+    needed = ("cupti.h", "cuda.h", os.path.join("crt", "host_defines.h"))
+    for dirs in cupti_include_candidates():
+        if all(any(os.path.isfile(os.path.join(d, f)) for d in dirs) for f in needed):
+            return [d for d in dirs if os.path.isdir(d)]
+    return None
+
+
 def extension():
     full_api = os.environ.get("STAGETRACE_FULL_API") == "1"
     macros = [("_GNU_SOURCE", None)]
@@ -76,6 +118,16 @@ def extension():
         print(
             "stagetrace: no NVTX headers found (pip install nvidia-nvtx-cu12, or set "
             "STAGETRACE_NVTX_INCLUDE); building without NVTX ranges"
+        )
+    cupti = find_cupti_include()
+    if cupti:
+        macros.append(("ST_HAVE_CUPTI", "1"))
+        include_dirs.extend(cupti)
+        print(f"stagetrace: CUPTI headers from {os.pathsep.join(cupti)}")
+    else:
+        print(
+            "stagetrace: no CUPTI headers found (pip install nvidia-cuda-cupti nvidia-cuda-runtime "
+            "nvidia-cuda-crt, or set STAGETRACE_CUPTI_INCLUDE); building without GPU activity collection"
         )
     if not full_api:
         macros.append(("Py_LIMITED_API", LIMITED_API_HEX))

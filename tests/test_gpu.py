@@ -1,0 +1,301 @@
+"""GPU activity: CUPTI loading, back-off, and attribution of activity records to stage windows.
+
+There is no GPU here. The real libcupti (NVIDIA's wheel) is loaded to check that it reports why it
+cannot collect, without loading libcuda. Everything else runs through tests/cupti/fake_cupti.c, a
+TEST DOUBLE of libcupti at the hardware boundary: it is compiled against NVIDIA's real cupti.h and
+fills activity buffers with the real record structs, so StageTrace's buffer-completed callback,
+record decoding (through the double's own record iterator) and attribution are the production code.
+
+CUPTI is loaded once per process, so each scenario runs in a fresh interpreter."""
+
+import ctypes.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from setup import find_cupti_include  # noqa: E402
+
+# CUPTI's copy kinds (cupti_activity.h: CUpti_ActivityMemcpyKind)
+HTOD, DTOH, HTOA, DTOD, HTOH, PTOP = 1, 2, 3, 8, 9, 10
+MULTIPLE_SUBSCRIBERS, INSUFFICIENT_PRIVILEGES = 39, 35
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory):
+    """The CUPTI test double, built twice: with and without cuptiActivityRegisterTimestampCallback."""
+    include = find_cupti_include()
+    if include is None:
+        pytest.skip("no CUPTI headers (pip install nvidia-cuda-cupti nvidia-cuda-runtime nvidia-cuda-crt)")
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    out = tmp_path_factory.mktemp("cupti")
+    built = {}
+    for name, extra in (("own_clock", []), ("cupti_clock", ["-DFAKE_NO_TIMESTAMP_CALLBACK"])):
+        lib = out / f"libfake_cupti_{name}.so"
+        subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Werror", "-fPIC", "-shared",
+                        *extra, *(f"-I{d}" for d in include), os.path.join(ROOT, "tests", "cupti", "fake_cupti.c"),
+                        "-o", str(lib)], check=True)
+        built[name] = str(lib)
+    return built
+
+
+PRELUDE = """
+import ctypes, json, sys
+from comfy_nodes import _native as n
+U = ctypes.c_ulonglong
+def out(value):
+    print("RESULT " + json.dumps(value))
+"""
+
+
+def run(script: str, **env) -> dict:
+    proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stderr
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def real_libcupti() -> str | None:
+    site = sysconfig.get_paths()["purelib"]
+    for rel in ("nvidia/cu13/lib/libcupti.so.13", "nvidia/cuda_cupti/lib/libcupti.so.12"):
+        if os.path.isfile(os.path.join(site, rel)):
+            return os.path.join(site, rel)
+    return None
+
+
+# --- The real libcupti, no driver ---
+
+
+def test_real_libcupti_without_a_driver_says_why_and_leaves_libcuda_unloaded(native):
+    path = real_libcupti()
+    if path is None:
+        pytest.skip("NVIDIA's libcupti wheel (nvidia-cuda-cupti) is not installed")
+    if ctypes.util.find_library("cuda"):
+        pytest.skip("this machine has a CUDA driver: the no-driver case cannot be checked here")
+    result = run(f"""
+        ok, status, reason = n.cupti_start([{path!r}])
+        maps = open("/proc/self/maps").read()
+        out({{"ok": ok, "status": status, "reason": reason, "info": n.cupti_info(),
+              "libcupti": "libcupti" in maps, "libcuda": "libcuda" in maps}})
+    """)
+    assert result["ok"] is False
+    assert result["status"] == "a CUPTI call failed"
+    assert result["reason"].startswith("cupti")  # names the call that failed and CUPTI's error
+    assert result["libcupti"] and result["info"]["library"] == path and result["info"]["version"] > 0
+    assert result["libcuda"] is False
+    assert result["info"]["active"] is False
+
+
+def test_no_library_at_all(native):
+    result = run("""
+        out(n.cupti_start(["/nonexistent/libcupti.so.13", "libcupti-not-here.so"]))
+    """)
+    ok, status, reason = result
+    assert not ok and status == "CUPTI library not found"
+    assert "/nonexistent/libcupti.so.13" in reason and "libcupti-not-here.so" in reason
+
+
+# --- Back-off ---
+
+
+def test_backs_off_when_another_subscriber_holds_cupti(native, fakes):
+    result = run(f"""
+        fake = ctypes.CDLL({fakes["own_clock"]!r})
+        fake.fake_cupti_set_subscribe_result({MULTIPLE_SUBSCRIBERS})
+        ok, status, reason = n.cupti_start([{fakes["own_clock"]!r}])
+        wid = n.gpu_window_open(1, n.intern("node"), n.now_ns())  # windows and spans still work
+        n.gpu_window_close(wid, n.now_ns())
+        out({{"ok": ok, "status": status, "reason": reason, "enabled": fake.fake_cupti_enabled_kinds(),
+              "active": n.cupti_info()["active"], "window": wid}})
+    """)
+    assert result["ok"] is False and result["status"] == "another CUPTI client is active"
+    assert "Nsight Systems" in result["reason"] and "NVTX" in result["reason"]
+    assert result["enabled"] == 0 and result["active"] is False and result["window"] > 0
+
+
+def test_a_failed_enable_undoes_everything(native, fakes):
+    result = run(f"""
+        fake = ctypes.CDLL({fakes["own_clock"]!r})
+        fake.fake_cupti_set_enable_result({INSUFFICIENT_PRIVILEGES})
+        ok, status, reason = n.cupti_start([{fakes["own_clock"]!r}])
+        out({{"ok": ok, "reason": reason, "enabled": fake.fake_cupti_enabled_kinds(),
+              "subscribed": fake.fake_cupti_subscribed()}})
+    """)
+    assert result["ok"] is False
+    assert "cuptiActivityEnable(CONCURRENT_KERNEL)" in result["reason"]
+    assert "INSUFFICIENT_PRIVILEGES" in result["reason"]
+    assert result["enabled"] == 0 and result["subscribed"] == 0
+
+
+# --- Attribution through the buffer-completed path ---
+
+ATTRIBUTION = """
+fake = ctypes.CDLL(LIB)
+ok, status, reason = n.cupti_start([LIB], buffer_bytes=BUFFER)
+assert ok, reason
+t = n.now_ns() + 1_000_000  # windows a little ahead of now: all times below are relative to t
+ms = 1_000_000
+prompt = n.gpu_window_open(0, n.intern("prompt"), t)
+node_a = n.gpu_window_open(1, n.intern("node A"), t + 10 * ms)
+step = n.gpu_window_open(7, n.intern("step 1"), t + 20 * ms)
+n.gpu_window_close(step, t + 40 * ms)
+n.gpu_window_close(node_a, t + 50 * ms)
+node_b = n.gpu_window_open(1, n.intern("node B"), t + 60 * ms)
+n.gpu_window_close(node_b, t + 80 * ms)
+n.gpu_window_close(prompt, t + 100 * ms)
+K, C = KERNEL, COPY
+# inside the step: two overlapping kernels on two streams, one after a gap
+fake.fake_cupti_kernel(K, U(t + 21 * ms), U(t + 25 * ms), 0, 7, b"gemm")
+fake.fake_cupti_kernel(K, U(t + 23 * ms), U(t + 27 * ms), 0, 8, b"gemm")
+fake.fake_cupti_kernel(K, U(t + 30 * ms), U(t + 31 * ms), 0, 7, b"softmax")
+# copies of each direction inside node A but outside the step
+for kind, size in ((HTOD, 4096), (DTOH, 512), (DTOD, 256), (HTOH, 128), (PTOP, 64), (HTOA, 32)):
+    fake.fake_cupti_memcpy(C, kind, U(size), U(t + 12 * ms), U(t + 13 * ms), 7)
+fake.fake_cupti_memset(U(1000), U(t + 14 * ms), U(t + 15 * ms), 7)
+# a kernel crossing the end of node A: belongs to the prompt
+fake.fake_cupti_kernel(K, U(t + 45 * ms), U(t + 55 * ms), 0, 7, b"crossing")
+# node B, then a kernel after the prompt (outside every window)
+fake.fake_cupti_kernel(K, U(t + 61 * ms), U(t + 62 * ms), 0, 7, b"vae_conv")
+fake.fake_cupti_kernel(K, U(t + 200 * ms), U(t + 201 * ms), 0, 7, b"late")
+fake.fake_cupti_other_record()  # a kind StageTrace did not enable: skipped
+fake.fake_cupti_set_dropped(U(3))  # CUPTI says it lost 3 records
+n.cupti_flush()
+report = {r["window"]: r for r in n.gpu_report()}
+out({"windows": {"prompt": prompt, "node_a": node_a, "step": step, "node_b": node_b},
+     "report": report, "counters": n.gpu_counters(), "info": n.cupti_info()})
+"""
+
+
+def attribution(fakes, clock="own_clock", kernel=10, copy=6, buffer=1 << 20):
+    script = (ATTRIBUTION.replace("LIB", repr(fakes[clock])).replace("BUFFER", str(buffer))
+              .replace("KERNEL", str(kernel)).replace("COPY", str(copy)))
+    script = f"HTOD, DTOH, HTOA, DTOD, HTOH, PTOP = {HTOD}, {DTOH}, {HTOA}, {DTOD}, {HTOH}, {PTOP}\n" + script
+    return run(script)
+
+
+def check_attribution(result):
+    w, report = result["windows"], {int(k): v for k, v in result["report"].items()}
+    ms = 1_000_000
+    step = report[w["step"]]
+    assert step["kernels"] == 3
+    assert step["kernel_ns"] == 4 * ms + 4 * ms + 1 * ms
+    assert step["busy_ns"] == 6 * ms + 1 * ms  # the union: [21, 27] and [30, 31]
+    assert step["top_kernels"][0][:2] == ["gemm", 2] and step["top_kernels"][0][2] == 8 * ms
+    assert step["top_kernels"][1] == ["softmax", 1, 1 * ms]
+    assert step["parent"] == w["node_a"] and step["stage"] == 7
+    node_a = report[w["node_a"]]
+    assert node_a["kernels"] == 0
+    assert node_a["copies"] == {"htod": {"count": 1, "bytes": 4096, "ns": ms},
+                                "dtoh": {"count": 1, "bytes": 512, "ns": ms},
+                                "dtod": {"count": 1, "bytes": 256, "ns": ms},
+                                "htoh": {"count": 1, "bytes": 128, "ns": ms},
+                                "ptop": {"count": 1, "bytes": 64, "ns": ms},
+                                "other": {"count": 1, "bytes": 32, "ns": ms}}
+    assert (node_a["memsets"], node_a["memset_bytes"]) == (1, 1000)
+    prompt = report[w["prompt"]]
+    assert prompt["kernels"] == 1 and prompt["top_kernels"][0][0] == "crossing"
+    assert report[w["node_b"]]["top_kernels"][0][0] == "vae_conv"
+    outside = report[0]
+    assert outside["kernels"] == 1 and outside["top_kernels"][0][0] == "late"
+    counters = result["counters"]
+    assert counters["records"] == 3 + 6 + 1 + 1 + 1 + 1
+    assert counters["unattributed"] == 1 and counters["dropped_records"] == 3
+    assert result["info"]["records"] == counters["records"]
+
+
+def test_attribution_with_the_newest_record_structs(native, fakes):
+    result = attribution(fakes, kernel=10, copy=6)
+    assert result["info"]["own_clock"] is True
+    check_attribution(result)
+
+
+def test_attribution_with_the_older_record_structs(native, fakes):
+    check_attribution(attribution(fakes, kernel=9, copy=5))
+
+
+def test_records_on_cuptis_own_clock_are_moved_to_the_trace_clock(native, fakes):
+    result = attribution(fakes, clock="cupti_clock")
+    assert result["info"]["own_clock"] is False
+    assert abs(result["info"]["clock_offset_ns"] + 1_000_000_000_000) < 5_000_000  # the double's clock: +1000 s
+    check_attribution(result)
+
+
+def test_small_buffers_are_walked_one_after_another(native, fakes):
+    result = attribution(fakes, buffer=512)  # a few records a buffer
+    check_attribution(result)
+    assert result["info"]["buffers_completed"] >= 4
+
+
+def test_a_full_buffer_pool_drops_records_and_counts_them(native, fakes):
+    result = run(f"""
+        fake = ctypes.CDLL({fakes["own_clock"]!r})
+        fake.fake_cupti_set_hold(1)  # CUPTI keeps full buffers: StageTrace's cap is reached
+        ok, _, reason = n.cupti_start([{fakes["own_clock"]!r}], buffer_bytes=1024, max_buffers=2)
+        assert ok, reason
+        t = n.now_ns()
+        w = n.gpu_window_open(1, n.intern("node"), t)
+        n.gpu_window_close(w, t + 10**9)
+        for i in range(40):
+            fake.fake_cupti_kernel(10, U(t + 1000 * i), U(t + 1000 * i + 500), 0, 7, b"k")
+        n.cupti_flush()
+        report = n.gpu_report()
+        out({{"kernels": sum(r["kernels"] for r in report), "counters": n.gpu_counters(), "info": n.cupti_info(),
+              "refused": fake.fake_cupti_refused()}})
+    """)
+    info, counters = result["info"], result["counters"]
+    assert info["buffers_refused"] > 0 and result["refused"] > 0
+    assert result["kernels"] + counters["dropped_records"] == 40
+    assert 0 < result["kernels"] < 40
+
+
+def test_window_table_cap_counts_what_it_refuses(native, fakes):
+    result = run("""
+        n.gpu_set_window_capacity(4)
+        n.gpu_reset()
+        ids = [n.gpu_window_open(1, 0, 1000 * i) for i in range(6)]
+        out({"ids": ids, "counters": n.gpu_counters()})
+    """)
+    assert result["ids"][:4] == [1, 2, 3, 4] and result["ids"][4:] == [0, 0]
+    assert result["counters"]["dropped_windows"] == 2
+
+
+def test_wrapper_spans_open_windows_that_collect_their_kernels(native, fakes):
+    result = run(f"""
+        fake = ctypes.CDLL({fakes["own_clock"]!r})
+        ok, _, reason = n.cupti_start([{fakes["own_clock"]!r}])
+        assert ok, reason
+        n.gpu_set_windows(True)
+        def node_body():
+            t = n.now_ns()
+            fake.fake_cupti_kernel(10, U(t + 10), U(t + 20), 0, 7, b"inside")
+            return 42
+        wrapped = n.Wrapper(node_body, 1, "KSampler")
+        assert wrapped() == 42
+        n.cupti_flush()
+        out(n.gpu_report())
+    """)
+    (window,) = result
+    assert window["stage"] == 1 and window["kernels"] == 1 and window["top_kernels"][0][0] == "inside"
+    assert window["t1"] > window["t0"] > 0
+
+
+def test_stop_disables_and_unsubscribes(native, fakes):
+    result = run(f"""
+        fake = ctypes.CDLL({fakes["own_clock"]!r})
+        ok, _, _ = n.cupti_start([{fakes["own_clock"]!r}])
+        before = fake.fake_cupti_enabled_kinds()
+        n.cupti_stop()
+        out({{"ok": ok, "before": before, "after": fake.fake_cupti_enabled_kinds(),
+              "subscribed": fake.fake_cupti_subscribed(), "active": n.cupti_info()["active"]}})
+    """)
+    assert result["ok"] and result["before"] != 0
+    assert result["after"] == 0 and result["subscribed"] == 0 and result["active"] is False
