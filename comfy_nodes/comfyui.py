@@ -128,10 +128,21 @@ def _install(native, settings: Settings, execution) -> Installation:
     put = queue.__dict__.get("put") if queue is not None else None
     if put is not None and _params(put)[:2] == ["self", "item"]:
         inst.replace(queue, "put", _tap_submit(put, recorder), "PromptQueue.put")
+    _start_gpu(native, settings, recorder)
     setattr(execution, _MARK, inst)
     logger.info("StageTrace: profiling every prompt (hooks: %s; NVTX %s)", ", ".join(recorder.hooks),
                 "on" if native.nvtx_enabled() else "off")
     return inst
+
+
+def _start_gpu(native, settings: Settings, recorder: Recorder) -> None:
+    """CUPTI collection; when it cannot run, each trace says why and nothing else changes."""
+    from .gpu import GpuCollection
+
+    try:
+        recorder.gpu = GpuCollection(native, settings.gpu)
+    except Exception as exc:  # noqa: BLE001 - never break the host
+        log_once("gpu-start", "GPU collection unavailable (%s: %s)", type(exc).__name__, exc)
 
 
 def _hook_prompt(inst: Installation, native, recorder: Recorder, executor) -> None:

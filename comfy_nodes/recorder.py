@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from . import stages
+from .gpu import window_events
 from .log import log_once, logger
 from .summary import format_text, summarize
 from .tracefile import load, trace_path
@@ -40,6 +41,7 @@ class Recorder:
         self._hook_errors_seen = 0
         self._open_nodes: dict[str, int] = {}  # fallback: node id -> start ns
         self.on_self_check_failed: Callable[[], None] | None = None
+        self.gpu = None  # a gpu.GpuCollection once installed
 
     # --- prompt state ---------------------------------------------------
 
@@ -65,6 +67,8 @@ class Recorder:
         self._reset_prompt()
         self.prompt_id = str(prompt_id)
         self.prompt = prompt if isinstance(prompt, dict) else {}
+        if self.gpu is not None:
+            self.gpu.round_begin()
         self.t_begin = self.native.now_ns()
         with self._lock:
             submitted = self._submitted.pop(self.prompt_id, None)
@@ -194,13 +198,17 @@ class Recorder:
         directory = self._output_dir()
         os.makedirs(directory, exist_ok=True)
         path = trace_path(directory, self.prompt_id or "prompt")
+        gpu_reports, gpu_meta = self._gpu_round()
         writer = self.native.TraceWriter(path)
         try:
             pid = os.getpid()
             writer.write_batch(batch, pid, 0)
-            for event in self._extra_events(recorded, pid):
+            events = self._extra_events(recorded, pid) + window_events(gpu_reports, self.native.name_of, pid)
+            for event in events:
                 writer.write_raw(json.dumps(event, separators=(",", ":"), default=str))
-            writer.commit(json.dumps(self._metadata(), separators=(",", ":"), default=str))
+            metadata = self._metadata()
+            metadata["gpu"] = gpu_meta
+            writer.commit(json.dumps(metadata, separators=(",", ":"), default=str))
         finally:
             writer.abort()  # no-op after commit; removes the temporary file otherwise
         self.last_trace = path
@@ -209,6 +217,16 @@ class Recorder:
             self.last_summary = summarize(load(path), trace_path=path)
             logger.info("%s", format_text(self.last_summary))
         return path
+
+    def _gpu_round(self) -> tuple[list[dict], dict | None]:
+        """The prompt's GPU aggregates; a failure here costs the GPU figures, never the trace."""
+        if self.gpu is None:
+            return [], None
+        try:
+            return self.gpu.round_end()
+        except Exception as exc:  # noqa: BLE001
+            log_once("gpu-round", "GPU figures skipped (%s: %s)", type(exc).__name__, exc)
+            return [], {"collection": "unavailable", "reason": f"GPU collection failed: {exc}"}
 
     def _close_fallback_nodes(self) -> None:
         now = self.native.now_ns()

@@ -7,6 +7,8 @@
 | STAGETRACE_NVTX          | 1                                | 0: no NVTX ranges                         |
 | STAGETRACE_SUMMARY       | 1                                | 0: no console summary after each prompt   |
 | STAGETRACE_BUFFER_EVENTS | 65536                            | events each thread's buffer holds         |
+| STAGETRACE_GPU           | 1                                | 0: no CUPTI GPU activity collection       |
+| STAGETRACE_CUPTI_LIB     | (searched: see gpu.py)           | path of the libcupti to load              |
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Settings:
     nvtx: bool
     summary: bool
     buffer_events: int
+    gpu: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -53,4 +56,5 @@ class Settings:
             nvtx=_flag("STAGETRACE_NVTX", True),
             summary=_flag("STAGETRACE_SUMMARY", True),
             buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
+            gpu=_flag("STAGETRACE_GPU", True),
         )

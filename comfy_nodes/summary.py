@@ -33,6 +33,7 @@ class Summary:
     events: int = 0
     dropped: int = 0
     trace_path: str | None = None
+    gpu: str | None = None  # one line: what the GPU did, or why there are no GPU figures
 
 
 def _first_line(text: object) -> str:
@@ -60,6 +61,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
     failures: list[str] = []
     prompt = None
     queue_wait = None
+    gpu_windows: list[dict] = []
     for ev in events:
         ph, cat, args = ev.get("ph"), ev.get("cat"), ev.get("args") or {}
         if ph == "i" and ev.get("name") == "execution_error":
@@ -72,6 +74,9 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         if ph != "X":
             continue
         ts, dur = float(ev["ts"]), float(ev["dur"])
+        if cat == "gpu":  # the GPU track: figures, not a stage of the host
+            gpu_windows.append(args)
+            continue
         if cat == "prompt" and ev.get("name") == "queue_wait":
             queue_wait = dur / 1e6
             continue
@@ -114,7 +119,31 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         events=len(events),
         dropped=int(other.get("dropped_events", 0) or 0),
         trace_path=trace_path,
+        gpu=_gpu_line(other.get("gpu"), gpu_windows, wall),
     )
+
+
+def _gpu_line(meta: object, windows: list[dict], wall_s: float) -> str | None:
+    """What the GPU did over the prompt: busy time, kernels, bytes copied each way."""
+    if not isinstance(meta, dict):
+        return None  # a trace from before GPU collection existed
+    if meta.get("collection") != "cupti":
+        return str(meta.get("reason") or "GPU collection unavailable")
+    busy = sum(float(w.get("busy_ms") or 0) for w in windows) / 1e3
+    kernels = sum(int(w.get("kernels") or 0) for w in windows)
+    copied: dict[str, int] = defaultdict(int)
+    for w in windows:
+        for direction, c in (w.get("copies") or {}).items():
+            copied[direction] += int(c.get("bytes") or 0)
+    moved = ", ".join(f"{d.upper()} {_megabytes(b)}" for d, b in copied.items() if b)
+    line = f"GPU busy {_seconds(busy).strip()} ({_share(busy, wall_s).strip()} of wall), {kernels} kernels"
+    line += f"; copies {moved}" if moved else ""
+    dropped = int(meta.get("dropped_records") or 0)
+    return line + (f"; {dropped} GPU records dropped" if dropped else "")
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} B"
 
 
 def _seconds(s: float) -> str:
@@ -147,6 +176,8 @@ def format_text(s: Summary) -> str:
     if s.cached:
         names = ", ".join(f"{n.class_type} #{n.node_id}" for n in s.cached)
         lines.append(f"  cached: {len(s.cached)} node{'s' if len(s.cached) != 1 else ''} ({names})")
+    if s.gpu:
+        lines.append(f"  {s.gpu}")
     for warning in s.warnings:
         lines.append(f"  warning: {warning}")
     for failure in s.failures:

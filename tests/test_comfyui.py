@@ -269,3 +269,38 @@ def test_diffusion_model_only_file_in_checkpoint_loader(tmp_path):
     assert "no VAE, which VAEDecode #8 needs" in warning
     assert "UNETLoader" in warning and "VAELoader" in warning
     assert log.index("StageTrace: CheckpointLoaderSimple #4 loads") < log.index("!!! Exception during processing")
+
+
+def test_trace_says_why_gpu_collection_is_unavailable(tmp_path):
+    """No GPU here: the real libcupti loads and cannot collect; the trace and summary say why."""
+    result, log = run_harness(tmp_path, "basic")
+    assert result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    gpu = load(str(path))["otherData"]["gpu"]
+    assert gpu["collection"] == "unavailable"
+    assert gpu["reason"].startswith("GPU collection unavailable: ")
+    import ctypes.util
+
+    if ctypes.util.find_library("cuda") is None:
+        assert "no NVIDIA driver" in gpu["reason"]
+    assert "GPU collection unavailable" in log
+    report = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    assert gpu["reason"] in report
+
+
+def test_gpu_collection_through_the_cupti_double_in_real_comfyui(tmp_path):
+    """STAGETRACE_CUPTI_LIB points at the CUPTI test double (tests/cupti/fake_cupti.c): collection
+    starts inside ComfyUI, each prompt is a round, and a CPU run reports no GPU work."""
+    from test_gpu import build_fake
+
+    fake = build_fake(tmp_path)
+    result, log = run_harness(tmp_path, "basic", env={"STAGETRACE_CUPTI_LIB": fake})
+    assert result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    gpu = trace["otherData"]["gpu"]
+    assert gpu["collection"] == "cupti" and gpu["library"] == fake
+    assert gpu["records"] == 0 and gpu["dropped_records"] == 0
+    assert not [e for e in trace["traceEvents"] if e.get("cat") == "gpu"]
+    assert "GPU busy 0.0 ms" in log and "0 kernels" in log

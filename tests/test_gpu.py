@@ -28,23 +28,26 @@ HTOD, DTOH, HTOA, DTOD, HTOH, PTOP = 1, 2, 3, 8, 9, 10
 MULTIPLE_SUBSCRIBERS, INSUFFICIENT_PRIVILEGES = 39, 35
 
 
-@pytest.fixture(scope="module")
-def fakes(tmp_path_factory):
-    """The CUPTI test double, built twice: with and without cuptiActivityRegisterTimestampCallback."""
+def build_fake(out, own_clock: bool = True) -> str:
+    """Compile the CUPTI test double into out; skips the test when headers or gcc are missing."""
     include = find_cupti_include()
     if include is None:
         pytest.skip("no CUPTI headers (pip install nvidia-cuda-cupti nvidia-cuda-runtime nvidia-cuda-crt)")
     if shutil.which("gcc") is None:
         pytest.skip("gcc is not installed")
+    lib = os.path.join(str(out), f"libfake_cupti_{'own' if own_clock else 'cupti'}_clock.so")
+    extra = [] if own_clock else ["-DFAKE_NO_TIMESTAMP_CALLBACK"]
+    subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Werror", "-fPIC", "-shared", *extra,
+                    *(f"-I{d}" for d in include), os.path.join(ROOT, "tests", "cupti", "fake_cupti.c"), "-o", lib],
+                   check=True)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory):
+    """The CUPTI test double, built twice: with and without cuptiActivityRegisterTimestampCallback."""
     out = tmp_path_factory.mktemp("cupti")
-    built = {}
-    for name, extra in (("own_clock", []), ("cupti_clock", ["-DFAKE_NO_TIMESTAMP_CALLBACK"])):
-        lib = out / f"libfake_cupti_{name}.so"
-        subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Werror", "-fPIC", "-shared",
-                        *extra, *(f"-I{d}" for d in include), os.path.join(ROOT, "tests", "cupti", "fake_cupti.c"),
-                        "-o", str(lib)], check=True)
-        built[name] = str(lib)
-    return built
+    return {"own_clock": build_fake(out, True), "cupti_clock": build_fake(out, False)}
 
 
 PRELUDE = """
