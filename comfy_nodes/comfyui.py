@@ -140,7 +140,7 @@ def _start_gpu(native, settings: Settings, recorder: Recorder) -> None:
     from .gpu import GpuCollection
 
     try:
-        recorder.gpu = GpuCollection(native, settings.gpu)
+        recorder.gpu = GpuCollection(native, settings.gpu, settings.gpu_kernels)
     except Exception as exc:  # noqa: BLE001 - never break the host
         log_once("gpu-start", "GPU collection unavailable (%s: %s)", type(exc).__name__, exc)
 

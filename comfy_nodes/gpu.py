@@ -76,9 +76,10 @@ def _driver_hint() -> str:
 class GpuCollection:
     """Starts CUPTI once, and per prompt: a fresh round of windows, then the aggregates."""
 
-    def __init__(self, native, enabled: bool = True):
+    def __init__(self, native, enabled: bool = True, kernels: int = 0):
         self.native = native
         self.active = False
+        self.kernels = kernels  # per-record events kept a round (STAGETRACE_GPU_KERNELS)
         self.reason = "disabled (STAGETRACE_GPU=0)"
         if enabled:
             self._start()
@@ -90,6 +91,7 @@ class GpuCollection:
             ok, why = False, f"{type(exc).__name__}: {exc}"
         self.active = bool(ok)
         if ok:
+            self.native.gpu_set_detail(self.kernels)
             self.native.gpu_set_windows(True)
             self.reason = ""
             info = self.native.cupti_info()
@@ -104,12 +106,14 @@ class GpuCollection:
         if self.active:
             self.native.gpu_reset()
 
-    def round_end(self) -> tuple[list[dict], dict]:
-        """A prompt ended: flush CUPTI, read the aggregates. Returns (per-window reports, metadata)."""
+    def round_end(self) -> tuple[list[dict], dict, list[tuple]]:
+        """A prompt ended: flush CUPTI, read the aggregates. Returns (per-window reports, metadata,
+        the kept records when STAGETRACE_GPU_KERNELS asks for them)."""
         if not self.active:
-            return [], {"collection": "unavailable", "reason": f"GPU collection unavailable: {self.reason}"}
+            return [], {"collection": "unavailable", "reason": f"GPU collection unavailable: {self.reason}"}, []
         self.native.cupti_flush(True)
         reports = self.native.gpu_report()
+        detail = self.native.gpu_detail() if self.kernels else []
         counters = self.native.gpu_counters()
         info = self.native.cupti_info()
         meta = {
@@ -123,8 +127,10 @@ class GpuCollection:
             "dropped_windows": counters["dropped_windows"],
             "unattributed_records": counters["unattributed"],
             "buffers_refused": info["buffers_refused"],
+            "kernel_events": len(detail),
+            "kernel_events_dropped": counters["detail_dropped"],
         }
-        return reports, meta
+        return reports, meta, detail
 
 
 def window_events(reports: list[dict], name_of, pid: int) -> list[dict]:
@@ -145,6 +151,96 @@ def window_events(reports: list[dict], name_of, pid: int) -> list[dict]:
             "ts": r["first_ns"] / 1e3, "dur": max(0, r["last_ns"] - r["first_ns"]) / 1e3,
             "args": gpu_args(r, stage),
         })
+    return events
+
+
+def _torch_cuda():
+    """torch.cuda when ComfyUI has already initialised CUDA; StageTrace never initialises it."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    try:
+        return cuda if cuda is not None and cuda.is_initialized() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def device_facts() -> list[dict]:
+    """Per CUDA device, from torch: name, compute capability (FP8 compute needs sm_89 or newer),
+    total memory, and the CUDA runtime torch was built with. Empty when CUDA is not in use."""
+    cuda = _torch_cuda()
+    if cuda is None:
+        return []
+    torch = sys.modules["torch"]
+    facts = []
+    for index in range(cuda.device_count()):
+        props = cuda.get_device_properties(index)
+        capability = (int(props.major), int(props.minor))
+        facts.append({
+            "index": index,
+            "name": str(props.name),
+            "compute_capability": f"{capability[0]}.{capability[1]}",
+            "fp8_compute": capability >= (8, 9),
+            "total_memory_bytes": int(props.total_memory),
+            "cuda_runtime": getattr(torch.version, "cuda", None),
+        })
+    return facts
+
+
+class TorchMemory:
+    """Device memory at every node boundary, from torch's allocator (when ComfyUI uses CUDA): free and
+    total memory of the device, allocated and reserved by torch, and the peak allocated during the node
+    (the peak counter is reset at each node start; ComfyUI itself reads only current figures)."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict] = []
+
+    def clear(self) -> None:
+        self.samples = []
+
+    def sample(self, t_ns: int, node_id: str | None, boundary: str) -> None:
+        cuda = _torch_cuda()
+        if cuda is None:
+            return
+        device = cuda.current_device()
+        free, total = cuda.mem_get_info(device)
+        entry = {"t_ns": t_ns, "node_id": node_id, "boundary": boundary, "free": int(free), "total": int(total),
+                 "allocated": int(cuda.memory_allocated(device)), "reserved": int(cuda.memory_reserved(device))}
+        if boundary == "end":
+            entry["peak_allocated"] = int(cuda.max_memory_allocated(device))
+        else:
+            cuda.reset_peak_memory_stats(device)
+        self.samples.append(entry)
+
+    def events(self, pid: int) -> list[dict]:
+        """Counter tracks: "GPU memory (MB)" with free / allocated / reserved at each node boundary."""
+        return [{"ph": "C", "name": "GPU memory (MB)", "pid": pid, "tid": GPU_TRACK_TID, "ts": s["t_ns"] / 1e3,
+                 "args": {"free": s["free"] / 1e6, "allocated": s["allocated"] / 1e6,
+                          "reserved": s["reserved"] / 1e6}} for s in self.samples]
+
+    def peaks(self) -> dict[str, int]:
+        """Peak allocated bytes per node id (the largest when a node ran twice)."""
+        out: dict[str, int] = {}
+        for s in self.samples:
+            if s.get("peak_allocated") is not None and s["node_id"] is not None:
+                out[s["node_id"]] = max(out.get(s["node_id"], 0), s["peak_allocated"])
+        return out
+
+
+def record_events(records: list[tuple], pid: int) -> list[dict]:
+    """Per-record trace events (STAGETRACE_GPU_KERNELS): one track per CUDA stream."""
+    events: list[dict] = []
+    for stream in sorted({r[4] for r in records}):
+        events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": GPU_TRACK_TID + 1 + stream,
+                       "args": {"name": f"GPU stream {stream}"}})
+    for kind, start, end, device, stream, name, nbytes, copy in records:
+        args: dict = {"device": device, "stream": stream}
+        if kind == "kernel":
+            label = name or "kernel"
+        else:
+            label = f"{kind} {copy.upper()}" if copy else kind
+            args["bytes"] = nbytes
+        events.append({"ph": "X", "cat": f"gpu.{kind}", "name": label, "pid": pid, "tid": GPU_TRACK_TID + 1 + stream,
+                       "ts": start / 1e3, "dur": max(0, end - start) / 1e3, "args": args})
     return events
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from . import stages
-from .gpu import window_events
+from .gpu import TorchMemory, device_facts, record_events, window_events
 from .log import log_once, logger
 from .summary import format_text, summarize
 from .tracefile import load, trace_path
@@ -42,6 +42,8 @@ class Recorder:
         self._open_nodes: dict[str, int] = {}  # fallback: node id -> start ns
         self.on_self_check_failed: Callable[[], None] | None = None
         self.gpu = None  # a gpu.GpuCollection once installed
+        self.memory = TorchMemory()
+        self._node_stack: list[str] = []  # nodes running now, for the memory samples at their end
 
     # --- prompt state ---------------------------------------------------
 
@@ -69,6 +71,8 @@ class Recorder:
         self.prompt = prompt if isinstance(prompt, dict) else {}
         if self.gpu is not None:
             self.gpu.round_begin()
+        self.memory.clear()
+        self._node_stack = []
         self.t_begin = self.native.now_ns()
         with self._lock:
             submitted = self._submitted.pop(self.prompt_id, None)
@@ -99,10 +103,22 @@ class Recorder:
         except Exception:
             class_type = self.class_type(node_id)
         hint = stages.CACHED if node_id in self.cached_nodes else None
+        self._sample_memory(node_id, "start")
         return class_type, node_id, hint
+
+    def _sample_memory(self, node_id: str, boundary: str) -> None:
+        try:
+            if boundary == "start":
+                self._node_stack.append(node_id)
+            elif self._node_stack:
+                node_id = self._node_stack.pop()
+            self.memory.sample(self.native.now_ns(), node_id, boundary)
+        except Exception as exc:  # noqa: BLE001 - never break the host
+            log_once("gpu-memory", "GPU memory figures skipped (%s: %s)", type(exc).__name__, exc)
 
     def node_outcome(self, result) -> int:
         """Classify execute()'s (ExecutionResult, error_details, exception) tuple."""
+        self._sample_memory("", "end")
         status = getattr(result[0], "name", None) if isinstance(result, tuple) and result else None
         if status == "FAILURE":
             exc = result[2] if len(result) > 2 else None
@@ -198,16 +214,20 @@ class Recorder:
         directory = self._output_dir()
         os.makedirs(directory, exist_ok=True)
         path = trace_path(directory, self.prompt_id or "prompt")
-        gpu_reports, gpu_meta = self._gpu_round()
+        gpu_reports, gpu_meta, gpu_records = self._gpu_round()
         writer = self.native.TraceWriter(path)
         try:
             pid = os.getpid()
             writer.write_batch(batch, pid, 0)
-            events = self._extra_events(recorded, pid) + window_events(gpu_reports, self.native.name_of, pid)
+            events = (self._extra_events(recorded, pid) + window_events(gpu_reports, self.native.name_of, pid)
+                      + record_events(gpu_records, pid) + self.memory.events(pid))
             for event in events:
                 writer.write_raw(json.dumps(event, separators=(",", ":"), default=str))
             metadata = self._metadata()
             metadata["gpu"] = gpu_meta
+            if gpu_meta is not None:
+                gpu_meta["devices"] = _safe(device_facts, [])
+                gpu_meta["peak_allocated_by_node"] = self.memory.peaks()
             writer.commit(json.dumps(metadata, separators=(",", ":"), default=str))
         finally:
             writer.abort()  # no-op after commit; removes the temporary file otherwise
@@ -218,15 +238,15 @@ class Recorder:
             logger.info("%s", format_text(self.last_summary))
         return path
 
-    def _gpu_round(self) -> tuple[list[dict], dict | None]:
+    def _gpu_round(self) -> tuple[list[dict], dict | None, list[tuple]]:
         """The prompt's GPU aggregates; a failure here costs the GPU figures, never the trace."""
         if self.gpu is None:
-            return [], None
+            return [], None, []
         try:
             return self.gpu.round_end()
         except Exception as exc:  # noqa: BLE001
             log_once("gpu-round", "GPU figures skipped (%s: %s)", type(exc).__name__, exc)
-            return [], {"collection": "unavailable", "reason": f"GPU collection failed: {exc}"}
+            return [], {"collection": "unavailable", "reason": f"GPU collection failed: {exc}"}, []
 
     def _close_fallback_nodes(self) -> None:
         now = self.native.now_ns()
@@ -316,6 +336,14 @@ _LOADER_OUTPUTS = {
     "CheckpointLoader": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
     "unCLIPCheckpointLoader": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
 }
+
+
+def _safe(fn, default):
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001
+        log_once(f"safe-{fn.__name__}", "%s skipped (%s: %s)", fn.__name__, type(exc).__name__, exc)
+        return default
 
 
 def _executing_node_id() -> str | None:

@@ -9,6 +9,8 @@
 | STAGETRACE_BUFFER_EVENTS | 65536                            | events each thread's buffer holds         |
 | STAGETRACE_GPU           | 1                                | 0: no CUPTI GPU activity collection       |
 | STAGETRACE_CUPTI_LIB     | (searched: see gpu.py)           | path of the libcupti to load              |
+| STAGETRACE_GPU_KERNELS   | 0                                | N: also write up to N kernel/copy events  |
+|                          |                                  | a prompt on per-stream GPU tracks         |
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ def _positive_int(name: str, default: int) -> int:
     return number
 
 
+def _count(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None
+    if number < 0:
+        raise ValueError(f"{name}={value!r} must be 0 or more")
+    return number
+
+
 @dataclass(frozen=True)
 class Settings:
     disabled: bool
@@ -47,6 +62,7 @@ class Settings:
     summary: bool
     buffer_events: int
     gpu: bool = True
+    gpu_kernels: int = 0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,4 +73,5 @@ class Settings:
             summary=_flag("STAGETRACE_SUMMARY", True),
             buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
             gpu=_flag("STAGETRACE_GPU", True),
+            gpu_kernels=_count("STAGETRACE_GPU_KERNELS", 0),
         )

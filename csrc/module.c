@@ -1782,10 +1782,11 @@ static PyObject *mod_gpu_counters(PyObject *m, PyObject *unused)
     (void)unused;
     st_gpu_counters c;
     st_gpu_counters_get(&c);
-    return Py_BuildValue("{sKsKsKsKsK}", "records", (unsigned long long)c.records, "dropped_records",
+    return Py_BuildValue("{sKsKsKsKsKsK}", "records", (unsigned long long)c.records, "dropped_records",
                          (unsigned long long)c.dropped_records, "dropped_windows",
                          (unsigned long long)c.dropped_windows, "unattributed", (unsigned long long)c.unattributed,
-                         "windows", (unsigned long long)c.windows);
+                         "windows", (unsigned long long)c.windows, "detail_dropped",
+                         (unsigned long long)st_gpu_detail_dropped());
 }
 
 static PyObject *mod_gpu_reset(PyObject *m, PyObject *unused)
@@ -1805,6 +1806,45 @@ static PyObject *mod_gpu_set_window_capacity(PyObject *m, PyObject *arg)
     }
     st_gpu_set_window_capacity((size_t)n);
     Py_RETURN_NONE;
+}
+
+static PyObject *mod_gpu_set_detail(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n < 0) {
+        return PyErr_Occurred() ? NULL : PyErr_Format(PyExc_ValueError, "capacity must be >= 0");
+    }
+    st_gpu_set_detail_capacity((size_t)n);
+    Py_RETURN_NONE;
+}
+
+static const char *const kind_names[ST_GPU_KIND_COUNT] = {"kernel", "memcpy", "memset"};
+
+static PyObject *mod_gpu_detail(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    PyObject *list = PyList_New(0);
+    st_gpu_record chunk[256];
+    size_t n;
+    while (list && (n = st_gpu_drain_detail(chunk, 256)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            const st_gpu_record *r = &chunk[i];
+            PyObject *item = Py_BuildValue(
+                "(sKKIINKs)", kind_names[r->kind < ST_GPU_KIND_COUNT ? r->kind : 0], (unsigned long long)r->start,
+                (unsigned long long)r->end, (unsigned)r->device, (unsigned)r->stream,
+                r->kind == ST_GPU_KERNEL ? interned_str(r->name_id) : Py_NewRef(Py_None),
+                (unsigned long long)r->bytes, r->kind == ST_GPU_MEMCPY ? copy_names[r->copy % ST_GPU_COPY_COUNT] : "");
+            if (!item || PyList_Append(list, item) < 0) {
+                Py_XDECREF(item);
+                Py_CLEAR(list);
+                break;
+            }
+            Py_DECREF(item);
+        }
+    }
+    return list;
 }
 
 static PyMethodDef module_methods[] = {
@@ -1856,6 +1896,11 @@ static PyMethodDef module_methods[] = {
      "copies per direction, memsets."},
     {"gpu_counters", mod_gpu_counters, METH_NOARGS, "Records folded in, dropped, unattributed; windows."},
     {"gpu_reset", mod_gpu_reset, METH_NOARGS, "End a collection round: forget windows and aggregates."},
+    {"gpu_set_detail", mod_gpu_set_detail, METH_O,
+     "Keep up to n records a round for per-kernel trace events (0: aggregates only)."},
+    {"gpu_detail", mod_gpu_detail, METH_NOARGS,
+     "Drain kept records: [(kind, start_ns, end_ns, device, stream, kernel name or None, bytes, copy)]\n"
+     "plus gpu_counters()['detail_dropped']."},
     {"gpu_set_window_capacity", mod_gpu_set_window_capacity, METH_O,
      "Window table capacity for the next collection round."},
     {"hook_errors", mod_hook_errors, METH_NOARGS,

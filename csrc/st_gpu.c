@@ -37,6 +37,9 @@ static struct {
     size_t last_pos;     /* position in by_start of the window found last */
     uint32_t round;      /* bumped by reset, so stale thread state is ignored */
     st_gpu_counters counters;
+    st_gpu_record *detail; /* every record, when asked for; this round's capacity */
+    size_t detail_n, detail_read, detail_cap, next_detail_cap;
+    uint64_t detail_dropped;
 } g = {.lock = PTHREAD_MUTEX_INITIALIZER, .next_limit = 8192, .round = 1};
 
 /* The window the calling thread has open, valid for one round. */
@@ -303,6 +306,15 @@ size_t st_gpu_consume(const st_gpu_record *records, size_t n)
         fold(a, &records[i]);
         g.counters.unattributed += id == 0;
         folded++;
+        if (g.detail_cap) {
+            if (!g.detail && !(g.detail = malloc(g.detail_cap * sizeof *g.detail))) {
+                g.detail_cap = 0;
+            } else if (g.detail_n < g.detail_cap) {
+                g.detail[g.detail_n++] = records[i];
+            } else {
+                g.detail_dropped++;
+            }
+        }
     }
     g.counters.records += folded;
     pthread_mutex_unlock(&g.lock);
@@ -381,9 +393,41 @@ size_t st_gpu_report(st_gpu_window_report *out, size_t max)
     return count;
 }
 
+void st_gpu_set_detail_capacity(size_t capacity)
+{
+    pthread_mutex_lock(&g.lock);
+    g.next_detail_cap = capacity;
+    pthread_mutex_unlock(&g.lock);
+}
+
+size_t st_gpu_drain_detail(st_gpu_record *out, size_t max)
+{
+    pthread_mutex_lock(&g.lock);
+    size_t n = g.detail_n - g.detail_read < max ? g.detail_n - g.detail_read : max;
+    if (n) {
+        memcpy(out, g.detail + g.detail_read, n * sizeof *out);
+        g.detail_read += n;
+    }
+    pthread_mutex_unlock(&g.lock);
+    return n;
+}
+
+uint64_t st_gpu_detail_dropped(void)
+{
+    pthread_mutex_lock(&g.lock);
+    uint64_t n = g.detail_dropped;
+    pthread_mutex_unlock(&g.lock);
+    return n;
+}
+
 void st_gpu_reset(void)
 {
     pthread_mutex_lock(&g.lock);
+    free(g.detail);
+    g.detail = NULL;
+    g.detail_n = g.detail_read = 0;
+    g.detail_cap = g.next_detail_cap;
+    g.detail_dropped = 0;
     for (size_t id = 0; g.aggs && id <= g.n; id++) {
         free(g.aggs[id]);
     }

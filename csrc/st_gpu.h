@@ -108,6 +108,19 @@ void st_gpu_counters_get(st_gpu_counters *out);
  * number of such windows (which may exceed max). Takes the lock. */
 size_t st_gpu_report(st_gpu_window_report *out, size_t max);
 
+/* Keep every record as well, up to capacity per round (0: aggregates only,
+ * the default): the per-kernel events a trace shows when asked. Records past
+ * the capacity are counted in detail_dropped. Takes effect at the next
+ * reset. Can't fail. */
+void st_gpu_set_detail_capacity(size_t capacity);
+
+/* Move up to max kept records (in arrival order) into out; returns how many.
+ * Takes the lock. */
+size_t st_gpu_drain_detail(st_gpu_record *out, size_t max);
+
+/* Records not kept because the detail buffer was full, this round. */
+uint64_t st_gpu_detail_dropped(void);
+
 /* End a collection round: forget the windows, aggregates and counters (the
  * caller has flushed and reported). Windows still open on other threads
  * become unknown ids and are ignored when closed. Takes the lock. */

@@ -302,3 +302,114 @@ def test_stop_disables_and_unsubscribes(native, fakes):
     """)
     assert result["ok"] and result["before"] != 0
     assert result["after"] == 0 and result["subscribed"] == 0 and result["active"] is False
+
+
+# --- The Python layer: rounds, trace events, kernel events on request ---
+
+
+def test_prompt_rounds_give_gpu_tracks_aligned_with_the_stages(native, fakes):
+    result = run(f"""
+        import os
+        from comfy_nodes.gpu import GpuCollection, record_events, window_events
+        fake = ctypes.CDLL({fakes["own_clock"]!r})
+        gpu = GpuCollection(n, enabled=True, kernels=3)
+        assert gpu.active, gpu.reason
+        rounds = []
+        for prompt in range(2):
+            gpu.round_begin()
+            def sampler():
+                t = n.now_ns()
+                for i in range(4):
+                    fake.fake_cupti_kernel(10, U(t + 1000 * i), U(t + 1000 * i + 500), 0, 7 + i % 2, b"gemm")
+                fake.fake_cupti_memcpy(6, 1, U(1 << 20), U(t + 100), U(t + 200), 7)
+            n.Wrapper(sampler, 1, "KSampler")()
+            reports, meta, detail = gpu.round_end()
+            rounds.append({{"meta": meta, "windows": window_events(reports, n.name_of, 1),
+                            "records": record_events(detail, 1)}})
+        out(rounds)
+    """, STAGETRACE_CUPTI_LIB=fakes["own_clock"])
+    for r in result:  # each prompt is its own round: nothing carried over
+        meta = r["meta"]
+        assert meta["collection"] == "cupti" and meta["records"] == 5
+        assert meta["kernel_events"] == 3 and meta["kernel_events_dropped"] == 2
+        (track,) = [e for e in r["windows"] if e["ph"] == "X"]
+        assert track["name"] == "GPU: KSampler" and track["cat"] == "gpu"
+        assert track["args"]["kernels"] == 4 and track["args"]["copies"]["htod"]["bytes"] == 1 << 20
+        assert track["args"]["stage"] == "node" and 0 < track["args"]["busy_fraction"] <= 1
+        names = {e["args"]["name"] for e in r["windows"] + r["records"] if e["ph"] == "M" and e["name"] == "thread_name"}
+        assert {"GPU (CUPTI)", "GPU stream 7", "GPU stream 8"} <= names
+        kernels = [e for e in r["records"] if e["ph"] == "X"]
+        assert len(kernels) == 3 and all(e["dur"] == 0.5 for e in kernels if e["cat"] == "gpu.kernel")
+
+
+class FakeCuda:
+    """TEST DOUBLE of torch.cuda for a machine without a GPU: the figures an RTX 3090 would give."""
+
+    def __init__(self):
+        self.allocated, self.peak, self.resets = 2 << 30, 2 << 30, 0
+
+    def is_initialized(self):
+        return True
+
+    def device_count(self):
+        return 1
+
+    def current_device(self):
+        return 0
+
+    def get_device_properties(self, index):
+        import types
+
+        return types.SimpleNamespace(name="NVIDIA GeForce RTX 3090", major=8, minor=6, total_memory=24 << 30)
+
+    def mem_get_info(self, device):
+        return (24 << 30) - self.allocated - (1 << 30), 24 << 30
+
+    def memory_allocated(self, device):
+        return self.allocated
+
+    def memory_reserved(self, device):
+        return self.allocated + (1 << 30)
+
+    def max_memory_allocated(self, device):
+        return self.peak
+
+    def reset_peak_memory_stats(self, device):
+        self.resets += 1
+        self.peak = self.allocated
+
+
+def test_device_facts_and_memory_per_node_from_torch(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from comfy_nodes.gpu import TorchMemory, device_facts
+
+    fake = FakeCuda()
+    monkeypatch.setattr(torch, "cuda", fake)
+    (facts,) = device_facts()
+    assert facts["name"] == "NVIDIA GeForce RTX 3090" and facts["compute_capability"] == "8.6"
+    assert facts["fp8_compute"] is False  # sm_86: FP8 weights are cast on every layer
+    assert facts["total_memory_bytes"] == 24 << 30 and facts["cuda_runtime"] == torch.version.cuda
+    memory = TorchMemory()
+    memory.sample(1_000, "4", "start")
+    fake.allocated = fake.peak = 20 << 30  # the checkpoint lands on the GPU
+    memory.sample(2_000, "4", "end")
+    memory.sample(3_000, "3", "start")
+    fake.peak = 22 << 30
+    fake.allocated = 21 << 30
+    memory.sample(4_000, "3", "end")
+    assert fake.resets == 2
+    assert memory.peaks() == {"4": 20 << 30, "3": 22 << 30}
+    counters = memory.events(1)
+    assert [c["ts"] for c in counters] == [1.0, 2.0, 3.0, 4.0]
+    assert counters[1]["args"]["allocated"] == (20 << 30) / 1e6 and counters[1]["ph"] == "C"
+
+
+def test_no_cuda_in_use_means_no_facts_and_no_samples():
+    from comfy_nodes.gpu import TorchMemory, device_facts
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        pytest.skip("CUDA is in use in this process")
+    memory = TorchMemory()
+    memory.sample(1, "1", "start")
+    assert device_facts() == [] and memory.samples == [] and memory.events(1) == []
