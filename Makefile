@@ -32,7 +32,7 @@ sanitize:
 	CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address,undefined" \
 	    $(PYTHON) setup.py build_ext --inplace --force
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
-	    $(PYTHON) -m pytest tests/test_native_core.py tests/test_safetensors_reader.py tests/test_anatomy_groups.py -q
+	    $(PYTHON) -m pytest tests/test_native_core.py tests/test_safetensors_reader.py tests/test_anatomy_groups.py tests/test_gpu.py -q
 	$(PYTHON) setup.py build_ext --inplace --force
 
 # The native tests under valgrind (the real interpreter, not a pyenv shim

@@ -10,7 +10,8 @@ extension builds without NVTX ranges.
 CUPTI's headers (for GPU activity) come from NVIDIA's wheels too: torch's CUDA
 13 build installs cupti.h and cuda.h; the header they include from
 nvidia-cuda-crt is installed here when it is the one piece missing. Without
-them the extension builds and reports GPU collection as unavailable.
+them the extension builds and reports GPU collection as unavailable. nvml.h
+(for the NVML sampler) comes from the small nvidia-nvml-dev-cu12 wheel.
 """
 
 import importlib.util
@@ -43,6 +44,8 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "nvidia-nvtx-cu12"], check=False)
     if setup.find_cupti_include() is None and only_crt_missing(setup) and not os.environ.get("STAGETRACE_NO_WHEELS"):
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "nvidia-cuda-crt>=13,<14"], check=False)
+    if setup.find_nvml_include() is None and not os.environ.get("STAGETRACE_NO_WHEELS"):
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "nvidia-nvml-dev-cu12"], check=False)
     build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT)
     if build.returncode != 0:
         print("StageTrace: the C extension did not build; ComfyUI still starts, without profiling.")

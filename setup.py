@@ -16,6 +16,10 @@ nvidia-cuda-crt), or a toolkit. Only the headers are used: libcupti is loaded
 with dlopen at run time, so nothing links CUDA. Without them the extension
 builds and reports GPU collection as unavailable.
 
+NVML's nvml.h (for the utilisation/memory/temperature/power sampler) comes from
+$STAGETRACE_NVML_INCLUDE, NVIDIA's nvidia-nvml-dev wheels or a toolkit;
+libnvidia-ml is loaded with dlopen at run time.
+
 STAGETRACE_FULL_API=1 builds against the full C API (vectorcall) instead of
 the stable ABI (abi3); benchmarks/ uses it to measure what abi3 costs.
 """
@@ -36,6 +40,7 @@ SOURCES = [
     "csrc/st_intern.c",
     "csrc/st_json.c",
     "csrc/st_jsonscan.c",
+    "csrc/st_nvml.c",
     "csrc/st_nvtx.c",
     "csrc/st_safetensors.c",
     "csrc/st_sfgroup.c",
@@ -105,6 +110,29 @@ def find_cupti_include():
     return None
 
 
+def nvml_include_candidates():
+    """Directories that may hold nvml.h: $STAGETRACE_NVML_INCLUDE; NVIDIA's wheels
+    (nvidia-nvml-dev-cu12: nvidia/nvml_dev/include; nvidia-nvml-dev for CUDA 13:
+    nvidia/cu13/include); a CUDA toolkit's include."""
+    env = os.environ.get("STAGETRACE_NVML_INCLUDE")
+    if env:
+        yield env
+    for site in site_dirs():
+        yield os.path.join(site, "nvidia", "nvml_dev", "include")
+        yield os.path.join(site, "nvidia", "cu13", "include")
+    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda:
+        yield os.path.join(cuda, "include")
+    yield "/usr/local/cuda/include"
+
+
+def find_nvml_include():
+    for path in nvml_include_candidates():
+        if os.path.isfile(os.path.join(path, "nvml.h")):
+            return path
+    return None
+
+
 def extension():
     full_api = os.environ.get("STAGETRACE_FULL_API") == "1"
     macros = [("_GNU_SOURCE", None)]
@@ -129,6 +157,14 @@ def extension():
             "stagetrace: no CUPTI headers found (pip install nvidia-cuda-cupti nvidia-cuda-runtime "
             "nvidia-cuda-crt, or set STAGETRACE_CUPTI_INCLUDE); building without GPU activity collection"
         )
+    nvml = find_nvml_include()
+    if nvml:
+        macros.append(("ST_HAVE_NVML", "1"))
+        include_dirs.append(nvml)
+        print(f"stagetrace: NVML header from {nvml}")
+    else:
+        print("stagetrace: no nvml.h found (pip install nvidia-nvml-dev-cu12, or set "
+              "STAGETRACE_NVML_INCLUDE); building without GPU sampling")
     if not full_api:
         macros.append(("Py_LIMITED_API", LIMITED_API_HEX))
     return Extension(

@@ -137,12 +137,16 @@ def _install(native, settings: Settings, execution) -> Installation:
 
 def _start_gpu(native, settings: Settings, recorder: Recorder) -> None:
     """CUPTI collection; when it cannot run, each trace says why and nothing else changes."""
-    from .gpu import GpuCollection
+    from .gpu import GpuCollection, NvmlSampler
 
     try:
         recorder.gpu = GpuCollection(native, settings.gpu, settings.gpu_kernels)
     except Exception as exc:  # noqa: BLE001 - never break the host
         log_once("gpu-start", "GPU collection unavailable (%s: %s)", type(exc).__name__, exc)
+    try:
+        recorder.nvml = NvmlSampler(native, settings.nvml, settings.nvml_hz)
+    except Exception as exc:  # noqa: BLE001
+        log_once("nvml-start", "GPU sampling unavailable (%s: %s)", type(exc).__name__, exc)
 
 
 def _hook_prompt(inst: Installation, native, recorder: Recorder, executor) -> None:

@@ -226,6 +226,68 @@ class TorchMemory:
         return out
 
 
+class NvmlSampler:
+    """What `nvidia-smi` shows once a second, at 10 Hz and tied to the stages: utilisation, memory used,
+    temperature and power of every GPU, sampled in a C thread through NVML (csrc/st_nvml.c) and written
+    as counter tracks over each prompt; NVML's device facts (driver version, compute capability)."""
+
+    def __init__(self, native, enabled: bool = True, hz: int = 10):
+        self.native = native
+        self.running = False
+        self.reason = "disabled (STAGETRACE_NVML=0)"
+        if not enabled:
+            return
+        try:
+            ok, why = native.nvml_start(max(1, 1000 // max(1, hz)))
+        except Exception as exc:  # noqa: BLE001 - never break the host
+            ok, why = False, f"{type(exc).__name__}: {exc}"
+        self.running, self.reason = bool(ok), "" if ok else why
+        if not ok:
+            logger.info("StageTrace: GPU sampling (NVML) unavailable: %s", why)
+
+    def round_begin(self) -> None:
+        if self.running:
+            self.native.nvml_drain()  # samples between prompts are not this prompt's
+
+    def round_end(self, pid: int) -> tuple[list[dict], dict]:
+        """(counter events, metadata) for the prompt that just ended."""
+        if not self.running:
+            return [], {"sampler": "unavailable", "reason": self.reason}
+        samples = self.native.nvml_drain()
+        info = self.native.nvml_info()
+        events = []
+        for t_ns, device, gpu_pct, mem_pct, used, _total, temperature, power_mw in samples:
+            ts = t_ns / 1e3
+            for name, args in ((f"GPU {device} utilisation (%)", {"gpu": gpu_pct, "memory": mem_pct}),
+                               (f"GPU {device} memory used (MB)", {"used": None if used is None else used / 1e6}),
+                               (f"GPU {device} temperature (C)", {"temperature": temperature}),
+                               (f"GPU {device} power (W)", {"power": None if power_mw is None else power_mw / 1e3})):
+                args = {k: v for k, v in args.items() if v is not None}
+                if args:
+                    events.append({"ph": "C", "name": name, "pid": pid, "tid": GPU_TRACK_TID, "ts": ts,
+                                   "args": args})
+        meta = {"sampler": "nvml", "samples": len(samples), "dropped": info["dropped"], "errors": info["errors"],
+                "last_error": info["last_error"] or None, "driver_version": info["driver_version"] or None,
+                "cuda_driver_version": info["cuda_driver_version"] or None, "devices": info["devices"]}
+        return events, meta
+
+
+def merge_devices(torch_facts: list[dict], nvml_meta: dict) -> list[dict]:
+    """Device facts from torch where CUDA is in use, else from NVML; NVML adds the driver version."""
+    devices = [dict(d) for d in torch_facts]
+    if not devices:
+        for d in nvml_meta.get("devices") or ():
+            cc = d.get("compute_capability")
+            major_minor = tuple(int(x) for x in cc.split(".")) if cc else None
+            devices.append({"index": d["index"], "name": d["name"], "compute_capability": cc,
+                            "fp8_compute": None if major_minor is None else major_minor >= (8, 9),
+                            "total_memory_bytes": d["total_memory_bytes"] or None, "cuda_runtime": None})
+    for d in devices:
+        d["driver_version"] = nvml_meta.get("driver_version")
+        d["cuda_driver_version"] = nvml_meta.get("cuda_driver_version")
+    return devices
+
+
 def record_events(records: list[tuple], pid: int) -> list[dict]:
     """Per-record trace events (STAGETRACE_GPU_KERNELS): one track per CUDA stream."""
     events: list[dict] = []

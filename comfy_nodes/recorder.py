@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from . import stages
-from .gpu import TorchMemory, device_facts, record_events, window_events
+from .gpu import TorchMemory, device_facts, merge_devices, record_events, window_events
 from .log import log_once, logger
 from .summary import format_text, summarize
 from .tracefile import load, trace_path
@@ -42,6 +42,7 @@ class Recorder:
         self._open_nodes: dict[str, int] = {}  # fallback: node id -> start ns
         self.on_self_check_failed: Callable[[], None] | None = None
         self.gpu = None  # a gpu.GpuCollection once installed
+        self.nvml = None  # a gpu.NvmlSampler once installed
         self.memory = TorchMemory()
         self._node_stack: list[str] = []  # nodes running now, for the memory samples at their end
 
@@ -71,6 +72,8 @@ class Recorder:
         self.prompt = prompt if isinstance(prompt, dict) else {}
         if self.gpu is not None:
             self.gpu.round_begin()
+        if self.nvml is not None:
+            _safe(self.nvml.round_begin, None)
         self.memory.clear()
         self._node_stack = []
         self.t_begin = self.native.now_ns()
@@ -219,15 +222,18 @@ class Recorder:
         try:
             pid = os.getpid()
             writer.write_batch(batch, pid, 0)
+            nvml_events, nvml_meta = (_safe(lambda: self.nvml.round_end(pid), ([], None)) if self.nvml is not None
+                                      else ([], None))
             events = (self._extra_events(recorded, pid) + window_events(gpu_reports, self.native.name_of, pid)
-                      + record_events(gpu_records, pid) + self.memory.events(pid))
+                      + record_events(gpu_records, pid) + self.memory.events(pid) + nvml_events)
             for event in events:
                 writer.write_raw(json.dumps(event, separators=(",", ":"), default=str))
             metadata = self._metadata()
             metadata["gpu"] = gpu_meta
             if gpu_meta is not None:
-                gpu_meta["devices"] = _safe(device_facts, [])
+                gpu_meta["devices"] = merge_devices(_safe(device_facts, []), nvml_meta or {})
                 gpu_meta["peak_allocated_by_node"] = self.memory.peaks()
+                gpu_meta["nvml"] = nvml_meta
             writer.commit(json.dumps(metadata, separators=(",", ":"), default=str))
         finally:
             writer.abort()  # no-op after commit; removes the temporary file otherwise

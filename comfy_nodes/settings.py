@@ -11,6 +11,10 @@
 | STAGETRACE_CUPTI_LIB     | (searched: see gpu.py)           | path of the libcupti to load              |
 | STAGETRACE_GPU_KERNELS   | 0                                | N: also write up to N kernel/copy events  |
 |                          |                                  | a prompt on per-stream GPU tracks         |
+| STAGETRACE_NVML          | 1                                | 0: no NVML sampler (utilisation, memory,  |
+|                          |                                  | temperature, power counter tracks)        |
+| STAGETRACE_NVML_HZ       | 10                               | samples a second                          |
+| STAGETRACE_NVML_LIB      | libnvidia-ml.so.1                | the NVML library to load                  |
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class Settings:
     buffer_events: int
     gpu: bool = True
     gpu_kernels: int = 0
+    nvml: bool = True
+    nvml_hz: int = 10
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,4 +80,6 @@ class Settings:
             buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
             gpu=_flag("STAGETRACE_GPU", True),
             gpu_kernels=_count("STAGETRACE_GPU_KERNELS", 0),
+            nvml=_flag("STAGETRACE_NVML", True),
+            nvml_hz=_positive_int("STAGETRACE_NVML_HZ", 10),
         )

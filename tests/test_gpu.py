@@ -21,7 +21,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from setup import find_cupti_include  # noqa: E402
+from setup import find_cupti_include, find_nvml_include  # noqa: E402
 
 # CUPTI's copy kinds (cupti_activity.h: CUpti_ActivityMemcpyKind)
 HTOD, DTOH, HTOA, DTOD, HTOH, PTOP = 1, 2, 3, 8, 9, 10
@@ -336,7 +336,8 @@ def test_prompt_rounds_give_gpu_tracks_aligned_with_the_stages(native, fakes):
         assert track["name"] == "GPU: KSampler" and track["cat"] == "gpu"
         assert track["args"]["kernels"] == 4 and track["args"]["copies"]["htod"]["bytes"] == 1 << 20
         assert track["args"]["stage"] == "node" and 0 < track["args"]["busy_fraction"] <= 1
-        names = {e["args"]["name"] for e in r["windows"] + r["records"] if e["ph"] == "M" and e["name"] == "thread_name"}
+        names = {e["args"]["name"] for e in r["windows"] + r["records"]
+                 if e["ph"] == "M" and e["name"] == "thread_name"}
         assert {"GPU (CUPTI)", "GPU stream 7", "GPU stream 8"} <= names
         kernels = [e for e in r["records"] if e["ph"] == "X"]
         assert len(kernels) == 3 and all(e["dur"] == 0.5 for e in kernels if e["cat"] == "gpu.kernel")
@@ -413,3 +414,56 @@ def test_no_cuda_in_use_means_no_facts_and_no_samples():
     memory = TorchMemory()
     memory.sample(1, "1", "start")
     assert device_facts() == [] and memory.samples == [] and memory.events(1) == []
+
+
+# --- NVML: counter tracks and device facts (tests/nvml/fake_nvml.c: TEST DOUBLE of libnvidia-ml) ---
+
+
+@pytest.fixture(scope="module")
+def fake_nvml(tmp_path_factory):
+    include = find_nvml_include()
+    if include is None or shutil.which("gcc") is None:
+        pytest.skip("nvml.h (pip install nvidia-nvml-dev-cu12) or gcc is missing")
+    lib = str(tmp_path_factory.mktemp("nvml") / "libfake_nvml.so")
+    subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-fPIC", "-shared", f"-I{include}",
+                    os.path.join(ROOT, "tests", "nvml", "fake_nvml.c"), "-o", lib, "-lpthread"], check=True)
+    return lib
+
+
+def test_nvml_sampler_gives_counter_tracks_and_device_facts(native, fake_nvml):
+    result = run(f"""
+        import time
+        from comfy_nodes.gpu import NvmlSampler, merge_devices
+        fake = ctypes.CDLL({fake_nvml!r})
+        fake.fake_nvml_set_device(0, b"NVIDIA GeForce RTX 3090", 0, 3, U(23 << 30), U(24 << 30), 71, 350000)
+        sampler = NvmlSampler(n, enabled=True, hz=50)
+        assert sampler.running, sampler.reason
+        time.sleep(0.1)
+        sampler.round_begin()  # what came before the prompt is dropped
+        t0 = n.now_ns()
+        time.sleep(0.3)
+        events, meta = sampler.round_end(1)
+        out({{"t0": t0, "events": events, "meta": meta, "devices": merge_devices([], meta)}})
+    """, STAGETRACE_NVML_LIB=fake_nvml)
+    events, meta = result["events"], result["meta"]
+    assert meta["sampler"] == "nvml" and meta["dropped"] == 0 and 8 <= meta["samples"] <= 20
+    util = [e for e in events if e["name"] == "GPU 0 utilisation (%)"]
+    assert util and all(e["args"] == {"gpu": 0, "memory": 3} and e["ph"] == "C" for e in util)
+    assert all(e["ts"] * 1e3 >= result["t0"] - 25e6 for e in events)  # none from before the round
+    (used,) = {e["args"]["used"] for e in events if e["name"] == "GPU 0 memory used (MB)"}
+    assert used == (23 << 30) / 1e6
+    assert {e["args"]["power"] for e in events if e["name"] == "GPU 0 power (W)"} == {350.0}
+    (device,) = result["devices"]
+    assert device["name"] == "NVIDIA GeForce RTX 3090" and device["compute_capability"] == "8.6"
+    assert device["fp8_compute"] is False and device["driver_version"] == "580.95.05"
+    assert device["total_memory_bytes"] == 24 << 30 and device["cuda_driver_version"] == 13000
+
+
+def test_nvml_absent_is_said_and_changes_nothing(native):
+    result = run("""
+        from comfy_nodes.gpu import NvmlSampler
+        sampler = NvmlSampler(n, enabled=True)
+        out({"running": sampler.running, "reason": sampler.reason, "end": sampler.round_end(1)})
+    """, STAGETRACE_NVML_LIB="/nonexistent/libnvidia-ml.so.1")
+    assert result["running"] is False and "not found" in result["reason"]
+    assert result["end"] == [[], {"sampler": "unavailable", "reason": result["reason"]}]
