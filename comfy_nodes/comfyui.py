@@ -11,7 +11,11 @@ the hook falls back to a coarser one and the trace metadata says so.
 - ``PromptExecutor.add_message``: tap for cached nodes and prompt events.
 - ``PromptQueue.put``: submit time, for the queue wait.
 - ``comfy.utils.load_torch_file``: each model file's anatomy (header only),
-  and a warning when a loader cannot give the CLIP/VAE its consumers need.
+  and a warning when a loader cannot give the CLIP/VAE its consumers need;
+  the model_load.read span.
+- Inside the nodes (stagehooks.py): model_load.build, model_load.to_device,
+  text_encode, sample with one span per step, vae_decode/vae_encode, save;
+  a logging tap for ComfyUI's telling warnings.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Installation:
     def __init__(self, recorder: Recorder):
         self.recorder = recorder
         self._restore: list[tuple[object, str, object]] = []
+        self._undo: list = []  # other things to undo (the log tap)
 
     def replace(self, owner: object, name: str, new: object, label: str) -> None:
         self._restore.append((owner, name, owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)))
@@ -47,6 +52,9 @@ class Installation:
         for owner, name, original in reversed(self._restore):
             setattr(owner, name, original)
         self._restore.clear()
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
         execution = sys.modules.get("execution")
         if execution is not None and getattr(execution, _MARK, None) is self:
             delattr(execution, _MARK)
@@ -124,11 +132,14 @@ def _install(native, settings: Settings, execution) -> Installation:
         else:
             inst.recorder.fallbacks.append("no add_message tap: cached nodes and prompt events not recorded")
     _hook_model_files(inst, recorder)
+    _hook_stages(inst, native, recorder)
     queue = getattr(execution, "PromptQueue", None)
     put = queue.__dict__.get("put") if queue is not None else None
     if put is not None and _params(put)[:2] == ["self", "item"]:
         inst.replace(queue, "put", _tap_submit(put, recorder), "PromptQueue.put")
     _start_gpu(native, settings, recorder)
+    if recorder.spans is not None and recorder.gpu is not None:
+        recorder.spans.gpu_windows = recorder.gpu.active
     setattr(execution, _MARK, inst)
     logger.info("StageTrace: profiling every prompt (hooks: %s; NVTX %s)", ", ".join(recorder.hooks),
                 "on" if native.nvtx_enabled() else "off")
@@ -180,15 +191,39 @@ def _hook_model_files(inst: Installation, recorder: Recorder) -> None:
         recorder.fallbacks.append("no model-file hook: checkpoint anatomy not recorded")
         return
 
+    from .stagehooks import measured_read
+
     @functools.wraps(original)
     def load_torch_file(ckpt, *args, **kwargs):
         try:
             recorder.on_model_file(ckpt)
         except Exception as exc:
             log_once("model-file", "checkpoint anatomy failed (%s: %s)", type(exc).__name__, exc)
-        return original(ckpt, *args, **kwargs)
+        if recorder.spans is None:
+            return original(ckpt, *args, **kwargs)
+        with measured_read(recorder.spans, str(ckpt)):
+            return original(ckpt, *args, **kwargs)
 
     inst.replace(utils, "load_torch_file", load_torch_file, "comfy.utils.load_torch_file")
+
+
+def _hook_stages(inst: Installation, native, recorder: Recorder) -> None:
+    """Spans inside the nodes (stagehooks.py) and the log tap for ComfyUI's telling warnings."""
+    import logging
+
+    from .stagehooks import LogTap, StageHooks, StageSpans
+
+    try:
+        recorder.spans = StageSpans(native)
+        hooks = StageHooks(recorder.spans, inst.replace)
+        hooks.install(sys.modules)
+        recorder.fallbacks.extend(hooks.missing)
+        tap = recorder.log_tap = LogTap(native)
+        root = logging.getLogger()
+        root.addHandler(tap)
+        inst._undo.append(lambda: root.removeHandler(tap))
+    except Exception as exc:  # noqa: BLE001 - never break the host
+        log_once("stage-hooks", "stage spans unavailable (%s: %s)", type(exc).__name__, exc)
 
 
 def _finish_prompt(recorder: Recorder) -> None:

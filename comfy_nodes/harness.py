@@ -231,6 +231,12 @@ def _break_stagetrace() -> int:
                            "prompt_namer", "prompt_outcome", "on_submit"):
                 setattr(module.Recorder, method, boom)
             broken += 1
+        if name.endswith("comfy_nodes.stagehooks") and hasattr(module, "StageSpans"):
+            def boom_span(*args, **kwargs):
+                raise RuntimeError("injected StageTrace fault")
+
+            module.StageSpans.begin = boom_span
+            module.StageSpans.end = boom_span
     return broken
 
 

@@ -43,6 +43,8 @@ class Recorder:
         self.on_self_check_failed: Callable[[], None] | None = None
         self.gpu = None  # a gpu.GpuCollection once installed
         self.nvml = None  # a gpu.NvmlSampler once installed
+        self.spans = None  # a stagehooks.StageSpans once installed
+        self.log_tap = None  # a stagehooks.LogTap once installed
         self.memory = TorchMemory()
         self._node_stack: list[str] = []  # nodes running now, for the memory samples at their end
 
@@ -76,6 +78,9 @@ class Recorder:
             _safe(self.nvml.round_begin, None)
         self.memory.clear()
         self._node_stack = []
+        for collector in (self.spans, self.log_tap):
+            if collector is not None:
+                collector.clear()
         self.t_begin = self.native.now_ns()
         with self._lock:
             submitted = self._submitted.pop(self.prompt_id, None)
@@ -225,10 +230,14 @@ class Recorder:
             nvml_events, nvml_meta = (_safe(lambda: self.nvml.round_end(pid), ([], None)) if self.nvml is not None
                                       else ([], None))
             events = (self._extra_events(recorded, pid) + window_events(gpu_reports, self.native.name_of, pid)
-                      + record_events(gpu_records, pid) + self.memory.events(pid) + nvml_events)
+                      + record_events(gpu_records, pid) + self.memory.events(pid) + nvml_events
+                      + (self.spans.trace_events(pid) if self.spans is not None else [])
+                      + (self.log_tap.trace_events(pid) if self.log_tap is not None else []))
             for event in events:
                 writer.write_raw(json.dumps(event, separators=(",", ":"), default=str))
             metadata = self._metadata()
+            if self.spans is not None:
+                metadata["dropped_stage_spans"] = self.spans.dropped
             metadata["gpu"] = gpu_meta
             if gpu_meta is not None:
                 gpu_meta["devices"] = merge_devices(_safe(device_facts, []), nvml_meta or {})

@@ -55,9 +55,10 @@ def test_prompt_trace_and_summary(tmp_path):
     assert result["runs"][0]["success"]
     (path,) = traces(tmp_path)
     trace = load(str(path))
-    assert trace["otherData"]["hooks"] == [
-        "execution.execute", "PromptExecutor.execute_async", "PromptExecutor.add_message",
-        "comfy.utils.load_torch_file", "PromptQueue.put"]
+    hooks = trace["otherData"]["hooks"]
+    assert hooks[:4] == ["execution.execute", "PromptExecutor.execute_async", "PromptExecutor.add_message",
+                         "comfy.utils.load_torch_file"] and hooks[-1] == "PromptQueue.put"
+    assert trace["otherData"]["fallbacks"] == []  # every stage hook found its target
     (anatomy,) = trace["otherData"]["anatomy"]
     assert anatomy["node_id"] == "4" and anatomy["family"] == "sd1" and trace["otherData"]["warnings"] == []
     assert [e["name"] for e in trace["traceEvents"] if e.get("cat") == "anatomy"] == [
@@ -130,7 +131,8 @@ def test_failing_hooks_leave_the_prompt_untouched(tmp_path):
     assert broken["broken_hooks"] == 1
     run = broken["runs"][0]
     assert run["success"] and run["sha256"] == plain["runs"][0]["sha256"]
-    for said_once in ("prompt bookkeeping failed", "could not write the trace", "message tap failed"):
+    for said_once in ("prompt bookkeeping failed", "could not write the trace", "message tap failed",
+                      "stage span failed"):
         assert log.count(said_once) == 1, said_once
 
 
@@ -304,3 +306,49 @@ def test_gpu_collection_through_the_cupti_double_in_real_comfyui(tmp_path):
     assert gpu["records"] == 0 and gpu["dropped_records"] == 0
     assert not [e for e in trace["traceEvents"] if e.get("cat") == "gpu"]
     assert "GPU busy 0.0 ms" in log and "0 kernels" in log
+
+
+def stage_events(trace, stage):
+    return [e for e in trace["traceEvents"] if e.get("cat") == stage and e["ph"] == "X"]
+
+
+def inside(inner, outer):
+    return outer["ts"] <= inner["ts"] and inner["ts"] + inner["dur"] <= outer["ts"] + outer["dur"] + 1e-3
+
+
+def test_stage_spans_inside_the_nodes(tmp_path):
+    """Read, build, to-device, the sampler with one span per step, VAE decode and save, each inside its
+    node and carrying what it measured; ComfyUI's telling log lines as events."""
+    result, _ = run_harness(tmp_path, "basic")
+    assert result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    nodes = {e["name"]: e for e in node_events(trace)}
+    (read,) = stage_events(trace, "model_load.read")
+    checkpoint = tmp_path / "models" / "checkpoints" / "tiny_sd15.safetensors"
+    assert read["name"] == "tiny_sd15.safetensors" and read["args"]["file_bytes"] == checkpoint.stat().st_size
+    assert read["args"]["fs_type"] and read["args"]["path"].endswith("tiny_sd15.safetensors")
+    assert "storage_read_bytes" in read["args"]
+    (build,) = stage_events(trace, "model_load.build")
+    assert build["name"] == "checkpoint"
+    for span in (read, build):
+        assert inside(span, nodes["CheckpointLoaderSimple"])
+    loads = stage_events(trace, "model_load.to_device")
+    unet = next(e for e in loads if e["name"] == "load BaseModel")
+    (model,) = [m for m in unet["args"]["models"] if m["model"] == "BaseModel"]
+    assert model["loaded_bytes"] == model["total_bytes"] > 0 and model["partial"] is False
+    (sample,) = stage_events(trace, "sample")
+    steps = stage_events(trace, "sample.step")
+    assert sample["args"]["steps"] == 2 and [s["args"]["step"] for s in steps] == [1, 2]
+    assert all(s["args"]["of"] == 2 for s in steps)
+    assert steps[0]["args"]["sigma"] > steps[1]["args"]["sigma"] > 0
+    assert all(inside(s, sample) for s in steps) and inside(sample, nodes["KSampler"])
+    assert sum(s["dur"] for s in steps) <= sample["dur"] and steps[0]["dur"] > 0
+    (decode,) = stage_events(trace, "vae_decode")
+    assert decode["args"]["tiled_fallback"] is False and decode["args"]["shape"][1] == 4
+    assert inside(decode, nodes["VAEDecode"])
+    (save,) = stage_events(trace, "save")
+    (image,) = result["runs"][0]["images"]
+    assert save["args"]["bytes_written"] == os.path.getsize(image) and inside(save, nodes["SaveImage"])
+    logs = {e["name"] for e in trace["traceEvents"] if e.get("cat") == "comfyui_log"}
+    assert {"no_clip", "loaded_completely"} <= logs  # the tiny checkpoint has no text encoder
