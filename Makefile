@@ -13,6 +13,7 @@ bench: build
 	$(PYTHON) benchmarks/bench_core.py
 	$(PYTHON) benchmarks/bench_safetensors.py
 	$(PYTHON) benchmarks/bench_gpu.py
+	$(PYTHON) benchmarks/bench_report.py
 
 # The libFuzzer target under ASan/UBSan for FUZZ_SECONDS (the tests run it for 20 s).
 FUZZ_SECONDS ?= 300

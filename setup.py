@@ -51,37 +51,43 @@ SOURCES = [
 LIMITED_API_HEX = "0x030A0000"  # abi3 for CPython 3.10 and newer
 
 
-def nvtx_include_candidates():
-    env = os.environ.get("STAGETRACE_NVTX_INCLUDE")
-    if env:
-        yield env
-    for key in ("purelib", "platlib"):
-        site = sysconfig.get_paths().get(key)
-        if site:
-            yield os.path.join(site, "nvidia", "nvtx", "include")
-            yield os.path.join(site, "nvidia", "cu13", "include")
-    for entry in sys.path:  # isolated build environments put wheels here
-        yield os.path.join(entry, "nvidia", "nvtx", "include")
-        yield os.path.join(entry, "nvidia", "cu13", "include")
-    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if cuda:
-        yield os.path.join(cuda, "include")
-    yield "/usr/local/cuda/include"
-
-
-def find_nvtx_include():
-    for path in nvtx_include_candidates():
-        if os.path.isfile(os.path.join(path, "nvtx3", "nvToolsExt.h")):
-            return path
-    return None
-
-
 def site_dirs():
     for key in ("purelib", "platlib"):
         site = sysconfig.get_paths().get(key)
         if site:
             yield site
     yield from sys.path  # isolated build environments put wheels here
+
+
+def toolkit_roots():
+    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    return ([cuda] if cuda else []) + ["/usr/local/cuda"]
+
+
+def header_dirs(env: str, wheel_folders: tuple[str, ...]):
+    """Folders that may hold a header, in order: $env; NVIDIA's wheels in this Python's site-packages
+    (nvidia/<folder>/include for each of wheel_folders); a CUDA toolkit's include."""
+    value = os.environ.get(env)
+    if value:
+        yield value
+    for site in site_dirs():
+        for folder in wheel_folders:
+            yield os.path.join(site, "nvidia", folder, "include")
+    for root in toolkit_roots():
+        yield os.path.join(root, "include")
+
+
+def first_with(candidates, header: str):
+    return next((path for path in candidates if os.path.isfile(os.path.join(path, header))), None)
+
+
+def nvtx_include_candidates():
+    """nvidia-nvtx-cu12: nvidia/nvtx/include; nvidia-nvtx for CUDA 13: nvidia/cu13/include."""
+    return header_dirs("STAGETRACE_NVTX_INCLUDE", ("nvtx", "cu13"))
+
+
+def find_nvtx_include():
+    return first_with(nvtx_include_candidates(), os.path.join("nvtx3", "nvToolsExt.h"))
 
 
 def cupti_include_candidates():
@@ -97,8 +103,7 @@ def cupti_include_candidates():
         nv = os.path.join(site, "nvidia")
         yield [os.path.join(nv, "cuda_cupti", "include"), os.path.join(nv, "cuda_runtime", "include"),
                os.path.join(nv, "cuda_nvcc", "include")]
-    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    for root in ([cuda] if cuda else []) + ["/usr/local/cuda"]:
+    for root in toolkit_roots():
         yield [os.path.join(root, "include"), os.path.join(root, "extras", "CUPTI", "include")]
 
 
@@ -111,26 +116,12 @@ def find_cupti_include():
 
 
 def nvml_include_candidates():
-    """Directories that may hold nvml.h: $STAGETRACE_NVML_INCLUDE; NVIDIA's wheels
-    (nvidia-nvml-dev-cu12: nvidia/nvml_dev/include; nvidia-nvml-dev for CUDA 13:
-    nvidia/cu13/include); a CUDA toolkit's include."""
-    env = os.environ.get("STAGETRACE_NVML_INCLUDE")
-    if env:
-        yield env
-    for site in site_dirs():
-        yield os.path.join(site, "nvidia", "nvml_dev", "include")
-        yield os.path.join(site, "nvidia", "cu13", "include")
-    cuda = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if cuda:
-        yield os.path.join(cuda, "include")
-    yield "/usr/local/cuda/include"
+    """nvidia-nvml-dev-cu12: nvidia/nvml_dev/include; nvidia-nvml-dev for CUDA 13: nvidia/cu13/include."""
+    return header_dirs("STAGETRACE_NVML_INCLUDE", ("nvml_dev", "cu13"))
 
 
 def find_nvml_include():
-    for path in nvml_include_candidates():
-        if os.path.isfile(os.path.join(path, "nvml.h")):
-            return path
-    return None
+    return first_with(nvml_include_candidates(), "nvml.h")
 
 
 def extension():

@@ -17,7 +17,6 @@ given and a target is missed. See benchmarks/README.md for the method.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import importlib.machinery
 import importlib.util
@@ -32,6 +31,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from benchutil import parse_args, print_targets  # noqa: E402  (beside this script)
+
 sys.path.insert(0, ROOT)
 os.environ.pop("NVTX_INJECTION64_PATH", None)  # no tool attached: unset before NVTX first looks
 
@@ -314,10 +316,7 @@ def bench_writer(tmp: str, events: int, repeats: int, targets: list) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="StageTrace core overhead and throughput benchmarks")
-    parser.add_argument("--quick", action="store_true", help="fewer calls and repeats: a smoke run")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    args = parser.parse_args()
+    args = parse_args("StageTrace core overhead and throughput benchmarks")
     if args.quick:
         calls, repeats, c_pairs, writer_events, writer_repeats = 20_000, 3, 1_000_000, 100_000, 1
     else:
@@ -337,10 +336,7 @@ def main() -> int:
         bench_writer(tmp, writer_events, writer_repeats, targets)
 
     print()
-    print("Targets")
-    for label, figure, ok in targets:
-        print(f"   {'PASS' if ok else 'FAIL'}  {label:<48} {figure:>10}")
-    return 1 if args.check and not all(ok for _, _, ok in targets) else 0
+    return print_targets(targets, args.check)
 
 
 if __name__ == "__main__":

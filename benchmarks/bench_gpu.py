@@ -15,7 +15,6 @@ run length (10 x the records adds nothing that grows with them).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -25,12 +24,11 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from benchutil import parse_args, print_targets  # noqa: E402  (beside this script)
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     if shutil.which("gcc") is None:
         print("gcc is needed to build benchmarks/gpu_records.c")
         return 1
@@ -54,10 +52,7 @@ def main() -> int:
         ("under 50 ns per record", f"{in_order:.1f} ns", in_order < 50),
         ("memory bounded (10x records, no growth)", f"{grow_10:.0f} kB vs {grow_1:.0f} kB", grow_10 <= grow_1 + 256),
     ]
-    print("targets")
-    for label, figure, ok in targets:
-        print(f"   {'PASS' if ok else 'FAIL'}  {label:<42} {figure}")
-    return 1 if args.check and not all(ok for _, _, ok in targets) else 0
+    return print_targets(targets, args.check, width=42)
 
 
 if __name__ == "__main__":

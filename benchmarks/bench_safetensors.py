@@ -17,7 +17,6 @@ Targets: the C reader at least as fast as safe_open at every size; under
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from benchutil import parse_args, print_targets  # noqa: E402  (beside this script)
+
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
@@ -91,10 +93,7 @@ def read_json(path: str):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--check", action="store_true")
-    args = parser.parse_args()
+    args = parse_args(__doc__.splitlines()[0])
     repeats = 5 if args.quick else 51
     targets = []
     print(f"header read, median of {repeats} warm reads; ours = C reader grouping by prefix + anatomy classify")
@@ -112,10 +111,7 @@ def main() -> int:
             targets.append((f"as fast as safe_open at {count} tensors", f"{lib / ours:.2f}x", ours <= lib))
             if count == 2000:
                 targets.append(("under 1 ms for 2 000 tensors", f"{ours * 1e3:.3f} ms", ours < 1e-3))
-    print("targets")
-    for label, figure, ok in targets:
-        print(f"   {'PASS' if ok else 'FAIL'}  {label:<40} {figure}")
-    return 1 if args.check and not all(ok for _, _, ok in targets) else 0
+    return print_targets(targets, args.check, width=40)
 
 
 if __name__ == "__main__":

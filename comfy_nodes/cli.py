@@ -1,6 +1,8 @@
 """The ``stagetrace`` command.
 
-    stagetrace report TRACE [--json]   the stage summary of a saved trace
+    stagetrace report TRACE [--format text|md|html|json]
+                                       the stage summary of a saved trace and
+                                       the findings: cause, evidence, fix
     stagetrace inspect FILE... [--json] [--models-dir DIR]
                                        what a model file holds and lacks (exit 0
                                        complete, 1 incomplete, 2 unreadable)
@@ -11,29 +13,30 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import sys
 
-from .summary import format_text, summarize
 from .tracefile import TraceError, load
 
 
 def _report(args) -> int:
+    from .diagnose import diagnose
+    from .report import render
+
     status = 0
+    fmt = "json" if args.json else args.format
     for path in args.trace:
         try:
-            summary = summarize(load(path), trace_path=path)
+            trace = load(path)
         except TraceError as exc:
             print(f"stagetrace: {exc}", file=sys.stderr)
             status = 2
             continue
-        if args.json:
-            print(json.dumps(dataclasses.asdict(summary), indent=2))
-        else:
-            print(format_text(summary))
+        report = diagnose(trace)
+        report.summary.trace_path = path
+        print(render(report, fmt, trace))
     return status
 
 
@@ -62,9 +65,12 @@ def _demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stagetrace", description="StageTrace: where a ComfyUI run spends its time.")
     sub = parser.add_subparsers(dest="command", required=True)
-    report = sub.add_parser("report", help="print the stage summary of saved traces")
+    report = sub.add_parser("report", help="the stage summary and the diagnosis of saved traces")
     report.add_argument("trace", nargs="+", help="a .trace.json file written by StageTrace")
-    report.add_argument("--json", action="store_true", help="machine-readable output")
+    report.add_argument("--format", choices=("text", "md", "html", "json"), default="text",
+                        help="text (the console summary and the findings), md, html (one self-contained page "
+                        "with a timeline), json")
+    report.add_argument("--json", action="store_true", help="the same as --format json")
     report.set_defaults(func=_report)
     inspect = sub.add_parser("inspect", help="what a model file holds, what it lacks, how to load it")
     inspect.add_argument("files", nargs="*", help=".safetensors files")

@@ -18,10 +18,11 @@ import time
 
 from . import native as native_loader
 from . import stages
+from .diagnose import diagnose
 from .native import ROOT
+from .report import render
 from .settings import Settings
-from .summary import format_text, summarize
-from .tracefile import load
+from .tracefile import SUFFIX, load
 
 
 def run(comfyui_dir: str | None, workdir: str | None) -> int:
@@ -60,12 +61,17 @@ def _run_comfyui(comfyui_dir: str, workdir: str) -> int:
     for line in (proc.stdout + proc.stderr).splitlines():
         if line.startswith("StageTrace: "):  # what StageTrace told ComfyUI's log
             print(line)
-    found = sorted(os.listdir(traces)) if os.path.isdir(traces) else []
+    found = sorted(n for n in os.listdir(traces) if n.endswith(SUFFIX)) if os.path.isdir(traces) else []
     for name in found:
         path = os.path.join(traces, name)
-        print(format_text(summarize(load(path), trace_path=path)))
+        report = diagnose(load(path))
+        report.summary.trace_path = path
+        print(render(report, "text"))
+        page = path[: -len(SUFFIX)] + ".report.html"
+        if os.path.exists(page):
+            print(f"  report: {page}")
     print(f"(whole run, ComfyUI start-up included: {elapsed:.1f} s)")
-    print("Open the trace in https://ui.perfetto.dev, or: python -m comfy_nodes report TRACE")
+    print("Open the trace in https://ui.perfetto.dev, the report in a browser, or: python -m comfy_nodes report TRACE")
     return 0 if found else 1
 
 

@@ -10,7 +10,8 @@ from cache), ``fail`` (a node raises), ``interrupt`` (a node interrupts the
 prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first),
 ``needs-clip`` (CLIPTextEncode asks the CLIP-less checkpoint for its CLIP),
 ``diffusion-only`` (the same, with a diffusion-model-only file in
-CheckpointLoaderSimple: no CLIP and no VAE).
+CheckpointLoaderSimple: no CLIP and no VAE), ``slow-read`` (the checkpoint is
+dropped from the page cache and read at 20 MB/s, like a slow share).
 ``--break-stagetrace`` makes every StageTrace hook raise, to show the prompt
 is unaffected.
 
@@ -102,7 +103,9 @@ def _test_nodes():
 
 
 class Harness:
-    def __init__(self, comfyui_dir: str, workdir: str, custom_node_dirs: tuple[str, ...] = ()):
+    def __init__(self, comfyui_dir: str, workdir: str, custom_node_dirs: tuple[str, ...] = (),
+                 throttle_mb_s: float | None = None):
+        self.throttle_mb_s = throttle_mb_s  # slow-read scenario: model files read at this rate
         self.comfyui_dir = os.path.abspath(comfyui_dir)
         self.workdir = os.path.abspath(workdir)
         self.custom_node_dirs = tuple(os.path.abspath(d) for d in custom_node_dirs)
@@ -121,6 +124,9 @@ class Harness:
         comfy.cli_args.args.cpu = True
         import folder_paths
         import utils.extra_config  # noqa: F401  (ComfyUI's package, before nodes shadows 'utils')
+
+        if self.throttle_mb_s:
+            _throttle_model_reads(self.throttle_mb_s)
 
         os.makedirs(self.models, exist_ok=True)
         os.makedirs(self.output, exist_ok=True)
@@ -219,6 +225,33 @@ def with_clip_text_encode(prompt: dict) -> dict:
     return prompt
 
 
+def _throttle_model_reads(mb_s: float) -> None:
+    """The slow-read scenario: comfy.utils.load_torch_file first drops the file from the page cache and
+    reads it through a reader held to mb_s (a slow disk or network share, as StageTrace sees it: bytes
+    really come off storage, slowly), then loads it as usual. Installed before the custom nodes, so
+    StageTrace's hook wraps it like any load."""
+    import comfy.utils
+
+    original = comfy.utils.load_torch_file
+
+    def slow_load_torch_file(ckpt, *args, **kwargs):
+        fd = os.open(ckpt, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            started, done = time.perf_counter(), 0
+            while chunk := os.read(fd, 1 << 20):
+                done += len(chunk)
+                ahead = done / (mb_s * 1e6) - (time.perf_counter() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        finally:
+            os.close(fd)
+        return original(ckpt, *args, **kwargs)
+
+    comfy.utils.load_torch_file = slow_load_torch_file
+
+
 def _break_stagetrace() -> int:
     """Make every StageTrace hook raise (fault injection for the fail-open test)."""
     broken = 0
@@ -245,14 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comfyui", required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--scenario", default="basic",
-                        choices=("basic", "twice", "fail", "interrupt", "queued", "needs-clip", "diffusion-only"))
+                        choices=("basic", "twice", "fail", "interrupt", "queued", "needs-clip", "diffusion-only",
+                                 "slow-read"))
     parser.add_argument("--custom-node-dir", action="append", default=[])
     parser.add_argument("--break-stagetrace", action="store_true")
     args = parser.parse_args(argv)
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    harness = Harness(args.comfyui, args.workdir, tuple(args.custom_node_dir))
+    harness = Harness(args.comfyui, args.workdir, tuple(args.custom_node_dir),
+                      throttle_mb_s=20.0 if args.scenario == "slow-read" else None)
     started = time.perf_counter()
     harness.boot()
     boot_s = time.perf_counter() - started

@@ -19,8 +19,7 @@ from collections.abc import Callable
 from . import stages
 from .gpu import TorchMemory, device_facts, merge_devices, record_events, window_events
 from .log import log_once, logger
-from .summary import format_text, summarize
-from .tracefile import load, trace_path
+from .tracefile import load, trace_path, write_new
 
 VERSION = "0.1.0"
 MAX_QUEUED_SUBMITS = 1024
@@ -35,6 +34,7 @@ class Recorder:
         self.fallbacks: list[str] = []
         self.last_trace: str | None = None
         self.last_summary = None
+        self.last_report = None
         self._submitted: dict[str, int] = {}  # prompt id -> submit time, ns
         self._lock = threading.Lock()
         self._reset_prompt()
@@ -44,6 +44,8 @@ class Recorder:
         self.gpu = None  # a gpu.GpuCollection once installed
         self.nvml = None  # a gpu.NvmlSampler once installed
         self.spans = None  # a stagehooks.StageSpans once installed
+        self.prompts_run = 0  # in this process, this one included
+        self._files_read: set[str] = set()  # model files earlier prompts read
         self.log_tap = None  # a stagehooks.LogTap once installed
         self.memory = TorchMemory()
         self._node_stack: list[str] = []  # nodes running now, for the memory samples at their end
@@ -238,6 +240,7 @@ class Recorder:
             metadata = self._metadata()
             if self.spans is not None:
                 metadata["dropped_stage_spans"] = self.spans.dropped
+            metadata["process"] = self._process_facts()
             metadata["gpu"] = gpu_meta
             if gpu_meta is not None:
                 gpu_meta["devices"] = merge_devices(_safe(device_facts, []), nvml_meta or {})
@@ -248,10 +251,43 @@ class Recorder:
             writer.abort()  # no-op after commit; removes the temporary file otherwise
         self.last_trace = path
         self._report_hook_errors()
-        if self.settings.summary:
-            self.last_summary = summarize(load(path), trace_path=path)
-            logger.info("%s", format_text(self.last_summary))
+        if self.settings.summary or self.settings.report:
+            self._report(path)
         return path
+
+    def _report(self, path: str) -> None:
+        """The console summary with the findings, and the report files beside the trace."""
+        from .diagnose import diagnose
+        from .report import render
+
+        trace = load(path)
+        report = diagnose(trace)
+        report.summary.trace_path = path
+        self.last_summary = report.summary
+        self.last_report = report
+        if self.settings.summary:
+            logger.info("%s", render(report, "text"))
+        if self.settings.report:
+            stem = path[: -len(".trace.json")] if path.endswith(".trace.json") else path
+            for fmt, suffix in (("html", ".report.html"), ("json", ".report.json")):
+                if not write_new(stem + suffix, render(report, fmt, trace)):
+                    log_once("report-exists", "%s exists; the report was not written over it", stem + suffix)
+
+    def _process_facts(self) -> dict:
+        """What this prompt shares with the ones before it in this process (warm-up, reloads), and
+        ComfyUI's memory mode."""
+        self.prompts_run += 1
+        read_now = {e["args"].get("path") for e in (self.spans.events if self.spans is not None else ())
+                    if e.get("cat") == "model_load.read" and e["args"].get("path")}
+        facts = {"prompt_index": self.prompts_run, "reread_files": sorted(read_now & self._files_read)}
+        self._files_read |= read_now
+        mm = sys.modules.get("comfy.model_management")
+        if mm is not None:
+            state = getattr(mm, "vram_state", None)
+            facts["comfyui"] = {"smart_memory": not getattr(mm, "DISABLE_SMART_MEMORY", False),
+                                "vram_state": getattr(state, "name", None),
+                                "cpu_only": getattr(getattr(mm, "cpu_state", None), "name", None) == "CPU"}
+        return facts
 
     def _gpu_round(self) -> tuple[list[dict], dict | None, list[tuple]]:
         """The prompt's GPU aggregates; a failure here costs the GPU figures, never the trace."""

@@ -6,6 +6,8 @@
 | STAGETRACE_OUTPUT_DIR    | <ComfyUI output>/stagetrace      | where traces are written                  |
 | STAGETRACE_NVTX          | 1                                | 0: no NVTX ranges                         |
 | STAGETRACE_SUMMARY       | 1                                | 0: no console summary after each prompt   |
+| STAGETRACE_REPORT        | 1                                | 0: no report files (.report.html/.json)   |
+|                          |                                  | beside each trace                         |
 | STAGETRACE_BUFFER_EVENTS | 65536                            | events each thread's buffer holds         |
 | STAGETRACE_GPU           | 1                                | 0: no CUPTI GPU activity collection       |
 | STAGETRACE_CUPTI_LIB     | (searched: see gpu.py)           | path of the libcupti to load              |
@@ -32,7 +34,7 @@ def _flag(name: str, default: bool) -> bool:
     return value.strip().lower() not in _FALSE
 
 
-def _positive_int(name: str, default: int) -> int:
+def _int(name: str, default: int, minimum: int) -> int:
     value = os.environ.get(name)
     if value is None or not value.strip():
         return default
@@ -40,22 +42,17 @@ def _positive_int(name: str, default: int) -> int:
         number = int(value)
     except ValueError:
         raise ValueError(f"{name}={value!r} is not an integer") from None
-    if number <= 0:
-        raise ValueError(f"{name}={value!r} must be positive")
+    if number < minimum:
+        raise ValueError(f"{name}={value!r} must be {'positive' if minimum == 1 else f'{minimum} or more'}")
     return number
+
+
+def _positive_int(name: str, default: int) -> int:
+    return _int(name, default, 1)
 
 
 def _count(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer") from None
-    if number < 0:
-        raise ValueError(f"{name}={value!r} must be 0 or more")
-    return number
+    return _int(name, default, 0)
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,7 @@ class Settings:
     summary: bool
     buffer_events: int
     gpu: bool = True
+    report: bool = True
     gpu_kernels: int = 0
     nvml: bool = True
     nvml_hz: int = 10
@@ -79,6 +77,7 @@ class Settings:
             summary=_flag("STAGETRACE_SUMMARY", True),
             buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
             gpu=_flag("STAGETRACE_GPU", True),
+            report=_flag("STAGETRACE_REPORT", True),
             gpu_kernels=_count("STAGETRACE_GPU_KERNELS", 0),
             nvml=_flag("STAGETRACE_NVML", True),
             nvml_hz=_positive_int("STAGETRACE_NVML_HZ", 10),

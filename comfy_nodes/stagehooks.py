@@ -139,6 +139,21 @@ def storage_read_bytes() -> int | None:
     return None
 
 
+def memory_facts() -> dict | None:
+    """System RAM and swap now (/proc/meminfo): available, total, swap used; None where unknown."""
+    try:
+        values = {}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"):
+                    values[key] = int(rest.split()[0]) * 1024
+        return {"available": values["MemAvailable"], "total": values["MemTotal"],
+                "swap_used": values.get("SwapTotal", 0) - values.get("SwapFree", 0)}
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def filesystem_of(path: str) -> tuple[str | None, str | None]:
     """(filesystem type, mount point) holding path, from /proc/self/mountinfo: overlay, 9p, fuse.*,
     nfs... say why a read is slow."""
@@ -321,10 +336,12 @@ def read_span(spans: StageSpans, path: str):
 def measured_read(spans: StageSpans, path: str):
     before = storage_read_bytes()
     with read_span(spans, path) as args:
+        args["memory_before"] = memory_facts()
         try:
             yield args
         finally:
             _storage_delta(args, before)
+            args["memory_after"] = memory_facts()
 
 
 def _storage_delta(args: dict, before: int | None) -> None:
@@ -337,11 +354,12 @@ def _build(spans: StageSpans, label: str):
     def make(original):
         def build(*args, **kwargs):
             before = storage_read_bytes()
-            with spans.span(_BUILD, label) as span_args:
+            with spans.span(_BUILD, label, {"memory_before": memory_facts()}) as span_args:
                 try:
                     return original(*args, **kwargs)
                 finally:
                     _storage_delta(span_args, before)
+                    span_args["memory_after"] = memory_facts()
         return build
     return make
 

@@ -58,3 +58,23 @@ def load(path: str) -> dict:
         if event.get("ph") == "X" and not isinstance(event.get("dur"), (int, float)):
             raise TraceError(f"{path}: field 'traceEvents[{i}].dur': missing or not a number")
     return trace
+
+
+def write_new(path: str, text: str) -> bool:
+    """Write text to path whole or not at all, never replacing a file: a temporary file in the same
+    folder, fsynced, then linked to path (which fails if path exists). False when path exists."""
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(tmp)

@@ -1249,15 +1249,21 @@ static PyObject *mod_set_fake_clock(PyObject *m, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *mod_set_enabled(PyObject *m, PyObject *arg)
+/* Store the truth of arg into flag: None, or NULL with an exception set. */
+static PyObject *store_flag(atomic_int *flag, PyObject *arg)
 {
-    (void)m;
     int on = PyObject_IsTrue(arg);
     if (on < 0) {
         return NULL;
     }
-    atomic_store(&recording_enabled, on);
+    atomic_store(flag, on);
     Py_RETURN_NONE;
+}
+
+static PyObject *mod_set_enabled(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    return store_flag(&recording_enabled, arg);
 }
 
 static PyObject *mod_enabled(PyObject *m, PyObject *unused)
@@ -1666,12 +1672,7 @@ static PyObject *mod_cupti_info(PyObject *m, PyObject *unused)
 static PyObject *mod_gpu_set_windows(PyObject *m, PyObject *arg)
 {
     (void)m;
-    int on = PyObject_IsTrue(arg);
-    if (on < 0) {
-        return NULL;
-    }
-    atomic_store(&gpu_windows_enabled, on);
-    Py_RETURN_NONE;
+    return store_flag(&gpu_windows_enabled, arg);
 }
 
 static PyObject *mod_gpu_window_open(PyObject *m, PyObject *args)

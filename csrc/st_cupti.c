@@ -88,17 +88,16 @@ typedef CUpti_ActivityKernel4 kernel_record; /* start, end, deviceId, streamId, 
 typedef CUpti_ActivityMemcpy5 memcpy_record;
 typedef CUpti_ActivityMemset4 memset_record;
 
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel9, start);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel9, end);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel9, deviceId);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel9, streamId);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel9, name);
+/* the fields read, in each record version this header knows */
+#define KERNEL_FIELDS(NEWER)                                                                         \
+    SAME_OFFSET(CUpti_ActivityKernel4, NEWER, start);                                                \
+    SAME_OFFSET(CUpti_ActivityKernel4, NEWER, end);                                                  \
+    SAME_OFFSET(CUpti_ActivityKernel4, NEWER, deviceId);                                             \
+    SAME_OFFSET(CUpti_ActivityKernel4, NEWER, streamId);                                             \
+    SAME_OFFSET(CUpti_ActivityKernel4, NEWER, name)
+KERNEL_FIELDS(CUpti_ActivityKernel9);
 #if CUPTI_API_VERSION >= 130000
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel10, start);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel10, end);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel10, deviceId);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel10, streamId);
-SAME_OFFSET(CUpti_ActivityKernel4, CUpti_ActivityKernel10, name);
+KERNEL_FIELDS(CUpti_ActivityKernel10);
 #endif
 #if CUPTI_API_VERSION >= 28
 SAME_OFFSET(CUpti_ActivityMemcpy5, CUpti_ActivityMemcpy6, copyKind);

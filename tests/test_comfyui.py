@@ -352,3 +352,65 @@ def test_stage_spans_inside_the_nodes(tmp_path):
     assert save["args"]["bytes_written"] == os.path.getsize(image) and inside(save, nodes["SaveImage"])
     logs = {e["name"] for e in trace["traceEvents"] if e.get("cat") == "comfyui_log"}
     assert {"no_clip", "loaded_completely"} <= logs  # the tiny checkpoint has no text encoder
+
+
+# --- The diagnosis report, from real runs ---
+
+
+def report_of(tmp_path):
+    (path,) = traces(tmp_path)
+    stem = str(path)[: -len(".trace.json")]
+    with open(stem + ".report.json") as f:
+        return json.load(f), stem
+
+
+def test_report_names_the_missing_clip_vae_and_the_loaders_to_use(tmp_path):
+    result, log = run_harness(tmp_path, "diffusion-only")
+    assert not result["runs"][0]["success"]
+    report, _ = report_of(tmp_path)
+    (finding,) = [f for f in report["findings"] if f["rule"] == "missing-clip-vae"]
+    assert report["findings"][0] is not None and finding["severity"] == "error"
+    for loader in ("UNETLoader", "CLIPLoader", "VAELoader"):
+        assert loader in finding["fix"]
+    assert "The loader cannot give the text encoder or VAE" in log
+
+
+def test_report_says_sampling_ran_on_the_cpu(tmp_path):
+    result, _ = run_harness(tmp_path, "basic")
+    assert result["runs"][0]["success"]
+    report, _ = report_of(tmp_path)
+    (finding,) = [f for f in report["findings"] if f["rule"] == "cpu-sampling"]
+    assert "loaded to the CPU" in finding["evidence"] and finding["cost_s"] > 0
+
+
+def test_report_finds_a_slow_read(tmp_path):
+    """slow-read: the checkpoint is dropped from the page cache and read at 20 MB/s (the harness's
+    throttled reader, in front of ComfyUI's load_torch_file)."""
+    result, _ = run_harness(tmp_path, "slow-read")
+    assert result["runs"][0]["success"]
+    report, _ = report_of(tmp_path)
+    (finding,) = [f for f in report["findings"] if f["rule"] == "slow-read"]
+    rate = int(finding["evidence"].split(" MB/s")[0].rsplit(" ", 1)[-1])
+    assert 10 <= rate <= 22 and "tiny_sd15.safetensors" in finding["evidence"]
+    assert report["findings"].index(finding) <= 1  # the costliest after nothing, or after an error
+
+
+def test_html_report_opens_in_headless_chromium_with_its_timeline(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    run_harness(tmp_path, "basic")
+    _, stem = report_of(tmp_path)
+    page = stem + ".report.html"
+    html = open(page).read()
+    for stage in ("model_load.read", "sample.step", "vae_decode", "save"):
+        assert f'data-stage="{stage}"' in html
+    shot = tmp_path / "report.png"
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", f"file://{page}"],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count('class="stage"') == html.count('class="stage"') > 5  # the browser parsed every span
+    snap = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                           "--window-size=1200,900", f"file://{page}"], capture_output=True, text=True, timeout=120)
+    assert snap.returncode == 0 and shot.stat().st_size > 10_000, snap.stderr[-2000:]
+    assert "Uncaught" not in dom.stderr and "ERR_" not in dom.stderr

@@ -93,7 +93,8 @@ def test_report_command_prints_the_same_summary(recorded_prompt):
     rec, path = recorded_prompt
     out = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", path], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    assert out.strip() == format_text(rec.last_summary)
+    assert out.startswith(format_text(rec.last_summary) + "\n")  # the console summary, then the findings
+    assert "findings:" in out or "1. [" in out
     as_json = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", "--json", path], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout
     assert json.loads(as_json)["prompt_id"] == "p-1"

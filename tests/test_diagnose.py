@@ -1,0 +1,292 @@
+"""The diagnosis rules (comfy_nodes/diagnose.py): for each rule of the catalogue, a recorded scenario
+that triggers it and one that must not, plus the rule's "not checked" answer when its evidence is
+missing. The scenarios are traces in StageTrace's own format, built by `scenario()` below the way
+the recorder writes them (spans with their args, the GPU track, otherData)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from comfy_nodes.diagnose import RULES, Finding, NotChecked, diagnose, gather
+from comfy_nodes.report import render
+
+MS = 1000.0  # trace timestamps are microseconds
+GB = 1 << 30
+
+
+def span(cat, name, ts_ms, dur_ms, **args):
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts_ms * MS, "dur": dur_ms * MS, "pid": 1, "tid": 1,
+            "args": args}
+
+
+def scenario(*events, wall_ms=10_000, other=None, queue_wait_s=None):
+    base = [span("prompt", "prompt", 0, wall_ms, prompt_id="p", outcome="ok")]
+    other = {"prompt_id": "p", "anatomy": [], "warnings": [], "queue_wait_s": queue_wait_s, **(other or {})}
+    return {"traceEvents": base + list(events), "otherData": other}
+
+
+def result(trace, rule_id):
+    ev = gather(trace)
+    (rule,) = [r for r in RULES if r.id == rule_id]
+    return rule.check(ev)
+
+
+def cupti(**extra):
+    return {"collection": "cupti", "devices": [], **extra}
+
+
+def gpu_window(stage, busy_ms, window_ms, kernels=10, htod_bytes=0, htod_ms=0.0):
+    copies = {"htod": {"count": 1, "bytes": htod_bytes, "ms": htod_ms}} if htod_bytes else {}
+    return {"ph": "X", "cat": "gpu", "name": f"GPU: {stage}", "ts": 0, "dur": window_ms * MS, "pid": 1, "tid": 9,
+            "args": {"stage": stage, "busy_ms": busy_ms, "window_ms": window_ms, "kernels": kernels,
+                     "copies": copies}}
+
+
+RTX3090 = {"name": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6", "fp8_compute": False}
+RTX4090 = {"name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9", "fp8_compute": True}
+
+
+# --- slow read ---
+
+
+def slow_read_trace(seconds, fs="overlay", storage_fraction=1.0):
+    size = 20 * 10**9
+    return scenario(
+        span("model_load.read", "qwen.safetensors", 0, 50, path="/models/qwen.safetensors", file_bytes=size,
+             fs_type=fs, mount="/", storage_read_bytes=0),
+        span("model_load.build", "checkpoint", 60, seconds * 1000 - 50,
+             storage_read_bytes=int(size * storage_fraction)),
+        wall_ms=seconds * 1000 + 100)
+
+
+def test_slow_read_on_an_overlay_filesystem_is_found_and_costed():
+    f = result(slow_read_trace(1183), "slow-read")
+    assert isinstance(f, Finding) and "17 MB/s" in f.evidence and "overlay" in f.evidence
+    assert 1100 < f.cost_s < 1183 and "bind mount" in f.fix
+
+
+def test_fast_read_or_page_cache_is_not_a_finding():
+    assert result(slow_read_trace(20, fs="ext4"), "slow-read") is None  # 1 GB/s
+    assert result(slow_read_trace(1183, storage_fraction=0.0), "slow-read") is None  # from the page cache: CPU work
+    assert isinstance(result(scenario(), "slow-read"), NotChecked)
+
+
+# --- partial offload ---
+
+
+def offload_trace(partial, with_gpu=True):
+    model = {"model": "QwenImage", "device": "cuda:0", "loaded_bytes": 14 * 10**9 if partial else 20 * 10**9,
+             "total_bytes": 20 * 10**9, "partial": partial}
+    steps = [span("sample.step", f"step {i + 1}/25", 1000 + 40_000 * i, 40_000, step=i + 1, of=25) for i in range(25)]
+    gpu = [gpu_window("sample.step", 10_000, 40_000, htod_bytes=6 * 10**9 if partial else 0, htod_ms=30_000.0)
+           for _ in range(25)] if with_gpu else []
+    return scenario(span("model_load.to_device", "load QwenImage", 500, 400, models=[model]), *steps, *gpu,
+                    wall_ms=1_010_000, other={"gpu": cupti() if with_gpu else {"collection": "unavailable"}})
+
+
+def test_partial_offload_streams_weights_every_step():
+    f = result(offload_trace(True), "partial-offload")
+    assert isinstance(f, Finding) and "14.0 GB of 20.0 GB" in f.evidence
+    assert "6.0 GB copied host to device per step over 25 steps" in f.evidence and f.cost_s == pytest.approx(25 * 30.0)
+    no_gpu = result(offload_trace(True, with_gpu=False), "partial-offload")
+    assert isinstance(no_gpu, Finding) and "no GPU data" in no_gpu.evidence and no_gpu.cost_s is None
+
+
+def test_full_load_is_not_a_finding():
+    assert result(offload_trace(False), "partial-offload") is None
+
+
+# --- CPU sampling / no GPU kernels ---
+
+
+def sampling_trace(device="cuda:0", kernels=100, gpu=True):
+    model = {"model": "BaseModel", "device": device, "loaded_bytes": 1, "total_bytes": 1, "partial": False}
+    events = [span("model_load.to_device", "load", 0, 10, models=[model]), span("sample", "euler", 20, 5000)]
+    if gpu:
+        events.append(gpu_window("sample.step", 4000, 5000, kernels=kernels))
+    return scenario(*events, wall_ms=6000, other={"gpu": cupti() if gpu else {"collection": "unavailable",
+                                                                               "reason": "no driver"}})
+
+
+def test_sampling_on_the_cpu_and_no_gpu_kernels_are_found():
+    cpu = result(sampling_trace(device="cpu", gpu=False), "cpu-sampling")
+    assert isinstance(cpu, Finding) and "loaded to the CPU" in cpu.evidence and cpu.cost_s == pytest.approx(4.5)
+    idle = result(sampling_trace(kernels=0), "cpu-sampling")
+    assert isinstance(idle, Finding) and "no kernels" in idle.evidence
+
+
+def test_sampling_with_gpu_kernels_is_fine():
+    assert result(sampling_trace(), "cpu-sampling") is None
+    unknown = sampling_trace(gpu=False)
+    unknown["traceEvents"] = [e for e in unknown["traceEvents"] if e["cat"] != "model_load.to_device"]
+    assert isinstance(result(unknown, "cpu-sampling"), NotChecked)
+
+
+# --- FP8 without FP8 compute ---
+
+
+def fp8_trace(device):
+    anatomy = [{"path": "qwen_fp8.safetensors", "family": "qwen_image", "components": [
+        {"kind": "diffusion_model", "label": "Qwen-Image", "dtypes": {"fp8_e4m3fn": 20 * 10**9}}]}]
+    return scenario(other={"anatomy": anatomy, "gpu": cupti(devices=[device] if device else [])})
+
+
+def test_fp8_weights_on_an_rtx_3090_are_cast_every_layer():
+    f = result(fp8_trace(RTX3090), "fp8-no-compute")
+    assert isinstance(f, Finding) and "sm_86" in f.evidence and "fp8_e4m3fn" in f.evidence
+
+
+def test_fp8_weights_on_an_rtx_4090_are_fine_and_no_gpu_facts_is_not_checked():
+    assert result(fp8_trace(RTX4090), "fp8-no-compute") is None
+    assert isinstance(result(fp8_trace(None), "fp8-no-compute"), NotChecked)
+
+
+# --- missing CLIP/VAE ---
+
+
+def test_missing_clip_and_vae_from_the_loader_warning():
+    warning = ("CheckpointLoaderSimple #4 loads qwen.safetensors (Qwen-Image), which has no text encoder (CLIP) ... "
+               "Load it with: UNETLoader (unet_name=qwen.safetensors); CLIPLoader (type=qwen_image); VAELoader")
+    f = result(scenario(other={"warnings": [warning]}), "missing-clip-vae")
+    assert isinstance(f, Finding) and f.severity == "error"
+    assert f.fix.startswith("load it with UNETLoader") and "Load it with" not in f.evidence
+
+
+def test_complete_checkpoint_has_no_missing_parts_finding():
+    assert result(scenario(other={"warnings": []}), "missing-clip-vae") is None
+
+
+# --- tiled VAE fallback ---
+
+
+def test_tiled_vae_fallback_is_found_and_normal_decode_is_not():
+    tiled = scenario(span("vae_decode", "VAE decode", 0, 8000, tiled_fallback=True))
+    f = result(tiled, "vae-tiled")
+    assert isinstance(f, Finding) and f.cost_s == pytest.approx(4.0)
+    assert result(scenario(span("vae_decode", "VAE decode", 0, 800, tiled_fallback=False)), "vae-tiled") is None
+
+
+# --- reloads and warm-up ---
+
+
+def process_trace(index, reread, smart=True, load_ms=8000, wall_ms=10_000):
+    return scenario(span("model_load.read", "m", 0, load_ms / 2, path="/m/a.safetensors"),
+                    span("model_load.build", "checkpoint", load_ms / 2, load_ms / 2), wall_ms=wall_ms,
+                    other={"process": {"prompt_index": index, "reread_files": reread,
+                                       "comfyui": {"smart_memory": smart}}})
+
+
+def test_models_reloaded_on_a_later_run_with_smart_memory_off():
+    f = result(process_trace(3, ["/m/a.safetensors"], smart=False), "reloaded")
+    assert isinstance(f, Finding) and "--disable-smart-memory" in f.cause and f.cost_s == pytest.approx(8.0)
+    assert result(process_trace(3, []), "reloaded") is None
+
+
+def test_first_run_warmup_is_a_note_and_later_runs_are_not():
+    f = result(process_trace(1, []), "warmup")
+    assert isinstance(f, Finding) and f.severity == "info"
+    assert result(process_trace(2, []), "warmup") is None
+    assert result(process_trace(1, [], load_ms=100), "warmup") is None
+
+
+# --- queue wait ---
+
+
+def test_queue_wait_dominating():
+    assert isinstance(result(scenario(wall_ms=2000, queue_wait_s=30.0), "queue-wait"), Finding)
+    assert result(scenario(wall_ms=2000, queue_wait_s=0.2), "queue-wait") is None
+
+
+# --- RAM / swap pressure ---
+
+
+def memory_trace(swap_after, available_after):
+    before = {"available": 20 * GB, "total": 32 * GB, "swap_used": 0}
+    after = {"available": available_after, "total": 32 * GB, "swap_used": swap_after}
+    return scenario(span("model_load.build", "checkpoint", 0, 100, memory_before=before, memory_after=after))
+
+
+def test_swap_growth_while_loading_is_found():
+    f = result(memory_trace(4 * GB, 1 * GB), "memory-pressure")
+    assert isinstance(f, Finding) and "swap grew by 4.3 GB" in f.evidence
+    assert result(memory_trace(0, 10 * GB), "memory-pressure") is None
+
+
+# --- GPU idle gaps ---
+
+
+def test_gpu_idle_between_kernels_is_found_and_busy_gpu_is_not():
+    idle = scenario(*[gpu_window("sample.step", 300, 1000) for _ in range(10)], other={"gpu": cupti()})
+    f = result(idle, "gpu-idle")
+    assert isinstance(f, Finding) and "30 %" in f.evidence and f.cost_s == pytest.approx(7.0)
+    busy = scenario(*[gpu_window("sample.step", 950, 1000) for _ in range(10)], other={"gpu": cupti()})
+    assert result(busy, "gpu-idle") is None
+    assert isinstance(result(scenario(other={"gpu": {"collection": "unavailable", "reason": "x"}}), "gpu-idle"),
+                      NotChecked)
+
+
+# --- per-step rate ---
+
+
+def rate_trace(s_per_step, device=RTX3090):
+    anatomy = [{"path": "sdxl.safetensors", "family": "sdxl", "components": [{"kind": "diffusion_model"}]}]
+    steps = [span("sample.step", "s", i * s_per_step * 1000, s_per_step * 1000) for i in range(20)]
+    return scenario(*steps, span("vae_decode", "VAE decode", 0, 10, shape=[1, 4, 128, 128]),
+                    other={"anatomy": anatomy, "gpu": cupti(devices=[device])})
+
+
+def test_steps_far_slower_than_the_family_and_gpu_class_expect():
+    f = result(rate_trace(5.0), "step-rate")  # SDXL 1024x1024 on a 3090: about 0.7 s a step expected
+    assert isinstance(f, Finding) and "1024x1024" in f.evidence and "RTX 3090" in f.evidence
+    assert result(rate_trace(0.8), "step-rate") is None
+    unknown_gpu = rate_trace(5.0, device={"name": "Some Future GPU", "fp8_compute": True})
+    assert isinstance(result(unknown_gpu, "step-rate"), NotChecked)
+
+
+# --- The report as a whole ---
+
+
+def test_every_rule_has_a_trigger_test_here():
+    tested = {"slow-read", "partial-offload", "cpu-sampling", "fp8-no-compute", "missing-clip-vae", "vae-tiled",
+              "reloaded", "warmup", "queue-wait", "memory-pressure", "gpu-idle", "step-rate"}
+    assert {r.id for r in RULES} == tested
+
+
+def test_findings_come_most_costly_first_and_nothing_is_invented():
+    trace = slow_read_trace(1183)
+    trace["traceEvents"] += offload_trace(True)["traceEvents"][1:]
+    trace["otherData"]["gpu"] = cupti()
+    report = diagnose(trace)
+    costs = [f.cost_s for f in report.findings if f.severity == "warning"]
+    assert costs == sorted(costs, reverse=True) and report.findings[0].rule == "slow-read"
+    empty = diagnose(scenario())
+    assert empty.findings == [] and {n.rule for n in empty.not_checked} >= {"slow-read", "gpu-idle", "step-rate"}
+
+
+def test_a_failing_rule_is_reported_as_not_checked(monkeypatch):
+    import comfy_nodes.diagnose as d
+
+    def broken(ev):
+        raise KeyError("x")
+
+    rules = (d.Rule("broken", "Broken", broken),)
+    report = d.diagnose(scenario(), rules)
+    (nc,) = report.not_checked
+    assert "KeyError" in nc.why
+
+
+def test_report_formats(tmp_path):
+    trace = slow_read_trace(1183)
+    report = diagnose(trace)
+    text, md, page, as_json = (render(report, fmt, trace) for fmt in ("text", "md", "html", "json"))
+    assert "Model files are read slowly" in text and "### 1. Model files are read slowly" in md
+    assert json.loads(as_json)["findings"][0]["rule"] == "slow-read"
+    assert page.startswith("<!DOCTYPE html>") and "<svg" in page and 'class="stage"' in page
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    path = tmp_path / "t.trace.json"
+    path.write_text(json.dumps(trace))
+    out = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", "--format", "md", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("# StageTrace report")
