@@ -363,7 +363,6 @@ PREFIXES: tuple[Prefix, ...] = (
     Prefix("model_ema.", "other", "ema", "EMA copy of the UNet weights"),
 )
 PREFIX_PATTERNS = tuple(p.pattern for p in PREFIXES)  # what the C reader's group_by takes
-_PATTERN_SPECS = {-1: None, **dict(enumerate(PREFIXES))}  # the reader's pattern index -> Prefix
 
 
 # --- What each diffusion-model family needs ---
@@ -735,67 +734,59 @@ class Anatomy:
 # --- Classification ---
 
 
+# A group is what the C reader's group_by gives, one tuple per component prefix:
+# (prefix, pattern index into PREFIXES or -1, keys: {name after the prefix: shape},
+#  tensors, parameters, bytes, {safetensors dtype: bytes}).
+# _group_by_prefix makes the same tuples from a plain mapping, so both paths share the code below.
+# The rules look keys up through a per-group "found" cache: literal keys are dict lookups, and each
+# "#" pattern is scanned once.
+
 _UNSEEN = object()
 
 
-class _Group:
-    """The tensors under one prefix: ``keys`` maps each name with the prefix removed to its shape;
-    the totals (tensor count, parameters, bytes, bytes per safetensors dtype) come with it, from the
-    C reader or from :func:`_group_by_prefix`."""
+def _find(keys: Mapping[str, tuple], found: dict, pattern: str) -> str | None:
+    """The key matching ``pattern`` with the smallest block indices, or None."""
+    if pattern in keys:  # a literal key, present
+        return pattern
+    hit = found.get(pattern, _UNSEEN)
+    if hit is _UNSEEN:
+        hit = found[pattern] = None if _is_literal(pattern) else _scan(keys, pattern)
+    return hit
 
-    __slots__ = ("prefix", "spec", "kind", "keys", "tensors", "parameters", "bytes", "dtype_bytes", "_found")
 
-    def __init__(self, prefix: str, spec: Prefix | None, keys: dict[str, tuple[int, ...]], tensors: int = 0,
-                 parameters: int = 0, nbytes: int = 0, dtype_bytes: dict[str, int] | None = None) -> None:
-        self.prefix = prefix
-        self.spec = spec  # None for keys under no known prefix: every rule is tried
-        self.kind = spec.kind if spec else None
-        self.keys = keys
-        self.tensors = tensors
-        self.parameters = parameters
-        self.bytes = nbytes
-        self.dtype_bytes = dtype_bytes if dtype_bytes is not None else {}
-        self._found: dict[str, str | None] = {}
+def _candidates(keys: Mapping[str, tuple], pattern: str) -> tuple[re.Pattern[str], Iterable[str]]:
+    """The pattern's regex and the keys that start with its literal head and end with its literal
+    tail: filtered in C for the reader's GroupKeys (no str per tensor), in Python for a dict."""
+    head, regex = _compile(pattern)
+    tail = _tail(pattern)
+    matching = getattr(keys, "matching", None)
+    if matching is not None:
+        return regex, matching(head, tail)
+    return regex, (key for key in keys if key.startswith(head) and key.endswith(tail))
 
-    def find(self, pattern: str) -> str | None:
-        """The key matching ``pattern`` with the smallest block indices, or None."""
-        if pattern in self.keys:  # a literal key, present
-            return pattern
-        found = self._found.get(pattern, _UNSEEN)
-        if found is _UNSEEN:
-            found = self._found[pattern] = self._scan(pattern)
-        return found
 
-    def _scan(self, pattern: str) -> str | None:
-        if _is_literal(pattern):
-            return None  # find() looked it up already
-        head, regex = _compile(pattern)
-        tail = _tail(pattern)
-        best: tuple[tuple[int, ...], str] | None = None
-        for key in self.keys:
-            if key.startswith(head) and key.endswith(tail):
-                m = regex.fullmatch(key)
-                if m:
-                    candidate = (tuple(int(g) for g in m.groups() if g.isdigit()), key)
-                    if best is None or candidate < best:
-                        best = candidate
-        return best[1] if best else None
+def _scan(keys: Mapping[str, tuple], pattern: str) -> str | None:
+    regex, candidates = _candidates(keys, pattern)
+    best: tuple[tuple[int, ...], str] | None = None
+    for key in candidates:
+        m = regex.fullmatch(key)
+        if m:
+            candidate = (tuple(map(int, m.groups())), key)  # every group is a "#" run of digits
+            if best is None or candidate < best:
+                best = candidate
+    return best[1] if best else None
 
-    def count(self, pattern: str) -> int:
-        """1 + the highest first ``#`` index among keys matching ``pattern`` (0 if none): a block count
-        that stays right when a header sample leaves middle blocks out."""
-        head, regex = _compile(pattern)
-        tail = _tail(pattern)
-        top = -1
-        for key in self.keys:
-            if key.startswith(head) and key.endswith(tail):
-                m = regex.fullmatch(key)
-                if m and m.groups():
-                    top = max(top, int(m.group(1)))
-        return top + 1
 
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.keys[key]
+def _block_count(keys: Mapping[str, tuple], pattern: str) -> int:
+    """1 + the highest first ``#`` index among keys matching ``pattern`` (0 if none): a block count
+    that stays right when a header sample leaves middle blocks out."""
+    regex, candidates = _candidates(keys, pattern)
+    top = -1
+    for key in candidates:
+        m = regex.fullmatch(key)
+        if m and m.groups():
+            top = max(top, int(m.group(1)))
+    return top + 1
 
 
 def _shape_value(shape: tuple[int, ...], axis: int | str) -> int | None:
@@ -814,27 +805,51 @@ class _Check:
     keys: tuple[str, ...]
     absent: tuple[str, ...]
     shapes: tuple[tuple[str, int | str, tuple[int, ...]], ...]
+    facts: tuple[tuple[str, str, int | str], ...]  # (name, full key, axis)
 
     @classmethod
     def of(cls, rule: Rule, inner: str) -> _Check:
         anchor = next((key for key in rule.keys if _is_literal(key)), None)
         return cls(rule, inner, inner + anchor if anchor is not None else None,
                    tuple(inner + key for key in rule.keys), tuple(inner + key for key in rule.absent),
-                   tuple((inner + p.key, p.axis, p.values) for p in rule.shapes))
+                   tuple((inner + p.key, p.axis, p.values) for p in rule.shapes),
+                   tuple((f.name, inner + f.key, f.axis) for f in rule.facts))
 
-    def matches(self, group: _Group) -> bool:
-        keys, find = group.keys, group.find
+    def matches(self, keys: Mapping[str, tuple], found: dict) -> bool:
         for key in self.keys:
-            if key not in keys and find(key) is None:
+            if key not in keys and _find(keys, found, key) is None:
                 return False
         for key in self.absent:
-            if find(key) is not None:
+            if _find(keys, found, key) is not None:
                 return False
         for pattern, axis, values in self.shapes:
-            key = find(pattern)
-            if key is None or _shape_value(keys[key], axis) not in values:
+            key = _find(keys, found, pattern)
+            if key is None:
+                return False
+            shape = keys[key]
+            if axis == "rank":
+                if len(shape) not in values:
+                    return False
+            elif not (-len(shape) <= axis < len(shape) and shape[axis] in values):  # type: ignore[operator]
                 return False
         return True
+
+    def details(self, keys: Mapping[str, tuple], found: dict) -> dict[str, object]:
+        details: dict[str, object] = {}
+        for name, pattern, axis in self.facts:
+            if axis == "count":
+                value: object = _block_count(keys, pattern)
+                if value == 0:
+                    continue
+            elif axis == "present":
+                value = _find(keys, found, pattern) is not None
+            else:
+                key = _find(keys, found, pattern)
+                if key is None:
+                    continue
+                value = _shape_value(keys[key], axis)
+            details[name] = value
+        return details
 
 
 class _RuleIndex:
@@ -852,8 +867,9 @@ class _RuleIndex:
             else:
                 self.by_anchor.setdefault(check.anchor, []).append(position)
 
-    def best(self, group: _Group) -> tuple[Rule, str] | None:
-        keys, checks = group.keys, self.checks
+    def best(self, keys: Mapping[str, tuple], found: dict) -> _Check | None:
+        """The highest-priority check (first in RULES among equals) the group passes."""
+        checks = self.checks
         if len(keys) < len(checks):
             candidates = list(self.unanchored)
             by_anchor = self.by_anchor
@@ -867,8 +883,8 @@ class _RuleIndex:
         else:
             todo = (c for c in checks if c.anchor is None or c.anchor in keys)
         for check in todo:
-            if check.matches(group):
-                return check.rule, check.inner
+            if check.matches(keys, found):
+                return check
         return None
 
 
@@ -879,52 +895,29 @@ _RULE_INDEX: dict[str | None, _RuleIndex] = {
 }
 
 
-def _best_rule(group: _Group) -> tuple[Rule, str] | None:
-    """The highest-priority rule (first in RULES among equals) that matches, with its inner prefix."""
-    return _RULE_INDEX[group.kind].best(group)
-
-
-def _facts(rule: Rule, group: _Group, inner: str) -> dict[str, object]:
-    details: dict[str, object] = {}
-    for f in rule.facts:
-        if f.axis == "count":
-            value: object = group.count(inner + f.key)
-            if value == 0:
-                continue
-        elif f.axis == "present":
-            value = group.find(inner + f.key) is not None
-        else:
-            key = group.find(inner + f.key)
-            if key is None:
-                continue
-            value = _shape_value(group.shape(key), f.axis)
-        details[f.name] = value
-    return details
-
-
-def _prefix_of(name: str) -> tuple[str, Prefix | None]:
-    for candidate in PREFIXES:
+def _prefix_of(name: str) -> tuple[str, int]:
+    for index, candidate in enumerate(PREFIXES):
         m = _compile(candidate.pattern)[1].match(name)
         if m:
-            return m.group(0), candidate
-    return "", None
+            return m.group(0), index
+    return "", -1
 
 
-def _group_by_prefix(tensors: Mapping[str, Sequence]) -> list[_Group]:
+def _group_by_prefix(tensors: Mapping[str, Sequence]) -> list[tuple]:
     """What the C reader's ``group_by`` gives, computed from a name -> (dtype, shape[, bytes]) mapping."""
-    groups: dict[str, _Group] = {}
+    groups: dict[str, list] = {}
     for name, entry in tensors.items():
-        prefix, spec = _prefix_of(name)
+        prefix, pattern = _prefix_of(name)
         group = groups.get(prefix)
         if group is None:
-            group = groups[prefix] = _Group(prefix, spec, {})
+            group = groups[prefix] = [prefix, pattern, {}, 0, 0, 0, {}]
         dtype, shape, size = _entry(entry)
-        group.keys[name[len(prefix):]] = shape
-        group.tensors += 1
-        group.parameters += _numel(shape)
-        group.bytes += size
-        group.dtype_bytes[dtype] = group.dtype_bytes.get(dtype, 0) + size
-    return list(groups.values())
+        group[2][name[len(prefix):]] = shape
+        group[3] += 1
+        group[4] += _numel(shape)
+        group[5] += size
+        group[6][dtype] = group[6].get(dtype, 0) + size
+    return [tuple(g) for g in groups.values()]
 
 
 def _entry(entry: Sequence) -> tuple[str, tuple[int, ...], int]:
@@ -946,42 +939,51 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 # ComfyUI's scaled-fp8 files mark a model with a "scaled_fp8" tensor at its root.
 _SCALED_FP8_KEYS = tuple(inner + "scaled_fp8" for inner in INNER_PREFIXES)
+assert len(_SCALED_FP8_KEYS) == 3  # _component tests the three inline
+_UNRECOGNISED = {kind: f"unrecognised {kind.replace('_', ' ')}" for kind in KINDS}
 
 
-def _component(group: _Group, metadata: Mapping[str, str]) -> Component:
-    dtypes: dict[str, int] = {}
-    for dtype, size in group.dtype_bytes.items():
-        name = DTYPES.get(dtype, _OTHER)[0]
-        dtypes[name] = dtypes.get(name, 0) + size
-    totals = (group.tensors, group.parameters, group.bytes, _ordered_dtypes(dtypes))
-    match = _best_rule(group)
-    if match is not None:
-        rule, inner = match
-        component = Component(rule.kind, rule.name, rule.label, group.prefix, *totals, _facts(rule, group, inner))
-    elif group.spec is not None:
-        label = group.spec.label or f"unrecognised {group.spec.kind.replace('_', ' ')}"
-        component = Component(group.spec.kind, group.spec.name, label, group.prefix, *totals, {})
+def _component(group: tuple, metadata: Mapping[str, str]) -> Component:
+    prefix, pattern, keys, tensors, parameters, nbytes, dtype_bytes = group
+    spec = PREFIXES[pattern] if pattern >= 0 else None
+    if len(dtype_bytes) == 1:  # most components hold one dtype
+        ((dtype, size),) = dtype_bytes.items()
+        dtypes = {DTYPES.get(dtype, _OTHER)[0]: size}
     else:
-        component = Component("other", UNKNOWN, "unrecognised tensors", group.prefix, *totals, {})
-    for key in _SCALED_FP8_KEYS:
-        if key in group.keys:
-            component.details["scaled_fp8"] = True
-            break
+        merged: dict[str, int] = {}
+        for dtype, size in dtype_bytes.items():
+            name = DTYPES.get(dtype, _OTHER)[0]
+            merged[name] = merged.get(name, 0) + size
+        dtypes = _ordered_dtypes(merged)
+    found: dict = {}
+    check = _RULE_INDEX[spec.kind if spec else None].best(keys, found)
+    if check is not None:
+        rule = check.rule
+        component = Component(rule.kind, rule.name, rule.label, prefix, tensors, parameters, nbytes, dtypes,
+                              check.details(keys, found))
+    elif spec is not None:
+        component = Component(spec.kind, spec.name, spec.label or _UNRECOGNISED[spec.kind], prefix, tensors,
+                              parameters, nbytes, dtypes, {})
+    else:
+        component = Component("other", UNKNOWN, "unrecognised tensors", prefix, tensors, parameters, nbytes,
+                              dtypes, {})
+    if _SCALED_FP8_KEYS[0] in keys or _SCALED_FP8_KEYS[1] in keys or _SCALED_FP8_KEYS[2] in keys:
+        component.details["scaled_fp8"] = True
     if component.kind == "lora":
-        target = _lora_target(group, metadata)
+        target = _lora_target(keys, metadata)
         if target:
             component.details["target"] = target
     return component
 
 
-def _lora_target(group: _Group, metadata: Mapping[str, str]) -> str | None:
+def _lora_target(keys: Mapping[str, tuple], metadata: Mapping[str, str]) -> str | None:
     for key in LORA_TARGET_METADATA:
         value = str(metadata.get(key, "")).lower()
         for needle, family in LORA_TARGET_HINTS:
             if needle in value:
                 return family
     for needle, family in LORA_KEY_HINTS:
-        if any(needle in key for key in group.keys):
+        if any(needle in key for key in keys):
             return family
     return None
 
@@ -991,16 +993,22 @@ def classify(tensors: Mapping[str, Sequence], metadata: Mapping[str, str] | None
     ``(dtype, shape, nbytes)`` with safetensors dtype strings ("F16", "BF16", "F8_E4M3", ...);
     ``metadata`` is the ``__metadata__`` dict. Pure function: no I/O. Unrecognised content comes
     out as components named ``UNKNOWN``; it raises only for entries that are not (dtype, shape)."""
-    return _anatomy(_group_by_prefix(tensors), metadata)
+    return classify_groups(_group_by_prefix(tensors), metadata)
 
 
-def classify_groups(groups: Sequence[Mapping], metadata: Mapping[str, str] | None = None) -> Anatomy:
+def classify_groups(groups: Sequence[tuple], metadata: Mapping[str, str] | None = None) -> Anatomy:
     """Classify what ``read_safetensors_header(path, group_by=PREFIX_PATTERNS)`` returns: the C
     reader has grouped the tensors by prefix and totalled each group, so no Python code walks the
     tensors one by one (the fast path for real files)."""
-    specs = _PATTERN_SPECS
-    return _anatomy([_Group(prefix, specs[pattern], keys, tensors, parameters, nbytes, dtypes)
-                     for prefix, pattern, keys, tensors, parameters, nbytes, dtypes in groups], metadata)
+    metadata = dict(metadata) if metadata else {}
+    components = [_component(group, metadata) for group in groups]
+    if len(components) > 1:
+        components.sort(key=_component_order)
+    return Anatomy(components, metadata)
+
+
+def _component_order(c: Component) -> tuple[int, str]:
+    return _KIND_ORDER[c.kind], c.prefix
 
 
 def read_anatomy(native, path: str) -> tuple[Anatomy, dict]:
@@ -1009,13 +1017,6 @@ def read_anatomy(native, path: str) -> tuple[Anatomy, dict]:
     SafetensorsError for a bad file."""
     header = native.read_safetensors_header(path, group_by=PREFIX_PATTERNS)
     return classify_groups(header["groups"], header["metadata"]), header
-
-
-def _anatomy(groups: list[_Group], metadata: Mapping[str, str] | None) -> Anatomy:
-    metadata = dict(metadata or {})
-    components = [_component(group, metadata) for group in groups]
-    components.sort(key=lambda c: (_KIND_ORDER[c.kind], c.prefix))
-    return Anatomy(components, metadata)
 
 
 # --- Advice helpers ---

@@ -11,7 +11,9 @@ prompt), ``queued`` (the prompt waits 0.3 s in ComfyUI's PromptQueue first),
 ``needs-clip`` (CLIPTextEncode asks the CLIP-less checkpoint for its CLIP),
 ``diffusion-only`` (the same, with a diffusion-model-only file in
 CheckpointLoaderSimple: no CLIP and no VAE), ``slow-read`` (the checkpoint is
-dropped from the page cache and read at 20 MB/s, like a slow share).
+dropped from the page cache and read at 20 MB/s, like a slow share),
+``with-clip`` (the positive prompt encoded by a real CLIP-L with zero weights,
+loaded with CLIPLoader).
 ``--break-stagetrace`` makes every StageTrace hook raise, to show the prompt
 is unaffected.
 
@@ -32,9 +34,10 @@ import os
 import sys
 import time
 
-from .tiny_checkpoint import write_tiny_diffusion_model_only, write_tiny_sd15_checkpoint
+from .tiny_checkpoint import write_clip_l_zeros, write_tiny_diffusion_model_only, write_tiny_sd15_checkpoint
 
 CHECKPOINT = "tiny_sd15.safetensors"
+CLIP_L = "clip_l_zeros.safetensors"
 DIFFUSION_ONLY = "tiny_sd15_unet_only.safetensors"
 
 
@@ -110,6 +113,7 @@ class Harness:
         self.workdir = os.path.abspath(workdir)
         self.custom_node_dirs = tuple(os.path.abspath(d) for d in custom_node_dirs)
         self.models = os.path.join(self.workdir, "models", "checkpoints")
+        self.text_encoders = os.path.join(self.workdir, "models", "text_encoders")
         self.output = os.path.join(self.workdir, "output")
         self.executor = None
         self.server = RecordingServer()
@@ -131,6 +135,8 @@ class Harness:
         os.makedirs(self.models, exist_ok=True)
         os.makedirs(self.output, exist_ok=True)
         folder_paths.add_model_folder_path("checkpoints", self.models, is_default=True)
+        os.makedirs(self.text_encoders, exist_ok=True)
+        folder_paths.add_model_folder_path("text_encoders", self.text_encoders, is_default=True)
         folder_paths.set_output_directory(self.output)
         # only the custom nodes asked for: never whatever sits in ComfyUI/custom_nodes
         folder_paths.folder_names_and_paths["custom_nodes"] = (list(self.custom_node_dirs), set())
@@ -140,6 +146,12 @@ class Harness:
         asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
         nodes.NODE_CLASS_MAPPINGS.update(_test_nodes())
         self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+
+    def write_clip_l(self) -> str:
+        path = os.path.join(self.text_encoders, CLIP_L)
+        if not os.path.exists(path):
+            write_clip_l_zeros(path)
+        return CLIP_L
 
     def write_checkpoint(self, diffusion_model_only: bool = False) -> str:
         name = DIFFUSION_ONLY if diffusion_model_only else CHECKPOINT
@@ -225,6 +237,15 @@ def with_clip_text_encode(prompt: dict) -> dict:
     return prompt
 
 
+def with_clip_loader(prompt: dict) -> dict:
+    """The workflow with its positive prompt encoded by a real CLIP-L (all-zero weights) loaded with
+    CLIPLoader: text encoding runs for real on the CPU."""
+    prompt = json.loads(json.dumps(prompt))
+    prompt["10"] = {"class_type": "CLIPLoader", "inputs": {"clip_name": CLIP_L, "type": "stable_diffusion"}}
+    prompt["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a cat", "clip": ["10", 0]}}
+    return prompt
+
+
 def _throttle_model_reads(mb_s: float) -> None:
     """The slow-read scenario: comfy.utils.load_torch_file first drops the file from the page cache and
     reads it through a reader held to mb_s (a slow disk or network share, as StageTrace sees it: bytes
@@ -279,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--scenario", default="basic",
                         choices=("basic", "twice", "fail", "interrupt", "queued", "needs-clip", "diffusion-only",
-                                 "slow-read"))
+                                 "slow-read", "with-clip"))
     parser.add_argument("--custom-node-dir", action="append", default=[])
     parser.add_argument("--break-stagetrace", action="store_true")
     args = parser.parse_args(argv)
@@ -299,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
         prompt = with_node_between_sampler_and_decode(prompt, "HarnessInterrupt")
     elif args.scenario in ("needs-clip", "diffusion-only"):
         prompt = with_clip_text_encode(prompt)
+    elif args.scenario == "with-clip":
+        harness.write_clip_l()
+        prompt = with_clip_loader(prompt)
     runs = [harness.run(prompt, f"{args.scenario}-1", queue_wait_s=0.3 if args.scenario == "queued" else None)]
     if args.scenario == "twice":
         runs.append(harness.run(prompt, f"{args.scenario}-2"))

@@ -175,7 +175,7 @@ def filesystem_of(path: str) -> tuple[str | None, str | None]:
 
 def loaded_models() -> list[dict]:
     """What comfy.model_management holds after a load: per model, bytes loaded on the device vs its
-    total size, partial (lowvram) or full, device and dtype."""
+    total size, partial (lowvram) or full, device, weight dtype and the dtype it is cast to per layer."""
     import sys
 
     mm = sys.modules.get("comfy.model_management")
@@ -194,6 +194,8 @@ def loaded_models() -> list[dict]:
                 "total_bytes": total,
                 "partial": bool(getattr(model, "model_lowvram", False)) or loaded < total,
                 "dtype": str(patcher.model_dtype()) if hasattr(patcher, "model_dtype") else None,
+                # weights stored in one dtype and computed in another are cast on every forward
+                "manual_cast": str(getattr(model, "manual_cast_dtype", None) or "") or None,
             })
         except Exception:  # noqa: BLE001 - a model half torn down: skip it
             continue

@@ -227,3 +227,41 @@ def write_tiny_diffusion_model_only(path: str | os.PathLike, *, seed: int = 0) -
     save_file({key[len(UNET_PREFIX):]: value for key, value in state_dict.items()}, path,
               metadata={"format": "pt", "generator": "stagetrace.tiny_sd15_unet", "seed": str(seed)})
     return path
+
+
+def clip_l_shapes() -> Shapes:
+    """CLIP-L's text model (ViT-L/14), as clip_l.safetensors holds it: ComfyUI builds this encoder
+    from a fixed config (768 wide, 12 layers), so a CLIP-L file cannot be tiny."""
+    shapes: Shapes = {
+        "text_model.embeddings.token_embedding.weight": (49408, 768),
+        "text_model.embeddings.position_embedding.weight": (77, 768),
+        "text_model.final_layer_norm.weight": (768,),
+        "text_model.final_layer_norm.bias": (768,),
+    }
+    for i in range(12):
+        layer = f"text_model.encoder.layers.{i}."
+        for norm in ("layer_norm1", "layer_norm2"):
+            shapes[layer + norm + ".weight"] = (768,)
+            shapes[layer + norm + ".bias"] = (768,)
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            shapes[layer + f"self_attn.{proj}.weight"] = (768, 768)
+            shapes[layer + f"self_attn.{proj}.bias"] = (768,)
+        shapes[layer + "mlp.fc1.weight"] = (3072, 768)
+        shapes[layer + "mlp.fc1.bias"] = (3072,)
+        shapes[layer + "mlp.fc2.weight"] = (768, 3072)
+        shapes[layer + "mlp.fc2.bias"] = (768,)
+    return shapes
+
+
+def write_clip_l_zeros(path: str | os.PathLike) -> str:
+    """A CLIP-L text encoder with every weight zero (246 MB of fp16): it loads and encodes like the
+    real one (to all-zero conditioning: no NaN, layer norms of zeros are zeros), so a workflow on the
+    CPU exercises CLIPLoader and CLIPTextEncode for real."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file({k: torch.zeros(s, dtype=torch.float16) for k, s in clip_l_shapes().items()}, path,
+              metadata={"format": "pt", "generator": "stagetrace.clip_l_zeros"})
+    return path

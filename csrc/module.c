@@ -51,6 +51,8 @@ typedef struct {
     PyTypeObject *span_await_type;
     PyTypeObject *event_batch_type;
     PyTypeObject *trace_writer_type;
+    PyTypeObject *header_hold_type;
+    PyTypeObject *group_keys_type;
     PyObject *safetensors_error; /* SafetensorsError(ValueError) */
     PyObject *coroutine_type; /* types.CoroutineType */
     PyObject *method_type;    /* types.MethodType */
@@ -1402,53 +1404,282 @@ static PyObject *tensor_list(const st_sf_header *h)
     return tensors;
 }
 
-/* Checkpoints repeat a few hundred shapes over thousands of tensors: equal
- * shapes share one tuple, through a small direct-mapped cache. */
-#define SHAPE_CACHE 128
+// --- GroupKeys: one component's tensor names, without a Python object per tensor ---
 
-typedef struct shape_cache {
-    const st_sf_tensor *owner[SHAPE_CACHE]; /* whose shape each tuple is */
-    PyObject *tuple[SHAPE_CACHE];
-} shape_cache;
+/* Owns a parsed header and its grouping for the GroupKeys that read them. */
+typedef struct {
+    PyObject_HEAD
+    st_sf_header h;
+    st_sfg_result g;
+    uint32_t *members; /* tensor indices by group: group k's are members[starts[k] .. starts[k + 1]) */
+    size_t *starts;
+} HeaderHoldObject;
 
-static PyObject *cached_shape(shape_cache *cache, const st_sf_tensor *t)
+static void header_hold_dealloc(PyObject *op)
 {
-    uint64_t h = t->ndim;
-    for (unsigned d = 0; d < t->ndim; d++) {
-        h = (h ^ t->shape[d]) * 0x9E3779B97F4A7C15u;
-    }
-    unsigned slot = (unsigned)(h >> 57) % SHAPE_CACHE;
-    const st_sf_tensor *o = cache->owner[slot];
-    if (o && o->ndim == t->ndim && memcmp(o->shape, t->shape, t->ndim * sizeof t->shape[0]) == 0) {
-        return Py_NewRef(cache->tuple[slot]);
-    }
-    PyObject *shape = shape_tuple(t);
-    if (shape) {
-        PyObject *old = cache->tuple[slot];
-        cache->tuple[slot] = Py_NewRef(shape);
-        cache->owner[slot] = t;
-        Py_XDECREF(old);
-    }
-    return shape;
+    HeaderHoldObject *self = (HeaderHoldObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    st_sf_header_free(&self->h);
+    st_sfg_free(&self->g);
+    PyMem_Free(self->members);
+    PyMem_Free(self->starts);
+    PyObject_Free(op);
+    Py_DECREF(tp);
 }
 
-static void shape_cache_clear(shape_cache *cache)
+static PyType_Slot header_hold_slots[] = {
+    {Py_tp_dealloc, header_hold_dealloc},
+    {Py_tp_doc, (void *)"A parsed safetensors header kept for its GroupKeys."},
+    {0, NULL},
+};
+
+static PyType_Spec header_hold_spec = {
+    .name = "stagetrace._native.HeaderHold",
+    .basicsize = sizeof(HeaderHoldObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = header_hold_slots,
+};
+
+/* A read-only mapping {name after the group's prefix: shape} over the header:
+ * lookups hash the name in C (the reader's name index), shapes are built when
+ * asked for, and the names only when iterated. What the classifier asks of a
+ * group (a few dozen lookups) costs no Python object per tensor. */
+typedef struct {
+    PyObject_HEAD
+    HeaderHoldObject *hold;
+    uint32_t group;
+    PyObject *names; /* the names after the prefix, built on first iteration */
+} GroupKeysObject;
+
+static void group_keys_dealloc(PyObject *op)
 {
-    for (unsigned i = 0; i < SHAPE_CACHE; i++) {
-        Py_CLEAR(cache->tuple[i]);
-    }
+    GroupKeysObject *self = (GroupKeysObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    Py_XDECREF(self->names);
+    Py_XDECREF(self->hold);
+    PyObject_Free(op);
+    Py_DECREF(tp);
 }
 
-/* [(prefix, pattern, keys: {name after the prefix: shape}, tensors, parameters,
- * bytes, dtypes: {dtype: bytes})], one per group of g (tuples: cheaper than dicts
- * for the small files, where this is most of the cost). */
-static PyObject *group_list(const st_sf_header *h, const st_sfg_result *g)
+/* The tensor index of key in this group, -1 when absent, -2 with an exception set. */
+static long group_keys_find(GroupKeysObject *self, PyObject *key)
+{
+    Py_ssize_t len;
+    const char *rest = PyUnicode_AsUTF8AndSize(key, &len);
+    if (!rest) {
+        return -2;
+    }
+    const st_sf_header *h = &self->hold->h;
+    const st_sfg_group *group = &self->hold->g.groups[self->group];
+    size_t total = group->prefix_len + (size_t)len;
+    char stack[512];
+    char *full = total <= sizeof stack ? stack : PyMem_Malloc(total ? total : 1);
+    if (!full) {
+        PyErr_NoMemory();
+        return -2;
+    }
+    memcpy(full, h->strings + h->tensors[group->first].name_off, group->prefix_len);
+    memcpy(full + group->prefix_len, rest, (size_t)len);
+    long i = st_sf_find(h, full, total);
+    if (full != stack) {
+        PyMem_Free(full);
+    }
+    return i >= 0 && self->hold->g.group_of[i] == self->group ? i : -1;
+}
+
+static int group_keys_contains(PyObject *op, PyObject *key)
+{
+    if (!PyUnicode_Check(key)) {
+        return 0;
+    }
+    long i = group_keys_find((GroupKeysObject *)op, key);
+    return i == -2 ? -1 : i >= 0;
+}
+
+static PyObject *group_keys_getitem(PyObject *op, PyObject *key)
+{
+    long i = PyUnicode_Check(key) ? group_keys_find((GroupKeysObject *)op, key) : -1;
+    if (i == -2) {
+        return NULL;
+    }
+    if (i < 0) {
+        PyErr_SetObject(PyExc_KeyError, key);
+        return NULL;
+    }
+    return shape_tuple(&((GroupKeysObject *)op)->hold->h.tensors[i]);
+}
+
+static Py_ssize_t group_keys_len(PyObject *op)
+{
+    GroupKeysObject *self = (GroupKeysObject *)op;
+    return (Py_ssize_t)self->hold->g.groups[self->group].n_tensors;
+}
+
+/* The names after the prefix, in file order (built once). Borrowed. */
+static PyObject *group_keys_names(GroupKeysObject *self)
+{
+    if (self->names) {
+        return self->names;
+    }
+    const HeaderHoldObject *hold = self->hold;
+    size_t begin = hold->starts[self->group], end = hold->starts[self->group + 1];
+    uint32_t skip = hold->g.groups[self->group].prefix_len;
+    PyObject *names = PyList_New((Py_ssize_t)(end - begin));
+    for (size_t k = begin; names && k < end; k++) {
+        const st_sf_tensor *t = &hold->h.tensors[hold->members[k]];
+        PyObject *name = PyUnicode_DecodeUTF8(hold->h.strings + t->name_off + skip, t->name_len - skip, "strict");
+        if (!name) {
+            Py_CLEAR(names);
+            break;
+        }
+        PyList_SetItem(names, (Py_ssize_t)(k - begin), name);
+    }
+    self->names = names;
+    return names;
+}
+
+static PyObject *group_keys_iter(PyObject *op)
+{
+    PyObject *names = group_keys_names((GroupKeysObject *)op);
+    return names ? PyObject_GetIter(names) : NULL;
+}
+
+static PyObject *group_keys_keys(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    PyObject *names = group_keys_names((GroupKeysObject *)op);
+    return names ? PyList_GetSlice(names, 0, PyList_Size(names)) : NULL;
+}
+
+/* matching(head, tail): the names (after the prefix) that start with head and end
+ * with tail, compared in C: a "#" pattern's candidates without a str per name. */
+static PyObject *group_keys_matching(PyObject *op, PyObject *args)
+{
+    GroupKeysObject *self = (GroupKeysObject *)op;
+    const char *head, *tail;
+    Py_ssize_t head_len, tail_len;
+    if (!PyArg_ParseTuple(args, "s#s#", &head, &head_len, &tail, &tail_len)) {
+        return NULL;
+    }
+    const HeaderHoldObject *hold = self->hold;
+    uint32_t skip = hold->g.groups[self->group].prefix_len;
+    PyObject *out = PyList_New(0);
+    for (size_t k = hold->starts[self->group]; out && k < hold->starts[self->group + 1]; k++) {
+        const st_sf_tensor *t = &hold->h.tensors[hold->members[k]];
+        const char *name = hold->h.strings + t->name_off + skip;
+        size_t len = t->name_len - skip;
+        if (len < (size_t)(head_len + tail_len) || memcmp(name, head, (size_t)head_len) != 0 ||
+            memcmp(name + len - (size_t)tail_len, tail, (size_t)tail_len) != 0) {
+            continue;
+        }
+        PyObject *str = PyUnicode_DecodeUTF8(name, (Py_ssize_t)len, "strict");
+        if (!str || PyList_Append(out, str) < 0) {
+            Py_XDECREF(str);
+            Py_CLEAR(out);
+        } else {
+            Py_DECREF(str);
+        }
+    }
+    return out;
+}
+
+static PyObject *group_keys_get(PyObject *op, PyObject *args)
+{
+    PyObject *key, *fallback = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O", &key, &fallback)) {
+        return NULL;
+    }
+    long i = PyUnicode_Check(key) ? group_keys_find((GroupKeysObject *)op, key) : -1;
+    if (i == -2) {
+        return NULL;
+    }
+    return i < 0 ? Py_NewRef(fallback) : shape_tuple(&((GroupKeysObject *)op)->hold->h.tensors[i]);
+}
+
+static PyObject *group_keys_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat("<GroupKeys: %zd names>", group_keys_len(op));
+}
+
+static PyMethodDef group_keys_methods[] = {
+    {"keys", group_keys_keys, METH_NOARGS, "The names after the group's prefix, in file order."},
+    {"get", group_keys_get, METH_VARARGS, "get(name, default=None) -> shape."},
+    {"matching", group_keys_matching, METH_VARARGS,
+     "matching(head, tail) -> the names that start with head and end with tail."},
+    {NULL},
+};
+
+static PyType_Slot group_keys_slots[] = {
+    {Py_tp_dealloc, group_keys_dealloc},
+    {Py_tp_iter, group_keys_iter},
+    {Py_tp_repr, group_keys_repr},
+    {Py_tp_methods, group_keys_methods},
+    {Py_sq_contains, group_keys_contains},
+    {Py_mp_subscript, group_keys_getitem},
+    {Py_mp_length, group_keys_len},
+    {Py_tp_doc, (void *)"{name after a component's prefix: shape}, read-only, over a parsed header."},
+    {0, NULL},
+};
+
+static PyType_Spec group_keys_spec = {
+    .name = "stagetrace._native.GroupKeys",
+    .basicsize = sizeof(GroupKeysObject),
+    .flags = Py_TPFLAGS_DEFAULT,
+    .slots = group_keys_slots,
+};
+
+/* Move *h and *g into a new HeaderHold (they are zeroed: nothing left to free),
+ * with the tensors listed group by group. */
+static HeaderHoldObject *header_hold_new(module_state *st, st_sf_header *h, st_sfg_result *g)
+{
+    HeaderHoldObject *hold = PyObject_New(HeaderHoldObject, st->header_hold_type);
+    if (!hold) {
+        return NULL;
+    }
+    hold->h = *h;
+    hold->g = *g;
+    memset(h, 0, sizeof *h);
+    memset(g, 0, sizeof *g);
+    hold->starts = PyMem_Calloc(hold->g.n_groups + 1, sizeof *hold->starts);
+    hold->members = PyMem_Malloc((hold->h.n_tensors ? hold->h.n_tensors : 1) * sizeof *hold->members);
+    if (!hold->starts || !hold->members) {
+        Py_DECREF(hold);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (size_t i = 0; i < hold->h.n_tensors; i++) { /* counting sort by group, file order kept */
+        hold->starts[hold->g.group_of[i] + 1]++;
+    }
+    for (size_t k = 0; k < hold->g.n_groups; k++) {
+        hold->starts[k + 1] += hold->starts[k];
+    }
+    size_t *next = PyMem_Calloc(hold->g.n_groups ? hold->g.n_groups : 1, sizeof *next);
+    if (!next) {
+        Py_DECREF(hold);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (size_t i = 0; i < hold->h.n_tensors; i++) {
+        uint32_t k = hold->g.group_of[i];
+        hold->members[hold->starts[k] + next[k]++] = (uint32_t)i;
+    }
+    PyMem_Free(next);
+    return hold;
+}
+
+/* [(prefix, pattern, keys: GroupKeys {name after the prefix: shape}, tensors,
+ * parameters, bytes, dtypes: {dtype: bytes})], one per group of *g; *h and *g
+ * move into the GroupKeys' HeaderHold. */
+static PyObject *group_list(module_state *st, st_sf_header *h, st_sfg_result *g)
 {
     PyObject *groups = PyList_New((Py_ssize_t)g->n_groups);
-    PyObject **keys = PyMem_Calloc(g->n_groups ? g->n_groups : 1, sizeof *keys);
-    if (!groups || !keys) {
-        goto error;
+    HeaderHoldObject *hold = groups ? header_hold_new(st, h, g) : NULL;
+    if (!hold) {
+        Py_XDECREF(groups);
+        return NULL;
     }
+    h = &hold->h;
+    g = &hold->g;
     for (size_t k = 0; k < g->n_groups; k++) {
         const st_sfg_group *group = &g->groups[k];
         PyObject *dtypes = PyDict_New();
@@ -1461,46 +1692,35 @@ static PyObject *group_list(const st_sf_header *h, const st_sfg_result *g)
                 Py_CLEAR(dtypes);
             }
         }
-        keys[k] = PyDict_New();
+        GroupKeysObject *keys = PyObject_New(GroupKeysObject, st->group_keys_type);
+        if (keys) {
+            keys->hold = (HeaderHoldObject *)Py_NewRef(hold);
+            keys->group = (uint32_t)k;
+            keys->names = NULL;
+        }
         PyObject *item = Py_BuildValue(
             "(NiNKKKN)",
             PyUnicode_DecodeUTF8(h->strings + h->tensors[group->first].name_off, group->prefix_len, "strict"),
-            group->pattern, keys[k], (unsigned long long)group->n_tensors, (unsigned long long)group->parameters,
-            (unsigned long long)group->bytes, dtypes);
+            group->pattern, (PyObject *)keys, (unsigned long long)group->n_tensors,
+            (unsigned long long)group->parameters, (unsigned long long)group->bytes, dtypes);
         if (!item) { /* N released what it had */
-            goto error;
+            Py_DECREF(hold);
+            Py_DECREF(groups);
+            return NULL;
         }
         PyList_SetItem(groups, (Py_ssize_t)k, item);
     }
-    shape_cache cache;
-    memset(&cache, 0, sizeof cache);
-    for (size_t i = 0; i < h->n_tensors; i++) {
-        const st_sf_tensor *t = &h->tensors[i];
-        uint32_t skip = g->groups[g->group_of[i]].prefix_len;
-        PyObject *name = PyUnicode_DecodeUTF8(h->strings + t->name_off + skip, t->name_len - skip, "strict");
-        PyObject *shape = name ? cached_shape(&cache, t) : NULL;
-        int bad = !shape || PyDict_SetItem(keys[g->group_of[i]], name, shape) < 0;
-        Py_XDECREF(name);
-        Py_XDECREF(shape);
-        if (bad) {
-            shape_cache_clear(&cache);
-            goto error;
-        }
-    }
-    shape_cache_clear(&cache);
-    PyMem_Free(keys); /* borrowed: each group dict owns its keys dict */
+    Py_DECREF(hold); /* the GroupKeys hold it now */
     return groups;
-error:
-    PyMem_Free(keys);
-    Py_XDECREF(groups);
-    return NULL;
 }
 
-static PyObject *header_to_dict(const st_sf_header *h, const st_sfg_result *g)
+static PyObject *header_to_dict(module_state *st, st_sf_header *h, st_sfg_result *g)
 {
-    PyObject *items = g ? group_list(h, g) : tensor_list(h);
+    /* what the dict needs from h, before group_list moves it */
+    unsigned long long header_len = h->header_len, file_size = h->file_size, data_end = h->data_end;
     PyObject *meta = h->has_metadata ? PyDict_New() : Py_NewRef(Py_None);
-    if (!items || !meta) {
+    PyObject *items = NULL;
+    if (!meta) {
         goto error;
     }
     for (size_t i = 0; i < h->n_meta && meta != Py_None; i++) {
@@ -1514,9 +1734,12 @@ static PyObject *header_to_dict(const st_sf_header *h, const st_sfg_result *g)
             goto error;
         }
     }
+    items = g ? group_list(st, h, g) : tensor_list(h);
+    if (!items) {
+        goto error;
+    }
     return Py_BuildValue("{sNsNsKsKsK}", g ? "groups" : "tensors", items, "metadata", meta, "header_bytes",
-                         (unsigned long long)h->header_len, "file_size", (unsigned long long)h->file_size,
-                         "data_bytes", (unsigned long long)h->data_end); /* N steals both */
+                         header_len, "file_size", file_size, "data_bytes", data_end); /* N steals both */
 error:
     Py_XDECREF(items);
     Py_XDECREF(meta);
@@ -1577,7 +1800,7 @@ static PyObject *mod_read_safetensors_header(PyObject *m, PyObject *args, PyObje
     if (grouped < 0) {
         PyErr_NoMemory();
     } else if ((path = PyUnicode_DecodeFSDefault(cpath)) != NULL) {
-        r = status == ST_SF_OK ? header_to_dict(&h, grouped ? &g : NULL)
+        r = status == ST_SF_OK ? header_to_dict(PyModule_GetState(m), &h, grouped ? &g : NULL)
                                : safetensors_error(PyModule_GetState(m), path, &h, status);
     }
     Py_XDECREF(path);
@@ -1979,9 +2202,9 @@ static PyMethodDef module_methods[] = {
      "dtype, shape, begin, end)] in file order, metadata, header_bytes, file_size, data_bytes}.\n"
      "Reads only the header; SafetensorsError (with .path .status .offset .detail) for anything\n"
      "malformed. With group_by, a sequence of prefix patterns ('#' a run of digits, '*' any run),\n"
-     "'groups' replaces 'tensors': [(prefix, pattern (index, -1 for none), keys: {name after the\n"
-     "prefix: shape}, tensors, parameters, bytes, dtypes: {dtype: bytes})], each tensor in the\n"
-     "group of the first pattern matching the start of its name."},
+     "'groups' replaces 'tensors': [(prefix, pattern (index, -1 for none), keys: GroupKeys\n"
+     "{name after the prefix: shape}, tensors, parameters, bytes, dtypes: {dtype: bytes})], each\n"
+     "tensor in the group of the first pattern matching the start of its name."},
     {"cupti_start", (PyCFunction)(void (*)(void))mod_cupti_start, METH_VARARGS | METH_KEYWORDS,
      "cupti_start(paths, buffer_bytes=0, max_buffers=0) -> (ok, status, reason): load CUPTI from the\n"
      "first path that opens (once per process) and start kernel/memcpy/memset collection."},
@@ -2025,6 +2248,8 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->span_await_type);
     Py_VISIT(st->event_batch_type);
     Py_VISIT(st->trace_writer_type);
+    Py_VISIT(st->header_hold_type);
+    Py_VISIT(st->group_keys_type);
     Py_VISIT(st->safetensors_error);
     Py_VISIT(st->coroutine_type);
     Py_VISIT(st->method_type);
@@ -2038,6 +2263,8 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->span_await_type);
     Py_CLEAR(st->event_batch_type);
     Py_CLEAR(st->trace_writer_type);
+    Py_CLEAR(st->header_hold_type);
+    Py_CLEAR(st->group_keys_type);
     Py_CLEAR(st->safetensors_error);
     Py_CLEAR(st->coroutine_type);
     Py_CLEAR(st->method_type);
@@ -2080,7 +2307,9 @@ static int module_exec(PyObject *m)
     if (add_type(m, &wrapper_spec, &st->wrapper_type) < 0 ||
         add_type(m, &span_await_spec, &st->span_await_type) < 0 ||
         add_type(m, &batch_spec, &st->event_batch_type) < 0 ||
-        add_type(m, &writer_spec, &st->trace_writer_type) < 0) {
+        add_type(m, &writer_spec, &st->trace_writer_type) < 0 ||
+        add_type(m, &header_hold_spec, &st->header_hold_type) < 0 ||
+        add_type(m, &group_keys_spec, &st->group_keys_type) < 0) {
         return -1;
     }
     st->safetensors_error = PyErr_NewExceptionWithDoc(

@@ -328,40 +328,51 @@ uint64_t st_sf_name_hash(const char *s, size_t len)
     return h ^ (h >> 29);
 }
 
-/* Duplicate tensor names, found with an open-addressing table of tensor
- * indices (a slot per name at most half full); the later occurrence in the
- * file is the one reported. */
-static st_sf_status check_names_unique(parser *ps)
+/* The name index: an open-addressing table of tensor indices, a slot per
+ * name at most half full. Built while checking for duplicate names (the
+ * later occurrence in the file is the one reported) and kept for
+ * st_sf_find; rebuilt when check_layout reorders the tensors. */
+static st_sf_status index_names(parser *ps, int report_duplicates)
 {
-    const st_sf_header *h = ps->h;
-    size_t n = h->n_tensors;
-    if (n < 2) {
-        return ST_SF_OK;
-    }
-    size_t cap = 4;
+    st_sf_header *h = ps->h;
+    size_t n = h->n_tensors, cap = 4;
     while (cap < 2 * n) {
         cap *= 2;
     }
-    uint32_t *slots = malloc(cap * sizeof *slots); /* tensor index + 1; 0 is empty */
-    if (!slots) {
+    free(h->name_slots);
+    h->name_slots = calloc(cap, sizeof *h->name_slots);
+    h->name_slots_cap = h->name_slots ? cap : 0;
+    if (!h->name_slots) {
         return ST_SF_NO_MEMORY;
     }
-    memset(slots, 0, cap * sizeof *slots);
-    st_sf_status status = ST_SF_OK;
-    for (size_t i = 0; i < n && status == ST_SF_OK; i++) {
+    for (size_t i = 0; i < n; i++) {
         const st_sf_tensor *t = &h->tensors[i];
         size_t at = (size_t)st_sf_name_hash(name_of(ps, t), t->name_len) & (cap - 1);
-        for (; slots[at]; at = (at + 1) & (cap - 1)) {
-            const st_sf_tensor *other = &h->tensors[slots[at] - 1];
-            if (other->name_len == t->name_len && memcmp(name_of(ps, other), name_of(ps, t), t->name_len) == 0) {
-                status = fail_at(ps, ST_SF_DUPLICATE_KEY, ps->key_pos[i], name_of(ps, t));
-                break;
+        for (; h->name_slots[at]; at = (at + 1) & (cap - 1)) {
+            const st_sf_tensor *other = &h->tensors[h->name_slots[at] - 1];
+            if (report_duplicates && other->name_len == t->name_len &&
+                memcmp(name_of(ps, other), name_of(ps, t), t->name_len) == 0) {
+                return fail_at(ps, ST_SF_DUPLICATE_KEY, ps->key_pos[i], name_of(ps, t));
             }
         }
-        slots[at] = (uint32_t)(i + 1);
+        h->name_slots[at] = (uint32_t)(i + 1);
     }
-    free(slots);
-    return status;
+    return ST_SF_OK;
+}
+
+long st_sf_find(const st_sf_header *h, const char *name, size_t len)
+{
+    if (!h->name_slots_cap) {
+        return -1;
+    }
+    size_t mask = h->name_slots_cap - 1;
+    for (size_t at = (size_t)st_sf_name_hash(name, len) & mask; h->name_slots[at]; at = (at + 1) & mask) {
+        const st_sf_tensor *t = &h->tensors[h->name_slots[at] - 1];
+        if (t->name_len == len && memcmp(h->strings + t->name_off, name, len) == 0) {
+            return (long)(h->name_slots[at] - 1);
+        }
+    }
+    return -1;
 }
 
 static st_sf_status check_layout(parser *ps)
@@ -375,6 +386,10 @@ static st_sf_status check_layout(parser *ps)
     }
     if (!sorted) {
         qsort(h->tensors, h->n_tensors, sizeof *h->tensors, by_begin);
+        st_sf_status status = index_names(ps, 0); /* the index held pre-sort positions */
+        if (status != ST_SF_OK) {
+            return status;
+        }
     }
     /* first: does the file hold all the data the header declares? (a
      * truncated download), so later offsets always point inside the file */
@@ -462,7 +477,7 @@ static st_sf_status parse_json(parser *ps)
         ps->c.err_pos = ps->c.pos;
         return fail_json(ps, ST_JSON_UNEXPECTED_CHAR, "after the header object");
     }
-    st_sf_status status = check_names_unique(ps);
+    st_sf_status status = index_names(ps, 1);
     return status != ST_SF_OK ? status : check_layout(ps);
 }
 
@@ -531,9 +546,12 @@ static st_sf_status finish(st_sf_header *h, st_sf_status status)
         free(h->tensors);
         free(h->meta);
         free(h->strings);
+        free(h->name_slots);
         h->tensors = NULL;
         h->meta = NULL;
         h->strings = NULL;
+        h->name_slots = NULL;
+        h->name_slots_cap = 0;
         h->n_tensors = h->n_meta = h->strings_len = 0;
     }
     return status;
@@ -624,6 +642,7 @@ void st_sf_header_free(st_sf_header *h)
     free(h->tensors);
     free(h->meta);
     free(h->strings);
+    free(h->name_slots);
     reset(h);
 }
 

@@ -57,6 +57,8 @@ typedef struct st_sf_header {
     uint64_t header_len; /* N, the JSON's length */
     uint64_t file_size;
     uint64_t data_end;   /* largest tensor end: the data the header declares */
+    uint32_t *name_slots; /* hash index of the names (tensor index + 1; 0 empty), for st_sf_find */
+    size_t name_slots_cap;
     /* on failure */
     uint64_t err_offset;
     int err_errno;
@@ -82,6 +84,10 @@ void st_sf_header_free(st_sf_header *h);
 /* The dtype's safetensors name ("F16"), its size in bits, or NULL/0 when out of range. */
 const char *st_sf_dtype_name(unsigned dtype);
 unsigned st_sf_dtype_bits(unsigned dtype);
+
+/* The index of the tensor named name (len bytes) in h, or -1. Lock-free on a
+ * header nobody modifies; can't fail. */
+long st_sf_find(const st_sf_header *h, const char *name, size_t len);
 
 /* A 64-bit hash of len bytes at s, for hash tables of names: spreads them,
  * nothing more (confirm equal hashes with memcmp). Can't fail. */

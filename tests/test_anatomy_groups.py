@@ -24,12 +24,12 @@ def python_groups(native, path):
     """What anatomy._group_by_prefix makes of the file's plain tensor list, as C-reader tuples."""
     header = native.read_safetensors_header(path)
     tensors = {name: (dtype, shape, end - begin) for name, dtype, shape, begin, end in header["tensors"]}
-    return [(g.prefix, PREFIX_PATTERNS.index(g.spec.pattern) if g.spec else -1, g.keys, g.tensors, g.parameters,
-             g.bytes, g.dtype_bytes) for g in anatomy._group_by_prefix(tensors)]
+    return anatomy._group_by_prefix(tensors)
 
 
 def by_prefix(groups):
-    return {g[0]: g for g in groups}
+    """Groups by prefix, each group's keys as a plain dict (the reader gives a GroupKeys mapping)."""
+    return {g[0]: (g[0], g[1], dict(g[2]), *g[3:]) for g in groups}
 
 
 @pytest.mark.parametrize("fixture", FIXTURE_FILES)
@@ -57,17 +57,25 @@ def test_groups_of_an_all_in_one_checkpoint(native, tmp_path):
         "text_encoders.t5xxl.transformer.shared.weight": np.zeros((3, 5), np.uint8),
         "lonely": np.zeros((), np.float64),
     }, path)
-    groups = by_prefix(native.read_safetensors_header(path, group_by=PREFIX_PATTERNS)["groups"])
+    raw = {g[0]: g for g in native.read_safetensors_header(path, group_by=PREFIX_PATTERNS)["groups"]}
+    groups = by_prefix(raw.values())
     assert set(groups) == {"model.diffusion_model.", "conditioner.embedders.0.", "conditioner.embedders.1.",
                            "conditioner.embedders.12.", "first_stage_model.", "text_encoders.t5xxl.", ""}
-    prefix, pattern, keys, tensors, parameters, nbytes, dtypes = groups["model.diffusion_model."]
+    prefix, pattern, keys, tensors, parameters, nbytes, dtypes = raw["model.diffusion_model."]
     assert pattern == PREFIX_PATTERNS.index("model.diffusion_model.")
-    assert keys == {"input_blocks.0.0.weight": (4, 2, 3, 3), "out.2.bias": (4,)}
+    assert dict(keys) == {"input_blocks.0.0.weight": (4, 2, 3, 3), "out.2.bias": (4,)}
+    assert "out.2.bias" in keys and "out.2.weight" not in keys and 3 not in keys and len(keys) == 2
+    assert keys["out.2.bias"] == (4,) and keys.get("nope", "x") == "x" and sorted(keys) == sorted(keys.keys())
+    with pytest.raises(KeyError):
+        keys["model.diffusion_model.out.2.bias"]  # names are relative to the prefix
+    assert keys.matching("input_blocks.", ".weight") == ["input_blocks.0.0.weight"]
     assert (tensors, parameters, nbytes) == (2, 76, 72 * 2 + 4 * 4)
     assert dtypes == {"F16": 144, "F32": 16}
-    assert groups["text_encoders.t5xxl."][2] == {"transformer.shared.weight": (3, 5)}
+    assert dict(groups["text_encoders.t5xxl."][2]) == {"transformer.shared.weight": (3, 5)}
     assert groups["text_encoders.t5xxl."][6] == {"U8": 15}
-    assert groups[""][1] == -1 and groups[""][2] == {"lonely": ()} and groups[""][4] == 1
+    assert groups[""][1] == -1 and dict(groups[""][2]) == {"lonely": ()} and groups[""][4] == 1
+    # a name under another group's prefix is not in the unprefixed group, though its name starts there
+    assert "model.diffusion_model.out.2.bias" not in raw[""][2]
 
 
 def test_group_by_rejects_what_is_not_a_sequence_of_str(native, tmp_path):

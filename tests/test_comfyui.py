@@ -312,6 +312,15 @@ def stage_events(trace, stage):
     return [e for e in trace["traceEvents"] if e.get("cat") == stage and e["ph"] == "X"]
 
 
+def successful_run(tmp_path, scenario):
+    """Run a scenario that must succeed: (its trace, the node spans by class)."""
+    result, _ = run_harness(tmp_path, scenario)
+    assert result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    trace = load(str(path))
+    return result, trace, {e["name"]: e for e in node_events(trace)}
+
+
 def inside(inner, outer):
     return outer["ts"] <= inner["ts"] and inner["ts"] + inner["dur"] <= outer["ts"] + outer["dur"] + 1e-3
 
@@ -319,11 +328,7 @@ def inside(inner, outer):
 def test_stage_spans_inside_the_nodes(tmp_path):
     """Read, build, to-device, the sampler with one span per step, VAE decode and save, each inside its
     node and carrying what it measured; ComfyUI's telling log lines as events."""
-    result, _ = run_harness(tmp_path, "basic")
-    assert result["runs"][0]["success"]
-    (path,) = traces(tmp_path)
-    trace = load(str(path))
-    nodes = {e["name"]: e for e in node_events(trace)}
+    result, trace, nodes = successful_run(tmp_path, "basic")
     (read,) = stage_events(trace, "model_load.read")
     checkpoint = tmp_path / "models" / "checkpoints" / "tiny_sd15.safetensors"
     assert read["name"] == "tiny_sd15.safetensors" and read["args"]["file_bytes"] == checkpoint.stat().st_size
@@ -337,6 +342,7 @@ def test_stage_spans_inside_the_nodes(tmp_path):
     unet = next(e for e in loads if e["name"] == "load BaseModel")
     (model,) = [m for m in unet["args"]["models"] if m["model"] == "BaseModel"]
     assert model["loaded_bytes"] == model["total_bytes"] > 0 and model["partial"] is False
+    assert model["dtype"] == "torch.float32" and model["manual_cast"] is None  # the CPU computes in fp32
     (sample,) = stage_events(trace, "sample")
     steps = stage_events(trace, "sample.step")
     assert sample["args"]["steps"] == 2 and [s["args"]["step"] for s in steps] == [1, 2]
@@ -414,3 +420,19 @@ def test_html_report_opens_in_headless_chromium_with_its_timeline(tmp_path):
                            "--window-size=1200,900", f"file://{page}"], capture_output=True, text=True, timeout=120)
     assert snap.returncode == 0 and shot.stat().st_size > 10_000, snap.stderr[-2000:]
     assert "Uncaught" not in dom.stderr and "ERR_" not in dom.stderr
+
+
+def test_text_encoding_with_a_real_clip_l(tmp_path):
+    """CLIPLoader + CLIPTextEncode with a full-size CLIP-L of zero weights: the clip file's read and
+    build, its move to the device, and the text_encode span inside CLIPTextEncode."""
+    _, trace, nodes = successful_run(tmp_path, "with-clip")
+    (encode,) = stage_events(trace, "text_encode")
+    assert encode["name"] == "SD1ClipModel" and encode["args"]["tokens"] == 77 and encode["dur"] > 0
+    assert inside(encode, nodes["CLIPTextEncode"])
+    reads = {e["name"]: e for e in stage_events(trace, "model_load.read")}
+    assert reads["clip_l_zeros.safetensors"]["args"]["file_bytes"] == 246_144_192
+    builds = {e["name"]: e for e in stage_events(trace, "model_load.build")}
+    assert inside(builds["text encoder"], nodes["CLIPLoader"])
+    clip_loads = [e for e in stage_events(trace, "model_load.to_device") if e["name"] == "load SD1ClipModel"]
+    assert clip_loads and all(m["loaded_bytes"] == m["total_bytes"] for e in clip_loads
+                              for m in e["args"]["models"] if m["model"] == "SD1ClipModel")

@@ -70,6 +70,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (i && h.tensors[i - 1].begin > t->begin) {
                 abort();
             }
+            /* the name index finds every tensor by its own name */
+            if (st_sf_find(&h, h.strings + t->name_off, t->name_len) != (long)i) {
+                abort();
+            }
         }
         if (8 + h.header_len + h.data_end > h.file_size) {
             abort();
