@@ -243,10 +243,13 @@ def rule_fp8(ev: Evidence) -> Finding | NotChecked | None:
         return None
     path, c = fp8[0]
     d = no_fp8[0]
+    casts = sorted({m["manual_cast"] for e in ev.spans.get("model_load.to_device", [])
+                    for m in (e.get("args") or {}).get("models") or [] if m.get("manual_cast")})
+    cast = f"; ComfyUI computes it in {', '.join(casts)}" if casts else ""
     return Finding("fp8-no-compute", TITLES["fp8-no-compute"],
                    f"{path}: {c.get('label', 'diffusion model')} stored in {', '.join(c.get('dtypes', {}))}; "
                    f"{d.get('name')} is sm_{str(d.get('compute_capability', '?')).replace('.', '')}, without FP8 "
-                   "compute (sm_89 and newer have it)", None,
+                   f"compute (sm_89 and newer have it){cast}", None,
                    "every layer's FP8 weights are cast to fp16/bf16 on each forward pass (or upcast at load, "
                    "doubling their memory)",
                    "use the fp16/bf16 (or GGUF) variant of the model on this GPU, or a GPU of the Ada/Hopper "

@@ -252,7 +252,11 @@ class Recorder:
         self.last_trace = path
         self._report_hook_errors()
         if self.settings.summary or self.settings.report:
-            self._report(path)
+            try:
+                self._report(path)
+            except Exception as exc:  # noqa: BLE001 - the trace is written; only the report is lost
+                log_once("report", "the report for %s failed (%s: %s); the trace is complete", path,
+                         type(exc).__name__, exc)
         return path
 
     def _report(self, path: str) -> None:

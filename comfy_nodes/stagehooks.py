@@ -413,6 +413,9 @@ def _sample(spans: StageSpans):
                 steps = _StepClock(spans, total, sigma_list)
                 try:
                     return original(self, model_wrap, sigmas, extra_args, steps.wrap(callback), *args, **kwargs)
+                except BaseException as exc:
+                    steps.finish(cut_short_by=exc)
+                    raise
                 finally:
                     steps.finish()
         return sample
@@ -451,18 +454,25 @@ class _StepClock:
             return None
         return step_done
 
-    def finish(self) -> None:
-        """The loop ended: drop the span opened for a step that never ran."""
+    def finish(self, cut_short_by: BaseException | None = None) -> None:
+        """The loop ended: drop the span opened for a step that never ran, or, when an exception cut
+        the loop short (an interrupt, out of memory), keep it as the step that was running."""
         token, self.token = self.token, None
-        if token is not None:
-            try:
-                self.spans._open()[_STEP] = False
-                n = self.spans.native
-                n.nvtx_range_end(token[3])
-                if token[4]:
-                    n.gpu_window_close(token[4], n.now_ns())
-            except Exception as exc:  # noqa: BLE001
-                log_once("step-span", "step spans skipped (%s: %s)", type(exc).__name__, exc)
+        if token is None:
+            return
+        try:
+            if cut_short_by is not None:
+                interrupted = not isinstance(cut_short_by, Exception) or _is_interrupt(cut_short_by)
+                self.spans.end(token, {"step": self.index + 1, "of": self.total,
+                                       "outcome": "interrupted" if interrupted else "error"})
+                return
+            self.spans._open()[_STEP] = False
+            n = self.spans.native
+            n.nvtx_range_end(token[3])
+            if token[4]:
+                n.gpu_window_close(token[4], n.now_ns())
+        except Exception as exc:  # noqa: BLE001
+            log_once("step-span", "step spans skipped (%s: %s)", type(exc).__name__, exc)
 
 
 def _vae(spans: StageSpans, stage: int):

@@ -136,6 +136,11 @@ def fp8_trace(device):
 def test_fp8_weights_on_an_rtx_3090_are_cast_every_layer():
     f = result(fp8_trace(RTX3090), "fp8-no-compute")
     assert isinstance(f, Finding) and "sm_86" in f.evidence and "fp8_e4m3fn" in f.evidence
+    trace = fp8_trace(RTX3090)
+    trace["traceEvents"].append(span("model_load.to_device", "load QwenImage", 0, 10, models=[
+        {"model": "QwenImage", "device": "cuda:0", "loaded_bytes": 1, "total_bytes": 1, "partial": False,
+         "dtype": "torch.float8_e4m3fn", "manual_cast": "torch.bfloat16"}]))
+    assert "ComfyUI computes it in torch.bfloat16" in result(trace, "fp8-no-compute").evidence
 
 
 def test_fp8_weights_on_an_rtx_4090_are_fine_and_no_gpu_facts_is_not_checked():

@@ -2,6 +2,7 @@
 command, through the real C core (no ComfyUI needed)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -152,3 +153,22 @@ def test_trace_names_never_collide(tmp_path):
     open(first, "w").close()
     second = trace_path(str(tmp_path), "a/b c", when=0)
     assert second != first and second.endswith("_a_b_c-2.trace.json")
+
+
+def test_a_failing_report_leaves_the_trace_whole(native, tmp_path, monkeypatch, caplog):
+    import comfy_nodes.diagnose as diagnose_module
+
+    def broken(trace, *args):
+        raise ZeroDivisionError("a bug in the report")
+
+    monkeypatch.setattr(diagnose_module, "diagnose", broken)
+    native.drain()
+    settings = Settings(disabled=False, output_dir=str(tmp_path), nvtx=False, summary=True, buffer_events=1024)
+    rec = Recorder(native, settings, lambda: str(tmp_path))
+    rec.prompt_begin({"1": {"class_type": "Loader"}}, "p-2", {})
+    native.Wrapper(lambda: None, stages.PROMPT, "prompt", detail="p-2")()
+    with caplog.at_level(logging.WARNING, logger="stagetrace"):
+        path = rec.prompt_end()
+    assert load(path)["otherData"]["prompt_id"] == "p-2"  # the trace is complete
+    assert not list(tmp_path.glob("*.report.*"))  # and no half report beside it
+    assert "the report for" in caplog.text and "ZeroDivisionError" in caplog.text

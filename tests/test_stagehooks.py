@@ -154,3 +154,29 @@ def test_filesystem_and_storage_facts(tmp_path):
     assert filesystem_of("/proc/self/status")[0] == "proc"
     before = storage_read_bytes()
     assert before is None or before >= 0
+
+
+def test_a_step_cut_short_is_kept_with_its_outcome(spans):
+    class InterruptProcessingException(Exception):  # ComfyUI's, by name
+        pass
+
+    Interrupted = InterruptProcessingException
+
+    class Sampler:
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise):
+            callback({"i": 0})
+            raise Interrupted  # the user pressed cancel during step 2
+
+    sample = _sample(spans)(Sampler.sample)
+    with pytest.raises(Interrupted):
+        sample(Sampler(), None, [3.0, 2.0, 1.0, 0.0], {}, None, None)
+    steps = [e for e in spans.trace_events(1) if e["cat"] == "sample.step"]
+    assert [(e["args"]["step"], e["args"].get("outcome")) for e in steps] == [(1, None), (2, "interrupted")]
+    (whole,) = [e for e in spans.trace_events(1) if e["cat"] == "sample"]
+    assert whole["args"]["outcome"] == "interrupted"
+    spans.clear()
+    with pytest.raises(MemoryError):
+        _sample(spans)(lambda self, mw, sigmas, ea, callback, noise: (_ for _ in ()).throw(MemoryError()))(
+            Sampler(), None, [1.0, 0.0], {}, None, None)
+    (step,) = [e for e in spans.trace_events(1) if e["cat"] == "sample.step"]
+    assert step["args"]["outcome"] == "error" and step["args"]["step"] == 1
