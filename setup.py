@@ -128,34 +128,23 @@ def extension():
     full_api = os.environ.get("STAGETRACE_FULL_API") == "1"
     macros = [("_GNU_SOURCE", None)]
     include_dirs = ["csrc"]
-    nvtx = find_nvtx_include()
-    if nvtx:
-        macros.append(("ST_HAVE_NVTX", "1"))
-        include_dirs.append(nvtx)
-        print(f"stagetrace: NVTX headers from {nvtx}")
-    else:
-        print(
-            "stagetrace: no NVTX headers found (pip install nvidia-nvtx-cu12, or set "
-            "STAGETRACE_NVTX_INCLUDE); building without NVTX ranges"
-        )
-    cupti = find_cupti_include()
-    if cupti:
-        macros.append(("ST_HAVE_CUPTI", "1"))
-        include_dirs.extend(cupti)
-        print(f"stagetrace: CUPTI headers from {os.pathsep.join(cupti)}")
-    else:
-        print(
-            "stagetrace: no CUPTI headers found (pip install nvidia-cuda-cupti nvidia-cuda-runtime "
-            "nvidia-cuda-crt, or set STAGETRACE_CUPTI_INCLUDE); building without GPU activity collection"
-        )
-    nvml = find_nvml_include()
-    if nvml:
-        macros.append(("ST_HAVE_NVML", "1"))
-        include_dirs.append(nvml)
-        print(f"stagetrace: NVML header from {nvml}")
-    else:
-        print("stagetrace: no nvml.h found (pip install nvidia-nvml-dev-cu12, or set "
-              "STAGETRACE_NVML_INCLUDE); building without GPU sampling")
+    headers = (
+        ("NVTX headers", "ST_HAVE_NVTX", find_nvtx_include(),
+         "pip install nvidia-nvtx-cu12, or set STAGETRACE_NVTX_INCLUDE", "NVTX ranges"),
+        ("CUPTI headers", "ST_HAVE_CUPTI", find_cupti_include(),
+         "pip install nvidia-cuda-cupti nvidia-cuda-runtime nvidia-cuda-crt, or set STAGETRACE_CUPTI_INCLUDE",
+         "GPU activity collection"),
+        ("NVML header", "ST_HAVE_NVML", find_nvml_include(),
+         "pip install nvidia-nvml-dev-cu12, or set STAGETRACE_NVML_INCLUDE", "GPU sampling"),
+    )
+    for what, macro, found, how, feature in headers:
+        if found:
+            dirs = found if isinstance(found, list) else [found]
+            macros.append((macro, "1"))
+            include_dirs.extend(dirs)
+            print(f"stagetrace: {what} from {os.pathsep.join(dirs)}")
+        else:
+            print(f"stagetrace: no {what} found ({how}); building without {feature}")
     if not full_api:
         macros.append(("Py_LIMITED_API", LIMITED_API_HEX))
     return Extension(

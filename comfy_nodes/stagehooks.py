@@ -12,7 +12,6 @@ fails lets the call through untouched and logs once.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import os
 import re
@@ -265,13 +264,6 @@ class LogTap(logging.Handler):
 # --- Hooks ----------------------------------------------------------------------------------------
 
 
-def _params(func) -> list[str]:
-    try:
-        return list(inspect.signature(func).parameters)
-    except (TypeError, ValueError):
-        return []
-
-
 class StageHooks:
     """Installs the stage hooks on ComfyUI's modules; `installed` and `missing` name them."""
 
@@ -282,6 +274,8 @@ class StageHooks:
         self.missing: list[str] = []
 
     def wrap(self, owner, name: str, params: list[str], label: str, make) -> None:
+        from .comfyui import _params  # the one signature check every hook uses
+
         original = getattr(owner, "__dict__", {}).get(name) if owner is not None else None
         if original is None or _params(original)[: len(params)] != params:
             self.missing.append(f"no {label} spans: {label.split(' ')[0]} not found or its signature changed")

@@ -283,6 +283,16 @@ static uint64_t on_trace_clock(uint64_t t)
 
 #define BATCH 512
 
+/* The fields every record kind has, under the same names: times on the trace
+ * clock, device and stream. */
+#define WHEN_AND_WHERE(r, rec)                                                                       \
+    do {                                                                                             \
+        (r)->start = on_trace_clock((rec)->start);                                                   \
+        (r)->end = on_trace_clock((rec)->end);                                                       \
+        (r)->device = (rec)->deviceId;                                                               \
+        (r)->stream = (rec)->streamId;                                                               \
+    } while (0)
+
 static void CUPTIAPI buffer_completed(CUcontext context, uint32_t stream, uint8_t *buffer, size_t size,
                                       size_t valid)
 {
@@ -299,10 +309,7 @@ static void CUPTIAPI buffer_completed(CUcontext context, uint32_t stream, uint8_
         case CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL: {
             const kernel_record *k = (const kernel_record *)record;
             r->kind = ST_GPU_KERNEL;
-            r->start = on_trace_clock(k->start);
-            r->end = on_trace_clock(k->end);
-            r->device = k->deviceId;
-            r->stream = k->streamId;
+            WHEN_AND_WHERE(r, k);
             r->name_id = kernel_name_id(k->name);
             break;
         }
@@ -311,20 +318,14 @@ static void CUPTIAPI buffer_completed(CUcontext context, uint32_t stream, uint8_
             r->kind = ST_GPU_MEMCPY;
             r->copy = copy_direction(m->copyKind);
             r->bytes = m->bytes;
-            r->start = on_trace_clock(m->start);
-            r->end = on_trace_clock(m->end);
-            r->device = m->deviceId;
-            r->stream = m->streamId;
+            WHEN_AND_WHERE(r, m);
             break;
         }
         case CUPTI_ACTIVITY_KIND_MEMSET: {
             const memset_record *m = (const memset_record *)record;
             r->kind = ST_GPU_MEMSET;
             r->bytes = m->bytes;
-            r->start = on_trace_clock(m->start);
-            r->end = on_trace_clock(m->end);
-            r->device = m->deviceId;
-            r->stream = m->streamId;
+            WHEN_AND_WHERE(r, m);
             break;
         }
         default:
