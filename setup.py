@@ -33,6 +33,13 @@ from setuptools import Extension, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [
     "csrc/module.c",
+    "csrc/bind_events.c",
+    "csrc/bind_gpu.c",
+    "csrc/bind_names.c",
+    "csrc/bind_nvml.c",
+    "csrc/bind_safetensors.c",
+    "csrc/bind_spans.c",
+    "csrc/bind_trace.c",
     "csrc/st_clock.c",
     "csrc/st_cupti.c",
     "csrc/st_events.c",

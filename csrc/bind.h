@@ -1,0 +1,145 @@
+/* bind.h: what the binding files (bind_*.c) share, and nothing the pure-C
+ * st_* units may include. Each binding file exposes one concept to Python:
+ *
+ *   bind_names.c        names, stages and outcomes (intern, name_of, STAGES)
+ *   bind_events.c       the clock and the event buffers (record, drain, EventBatch)
+ *   bind_spans.c        hooks: Wrapper, SpanAwait, NVTX calls, hook errors
+ *   bind_trace.c        TraceWriter and the JSON escaper
+ *   bind_safetensors.c  read_safetensors_header, GroupKeys, SafetensorsError
+ *   bind_gpu.c          CUPTI collection and GPU attribution windows
+ *   bind_nvml.c         the NVML sampler
+ *
+ * module.c owns the module's life cycle: it calls each file's bind_X_init()
+ * from its exec slot and adds each file's method table. All of these need the
+ * GIL unless they say otherwise. */
+#ifndef ST_BIND_H
+#define ST_BIND_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "st_events.h"
+
+// --- Module state -------------------------------------------------------------
+
+/* Per-module references (types, exception, imported helpers). The C state
+ * behind them (event buffers, intern table, NVTX domain, CUPTI) is
+ * process-wide. */
+typedef struct {
+    PyTypeObject *wrapper_type;
+    PyTypeObject *span_await_type;
+    PyTypeObject *event_batch_type;
+    PyTypeObject *trace_writer_type;
+    PyTypeObject *header_hold_type;
+    PyTypeObject *group_keys_type;
+    PyObject *safetensors_error; /* SafetensorsError(ValueError) */
+    PyObject *coroutine_type;    /* types.CoroutineType */
+    PyObject *method_type;       /* types.MethodType */
+} module_state;
+
+/* The state of the module that created tp (a heap type of this module). */
+static inline module_state *bind_state_of_type(PyTypeObject *tp)
+{
+    return (module_state *)PyType_GetModuleState(tp);
+}
+
+/* Create the heap type of spec for module m, store a new reference in *slot
+ * and add it to the module under the last dotted part of spec->name.
+ * Returns 0, or -1 with an exception set. */
+static inline int bind_add_type(PyObject *m, PyType_Spec *spec, PyTypeObject **slot)
+{
+    *slot = (PyTypeObject *)PyType_FromModuleAndSpec(m, spec, NULL);
+    if (!*slot) {
+        return -1;
+    }
+    const char *dot = strrchr(spec->name, '.');
+    Py_INCREF(*slot);
+    if (PyModule_AddObject(m, dot + 1, (PyObject *)*slot) < 0) {
+        Py_DECREF(*slot);
+        return -1;
+    }
+    return 0;
+}
+
+/* Store the truth of arg into flag. None, or NULL with an exception set. */
+static inline PyObject *bind_store_flag(atomic_int *flag, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    atomic_store(flag, on);
+    Py_RETURN_NONE;
+}
+
+// --- bind_names.c ---------------------------------------------------------------
+
+/* Intern a str (lone surrogates are kept as their bytes for the JSON escaper
+ * to replace) and register it with NVTX; None gives ST_INTERN_NONE. 0, or -1
+ * with TypeError (not str or None) or MemoryError set. */
+int bind_intern(PyObject *s, uint32_t *id);
+
+/* NVTX payload for a detail: the number itself when the detail is a plain
+ * decimal node id ("12"), else the intern id. Can't fail. */
+uint64_t bind_detail_payload(uint32_t detail_id);
+
+/* 0 when stage (outcome) is in range, else -1 with ValueError set. */
+int bind_check_stage(long stage);
+int bind_check_outcome(long outcome);
+
+/* Adds STAGES, OUTCOMES and STAGE_COLOURS. */
+int bind_names_init(PyObject *m, module_state *st);
+extern PyMethodDef bind_names_methods[];
+
+// --- bind_events.c --------------------------------------------------------------
+
+/* The events drain() moved out of the buffers; owned by the batch. The trace
+ * writer's binding reads them. */
+typedef struct {
+    PyObject_HEAD
+    st_event *events;
+    size_t n;
+} EventBatchObject;
+
+/* Adds EventBatch. */
+int bind_events_init(PyObject *m, module_state *st);
+extern PyMethodDef bind_events_methods[];
+
+// --- bind_spans.c ---------------------------------------------------------------
+
+/* Errors swallowed inside hooks so far. Can't fail. */
+uint64_t bind_hook_error_count(void);
+
+/* Adds Wrapper and SpanAwait (registered as a collections.abc.Coroutine),
+ * NVTX_COMPILED, and initialises NVTX. */
+int bind_spans_init(PyObject *m, module_state *st);
+extern PyMethodDef bind_spans_methods[];
+
+// --- bind_trace.c ---------------------------------------------------------------
+
+/* Adds TraceWriter and TRACE_FORMAT_VERSION. */
+int bind_trace_init(PyObject *m, module_state *st);
+extern PyMethodDef bind_trace_methods[];
+
+// --- bind_safetensors.c ---------------------------------------------------------
+
+/* Adds GroupKeys, HeaderHold and SafetensorsError. */
+int bind_safetensors_init(PyObject *m, module_state *st);
+extern PyMethodDef bind_safetensors_methods[];
+
+// --- bind_gpu.c -----------------------------------------------------------------
+
+/* Whether Wrapper spans open GPU attribution windows (gpu_set_windows()). */
+extern atomic_int bind_gpu_windows_enabled;
+
+extern PyMethodDef bind_gpu_methods[];
+
+// --- bind_nvml.c ----------------------------------------------------------------
+
+extern PyMethodDef bind_nvml_methods[];
+
+#endif
