@@ -943,3 +943,31 @@ def test_writer_errors_name_the_path(fresh, tmp_path):
     with pytest.raises(TypeError):
         w.write_batch([])
     w.abort()
+
+
+# The exact bytes of a small trace, pinned: the writer may get faster, never different.
+PINNED_TRACE = (
+    b'{"traceEvents":[\n'
+    b'{"ph":"X","cat":"node","name":"KSampler","ts":0.123,"dur":2.500,"pid":42,"tid":TID,'
+    b'"args":{"outcome":"ok","node_id":"3"}},\n'
+    b'{"ph":"X","cat":"prompt","name":"prompt","ts":0.000,"dur":11.000,"pid":42,"tid":TID,'
+    b'"args":{"outcome":"interrupted","prompt_id":"p-1"}},\n'
+    b'{"ph":"i","s":"t","cat":"anatomy","name":"anatomy: \\"x\\"\\n\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd",'
+    b'"ts":0.500,"pid":42,"tid":TID,"args":{"outcome":"ok","path":"/m/a.safetensors"}},\n'
+    b'{"ph":"X","cat":"other","name":"other","ts":0.000,"dur":0.002,"pid":42,"tid":TID,"args":{"outcome":"cached"}}\n'
+    b'],"displayTimeUnit":"ms","stagetraceFormat":1,"otherData":{"k":1}}\n'
+)
+
+
+def test_writer_bytes_are_pinned(fresh, tmp_path):
+    fresh.record(NODE, fresh.intern("KSampler"), fresh.intern("3"), 1_000_000_123, 1_000_002_623, 0)
+    fresh.record(PROMPT, fresh.intern("prompt"), fresh.intern("p-1"), 999_999_000, 1_000_010_000, 2)
+    anatomy = fresh.STAGES.index("anatomy")
+    name = fresh.intern('anatomy: "x"\n\u00e9\ud800')
+    fresh.record(anatomy, name, fresh.intern("/m/a.safetensors"), 1_000_000_500, 1_000_000_500, 0, instant=True)
+    fresh.record(OTHER, fresh.intern("other"), 0, 5, 7, 4)
+    path = tmp_path / "pinned.trace.json"
+    w = fresh.TraceWriter(str(path))
+    w.write_batch(fresh.drain(), 42, 1_000_000_000)
+    w.commit('{"k":1}')
+    assert path.read_bytes() == PINNED_TRACE.replace(b"TID", str(threading.get_native_id()).encode())
