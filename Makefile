@@ -33,7 +33,7 @@ sanitize:
 	CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address,undefined" \
 	    $(PYTHON) setup.py build_ext --inplace --force
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
-	    $(PYTHON) -m pytest tests/test_native_core.py tests/test_safetensors_reader.py tests/test_anatomy_groups.py tests/test_gpu.py -q
+	    $(PYTHON) -m pytest tests/test_native_core.py tests/test_native_args.py tests/test_safetensors_reader.py tests/test_anatomy_groups.py tests/test_gpu.py -q
 	$(PYTHON) setup.py build_ext --inplace --force
 
 # The native tests under valgrind (the real interpreter, not a pyenv shim
@@ -43,8 +43,8 @@ sanitize:
 valgrind: build
 	mkdir -p build
 	PYTHONMALLOC=malloc valgrind --leak-check=no --num-callers=30 --log-file=build/valgrind.log \
-	    $$($(PYTHON) -c 'import sys; print(sys.executable)') -m pytest tests/test_native_core.py -q -p no:cacheprovider
-	@if grep -E "\((module|st_[a-z]+)\.c:[0-9]+\)" build/valgrind.log; then \
+	    $$($(PYTHON) -c 'import sys; print(sys.executable)') -m pytest tests/test_native_core.py tests/test_native_args.py -q -p no:cacheprovider
+	@if grep -E "\((module|bind_[a-z]+|st_[a-z]+)\.c:[0-9]+\)" build/valgrind.log; then \
 	    echo "valgrind: errors in StageTrace code (build/valgrind.log)"; exit 1; \
 	else echo "valgrind: no errors in StageTrace code"; fi
 

@@ -33,6 +33,7 @@ from setuptools import Extension, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [
     "csrc/module.c",
+    "csrc/bind_args.c",
     "csrc/bind_events.c",
     "csrc/bind_gpu.c",
     "csrc/bind_names.c",
@@ -47,12 +48,14 @@ SOURCES = [
     "csrc/st_intern.c",
     "csrc/st_json.c",
     "csrc/st_jsonscan.c",
+    "csrc/st_jsonw.c",
     "csrc/st_nvml.c",
     "csrc/st_nvtx.c",
     "csrc/st_safetensors.c",
     "csrc/st_sfgroup.c",
     "csrc/st_sink.c",
     "csrc/st_stage.c",
+    "csrc/st_stagespan.c",
     "csrc/st_trace.c",
 ]
 LIMITED_API_HEX = "0x030A0000"  # abi3 for CPython 3.10 and newer

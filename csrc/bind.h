@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "st_events.h"
+#include "st_sink.h"
 
 // --- Module state -------------------------------------------------------------
 
@@ -39,6 +40,7 @@ typedef struct {
     PyObject *safetensors_error; /* SafetensorsError(ValueError) */
     PyObject *coroutine_type;    /* types.CoroutineType */
     PyObject *method_type;       /* types.MethodType */
+    PyObject *json_loads;        /* json.loads, for EventBatch.events() */
 } module_state;
 
 /* The state of the module that created tp (a heap type of this module). */
@@ -95,17 +97,43 @@ int bind_check_outcome(long outcome);
 int bind_names_init(PyObject *m, module_state *st);
 extern PyMethodDef bind_names_methods[];
 
+// --- bind_args.c ----------------------------------------------------------------
+
+/* Containers nest at most this deep in args, the args object included; a
+ * deeper one is written as the string "<too deep>". */
+#define BIND_ARGS_MAX_DEPTH 8
+
+/* An event's args as JSON object text, made by bind_args_serialize. */
+typedef struct {
+    const char *text; /* NULL: no args (or lost) */
+    size_t len;
+    int lost; /* out of memory while serializing: the event goes without args */
+    st_sink sink;
+} bind_args_text;
+
+/* Serialize args (a dict, or None/NULL for none) for an event of kind, stage
+ * and detail into out: keys str (non-str keys through str()); values None,
+ * bool, int (any size, decimal), float (non-finite as null), str, bytes
+ * (UTF-8, ill-formed sequences as U+FFFD), list/tuple, dict, anything else as
+ * str(value) ("<unprintable>" when that raises). A span's or instant's own
+ * members ("outcome", and the stage's detail key when detail_id is set) are
+ * left out of its args. Never raises for a value and keeps any exception in
+ * flight; returns -1 with TypeError set only when args is neither None nor a
+ * dict. Free out with bind_args_free. */
+int bind_args_serialize(PyObject *args, unsigned kind, unsigned stage, uint32_t detail_id,
+                        bind_args_text *out);
+void bind_args_free(bind_args_text *a);
+
 // --- bind_events.c --------------------------------------------------------------
 
 /* The events drain() moved out of the buffers; owned by the batch. The trace
  * writer's binding reads them. */
 typedef struct {
     PyObject_HEAD
-    st_event *events;
-    size_t n;
+    st_events_batch batch;
 } EventBatchObject;
 
-/* Adds EventBatch. */
+/* Adds EventBatch and the EVENT_* kinds. */
 int bind_events_init(PyObject *m, module_state *st);
 extern PyMethodDef bind_events_methods[];
 

@@ -13,6 +13,7 @@
 #include "st_intern.h"
 #include "st_nvtx.h"
 #include "st_stage.h"
+#include "st_stagespan.h"
 
 // --- Recording switch and hook errors ------------------------------------------------
 
@@ -730,6 +731,81 @@ static PyObject *mod_hook_errors(PyObject *m, PyObject *unused)
     return Py_BuildValue("(Ks)", (unsigned long long)hook_error_count, hook_error_last);
 }
 
+// --- Stage spans: begin/end by token ------------------------------------------------
+
+static PyObject *mod_stage_begin(PyObject *m, PyObject *args)
+{
+    (void)m;
+    long stage;
+    PyObject *name;
+    uint32_t name_id;
+    if (!PyArg_ParseTuple(args, "lU", &stage, &name) || bind_check_stage(stage) < 0 ||
+        bind_intern(name, &name_id) < 0) {
+        return NULL;
+    }
+    uint64_t token = 0;
+    if (atomic_load_explicit(&recording_enabled, memory_order_relaxed)) {
+        st_stagespan_begin((unsigned)stage, name_id, ST_INTERN_NONE, 0,
+                           atomic_load_explicit(&bind_gpu_windows_enabled, memory_order_relaxed),
+                           &token);
+    }
+    return PyLong_FromUnsignedLongLong(token);
+}
+
+/* The token argument: 0, or -1 with an exception set (not an int). */
+static int parse_token(PyObject *arg, uint64_t *token)
+{
+    *token = PyLong_AsUnsignedLongLong(arg);
+    if (*token == (uint64_t)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* negative or too large: no token we issued */
+        *token = 1;     /* thread serial 0: rejected as foreign */
+    }
+    return 0;
+}
+
+static PyObject *mod_stage_end(PyObject *m, PyObject *args, PyObject *kwargs)
+{
+    (void)m;
+    static char *kwlist[] = {"token", "args", "outcome", NULL};
+    PyObject *token_arg, *event_args = Py_None;
+    long outcome = ST_OUTCOME_OK;
+    uint64_t token;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|Ol", kwlist, &token_arg, &event_args,
+                                     &outcome) ||
+        bind_check_outcome(outcome) < 0 || parse_token(token_arg, &token) < 0) {
+        return NULL;
+    }
+    if (event_args != Py_None && !PyDict_Check(event_args)) {
+        return PyErr_Format(PyExc_TypeError, "args must be a dict or None, not %R",
+                            (PyObject *)Py_TYPE(event_args));
+    }
+    if (token == 0) {
+        Py_RETURN_NONE;
+    }
+    bind_args_text text; /* stage spans have no detail: only "outcome" is their own */
+    if (bind_args_serialize(event_args, ST_EVENT_SPAN, ST_STAGE_OTHER, ST_INTERN_NONE, &text) < 0) {
+        return NULL;
+    }
+    st_events_stored stored;
+    st_stagespan_end(token, text.text, text.lost ? 1 : text.len, (unsigned)outcome, &stored);
+    bind_args_free(&text);
+    Py_RETURN_NONE;
+}
+
+static PyObject *mod_stage_abandon(PyObject *m, PyObject *arg)
+{
+    (void)m;
+    uint64_t token;
+    if (parse_token(arg, &token) < 0) {
+        return NULL;
+    }
+    st_stagespan_abandon(token);
+    Py_RETURN_NONE;
+}
+
 PyMethodDef bind_spans_methods[] = {
     {"nvtx_range_start", mod_nvtx_range_start, METH_VARARGS,
      "nvtx_range_start(stage, name_id, payload=0) -> range id (0 when NVTX is off)."},
@@ -740,6 +816,17 @@ PyMethodDef bind_spans_methods[] = {
     {"enabled", mod_enabled, METH_NOARGS, "Whether recording is on."},
     {"nvtx_set_enabled", mod_nvtx_set_enabled, METH_O, "Turn NVTX emission on or off."},
     {"nvtx_enabled", mod_nvtx_enabled, METH_NOARGS, "Whether NVTX emission is on."},
+    {"stage_begin", mod_stage_begin, METH_VARARGS,
+     "stage_begin(stage, name) -> token: open a stage span on this thread (the\n"
+     "time, an NVTX range, a GPU window when gpu_set_windows(True)). 0 when a span of the\n"
+     "same stage is open on this thread (spans of one stage do not nest) or recording is off."},
+    {"stage_end", (PyCFunction)(void (*)(void))mod_stage_end, METH_VARARGS | METH_KEYWORDS,
+     "stage_end(token, args=None, outcome=0): close the span and record it with args (a dict,\n"
+     "as for record()). Token 0 does nothing; a token from another thread or of a closed span\n"
+     "is ignored and counted (stats()['stage_tokens_rejected'])."},
+    {"stage_abandon", mod_stage_abandon, METH_O,
+     "stage_abandon(token): close the span without recording it (its NVTX range and GPU\n"
+     "window end)."},
     {"hook_errors", mod_hook_errors, METH_NOARGS,
      "(count, last message) of errors swallowed inside hooks."},
     {NULL},

@@ -98,8 +98,10 @@ static PyObject *writer_write_batch(PyObject *op, PyObject *args)
     EventBatchObject *b = (EventBatchObject *)batch;
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    for (size_t i = 0; i < b->n; i++) {
-        st_trace_event(&self->w, &b->events[i], (uint32_t)pid, epoch);
+    for (size_t i = 0; i < b->batch.n; i++) {
+        const st_event *e = &b->batch.events[i];
+        st_trace_event(&self->w, e, e->args_len ? b->batch.args + e->args_off : NULL,
+                       (uint32_t)pid, epoch);
     }
     Py_END_ALLOW_THREADS
     self->busy = 0;

@@ -27,6 +27,7 @@ static int module_traverse(PyObject *m, visitproc visit, void *arg)
     Py_VISIT(st->safetensors_error);
     Py_VISIT(st->coroutine_type);
     Py_VISIT(st->method_type);
+    Py_VISIT(st->json_loads);
     return 0;
 }
 
@@ -42,6 +43,7 @@ static int module_clear(PyObject *m)
     Py_CLEAR(st->safetensors_error);
     Py_CLEAR(st->coroutine_type);
     Py_CLEAR(st->method_type);
+    Py_CLEAR(st->json_loads);
     return 0;
 }
 

@@ -1,7 +1,12 @@
-/* st_events: one single-producer ring per thread. The owning thread is the
- * only writer of `head`; the drainer (under registry_lock) is the only writer
- * of `tail`. Positions grow without bound and are masked into the ring, so a
- * full ring is head - tail == capacity. */
+/* st_events: one single-producer ring per thread, and beside it, once the
+ * thread records args, one single-producer byte arena for them. The owning
+ * thread is the only writer of `head` and `arena_head`; the drainer (under
+ * registry_lock) is the only writer of `tail` and `arena_tail`. Positions grow
+ * without bound and are masked into the ring (arena), so a full ring is
+ * head - tail == capacity. An event's args are contiguous in the arena (a
+ * record that would straddle its end starts again at its beginning) and the
+ * event keeps the low 32 bits of their position: the arena is smaller than
+ * 4 GiB, so the drainer recovers the position from its own tail. */
 #include "st_events.h"
 
 #include <pthread.h>
@@ -19,6 +24,13 @@ typedef struct st_buffer {
     _Atomic uint64_t tail;
     _Atomic uint64_t dropped;
     atomic_int thread_alive;
+    char *arena;          /* args bytes; NULL until the thread's first args */
+    uint32_t arena_mask;  /* arena bytes - 1, fixed when the buffer is made */
+    int arena_failed;     /* its allocation failed: args are dropped, events kept */
+    uint64_t arena_head;  /* owning thread only */
+    _Atomic uint64_t arena_tail;
+    _Atomic uint64_t args_dropped;
+    uint64_t drain_head;    /* guarded by registry_lock: what the drain in progress takes */
     struct st_buffer *next; /* registry list; guarded by registry_lock */
 } st_buffer;
 
@@ -28,6 +40,7 @@ static uint32_t registry_size;
 static _Atomic uint32_t new_capacity = ST_EVENTS_DEFAULT_CAPACITY;
 /* Drops that happened before a thread had a buffer, or from freed buffers. */
 static _Atomic uint64_t orphan_dropped;
+static _Atomic uint64_t orphan_args_dropped;
 
 /* initial-exec: a plain %fs-relative load on the hot path instead of a
  * __tls_get_addr call; two words fit glibc's surplus static TLS for dlopen. */
@@ -76,6 +89,11 @@ static st_buffer *buffer_create(void)
     }
     buf->ring = ring;
     buf->mask = cap - 1;
+    uint64_t arena_bytes = (uint64_t)cap * ST_EVENTS_ARGS_BYTES_PER_EVENT;
+    arena_bytes = arena_bytes < ST_EVENTS_ARGS_MIN_BYTES   ? ST_EVENTS_ARGS_MIN_BYTES
+                  : arena_bytes > ST_EVENTS_ARGS_MAX_BYTES ? ST_EVENTS_ARGS_MAX_BYTES
+                                                           : arena_bytes;
+    buf->arena_mask = (uint32_t)(arena_bytes - 1); /* every bound is a power of two */
     buf->tid = (uint32_t)syscall(SYS_gettid);
     atomic_init(&buf->thread_alive, 1);
     pthread_once(&exit_key_once, exit_key_create);
@@ -95,78 +113,195 @@ error:
     return NULL;
 }
 
-int st_events_append(st_event *ev)
+/* The calling thread's buffer, created on its first event; NULL when that
+ * failed (now or before). */
+static inline st_buffer *thread_buffer_get(void)
 {
     st_buffer *buf = thread_buffer;
     if (__builtin_expect(buf == NULL, 0)) {
         if (thread_buffer_failed || !(buf = buffer_create())) {
             thread_buffer_failed = 1;
-            atomic_fetch_add_explicit(&orphan_dropped, 1, memory_order_relaxed);
-            return 0;
+            return NULL;
         }
         thread_buffer = buf;
     }
-    uint64_t head = atomic_load_explicit(&buf->head, memory_order_relaxed);
+    return buf;
+}
+
+/* Room for len contiguous args bytes in buf's arena (allocated here the first
+ * time): 1 and their position in *pos, or 0. Owning thread only. */
+static int arena_reserve(st_buffer *buf, size_t len, uint64_t *pos)
+{
+    size_t size = (size_t)buf->arena_mask + 1;
+    if (!buf->arena) {
+        if (buf->arena_failed || !(buf->arena = malloc(size))) {
+            buf->arena_failed = 1;
+            return 0;
+        }
+    }
+    if (len > size) {
+        return 0;
+    }
+    uint64_t start = buf->arena_head;
+    size_t off = (size_t)(start & buf->arena_mask);
+    if (off + len > size) {
+        start += size - off; /* would straddle the end: start again at the beginning */
+    }
+    uint64_t tail = atomic_load_explicit(&buf->arena_tail, memory_order_acquire);
+    if (start + len - tail > size) {
+        return 0;
+    }
+    *pos = start;
+    return 1;
+}
+
+static inline int ring_full(st_buffer *buf, uint64_t head)
+{
     uint64_t tail = atomic_load_explicit(&buf->tail, memory_order_acquire);
-    if (head - tail > buf->mask) {
+    return head - tail > buf->mask;
+}
+
+int st_events_append(st_event *ev)
+{
+    st_buffer *buf = thread_buffer_get();
+    if (!buf) {
+        atomic_fetch_add_explicit(&orphan_dropped, 1, memory_order_relaxed);
+        return 0;
+    }
+    uint64_t head = atomic_load_explicit(&buf->head, memory_order_relaxed);
+    if (ring_full(buf, head)) {
         atomic_fetch_add_explicit(&buf->dropped, 1, memory_order_relaxed);
         return 0;
     }
-    ev->tid = buf->tid;
+    if (!ev->tid) {
+        ev->tid = buf->tid;
+    }
+    ev->args_len = 0;
     buf->ring[head & buf->mask] = *ev;
     atomic_store_explicit(&buf->head, head + 1, memory_order_release);
     return 1;
 }
 
-st_events_status st_events_drain(st_event **out, size_t *n)
+st_events_stored st_events_append_args(st_event *ev, const char *args, size_t len)
 {
-    *out = NULL;
-    *n = 0;
-    /* lock order: registry_lock only */
-    pthread_mutex_lock(&registry_lock);
-    size_t total = 0;
-    for (st_buffer *b = registry; b; b = b->next) {
-        total += atomic_load_explicit(&b->head, memory_order_acquire) -
-                 atomic_load_explicit(&b->tail, memory_order_relaxed);
+    st_buffer *buf = thread_buffer_get();
+    if (!buf) {
+        atomic_fetch_add_explicit(&orphan_dropped, 1, memory_order_relaxed);
+        return ST_EVENTS_DROPPED;
     }
-    st_event *events = NULL;
-    if (total) {
-        events = malloc(total * sizeof *events);
-        if (!events) {
-            pthread_mutex_unlock(&registry_lock);
-            return ST_EVENTS_NO_MEMORY;
+    uint64_t head = atomic_load_explicit(&buf->head, memory_order_relaxed);
+    if (ring_full(buf, head)) { /* checked first: a dropped event takes no arena room */
+        atomic_fetch_add_explicit(&buf->dropped, 1, memory_order_relaxed);
+        return ST_EVENTS_DROPPED;
+    }
+    st_events_stored stored = ST_EVENTS_STORED;
+    uint64_t pos;
+    ev->args_off = 0;
+    ev->args_len = 0;
+    if (len) {
+        if (args && arena_reserve(buf, len, &pos)) {
+            memcpy(buf->arena + (pos & buf->arena_mask), args, len);
+            buf->arena_head = pos + len;
+            ev->args_off = (uint32_t)pos; /* low 32 bits; see the top of this file */
+            ev->args_len = (uint32_t)len;
+        } else {
+            atomic_fetch_add_explicit(&buf->args_dropped, 1, memory_order_relaxed);
+            stored = ST_EVENTS_STORED_BARE;
         }
     }
-    size_t filled = 0;
+    if (!ev->tid) {
+        ev->tid = buf->tid;
+    }
+    buf->ring[head & buf->mask] = *ev;
+    atomic_store_explicit(&buf->head, head + 1, memory_order_release);
+    return stored;
+}
+
+static void buffer_free(st_buffer *b)
+{
+    atomic_fetch_add_explicit(&orphan_dropped, atomic_load(&b->dropped), memory_order_relaxed);
+    atomic_fetch_add_explicit(&orphan_args_dropped, atomic_load(&b->args_dropped),
+                              memory_order_relaxed);
+    free(b->arena);
+    free(b->ring);
+    free(b);
+}
+
+st_events_status st_events_drain(st_events_batch *out)
+{
+    memset(out, 0, sizeof *out);
+    /* lock order: registry_lock only */
+    pthread_mutex_lock(&registry_lock);
+    /* 1. what to take: each ring up to its head now (producers may go on appending) */
+    size_t total = 0;
+    for (st_buffer *b = registry; b; b = b->next) {
+        b->drain_head = atomic_load_explicit(&b->head, memory_order_acquire);
+        total += b->drain_head - atomic_load_explicit(&b->tail, memory_order_relaxed);
+    }
+    /* 2. copy the events; nothing is consumed until everything is allocated */
+    st_event *events = total ? malloc(total * sizeof *events) : NULL;
+    char *args = NULL;
+    size_t filled = 0, args_bytes = 0;
+    if (total && !events) {
+        goto error;
+    }
+    for (st_buffer *b = registry; b; b = b->next) {
+        for (uint64_t pos = atomic_load_explicit(&b->tail, memory_order_relaxed);
+             pos < b->drain_head; pos++) {
+            events[filled] = b->ring[pos & b->mask];
+            args_bytes += events[filled++].args_len;
+        }
+    }
+    if (args_bytes && !(args = malloc(args_bytes))) {
+        goto error;
+    }
+    /* 3. copy the args, consume, and free the buffers of exited threads once empty */
+    size_t k = 0, args_at = 0;
     st_buffer **link = &registry;
     while (*link) {
         st_buffer *b = *link;
-        uint64_t tail = atomic_load_explicit(&b->tail, memory_order_relaxed);
-        uint64_t head = atomic_load_explicit(&b->head, memory_order_acquire);
-        /* a producer may have appended since the count: take only what fits */
-        if (head - tail > total - filled) {
-            head = tail + (total - filled);
+        uint64_t arena_pos = atomic_load_explicit(&b->arena_tail, memory_order_relaxed);
+        uint64_t taken = b->drain_head - atomic_load_explicit(&b->tail, memory_order_relaxed);
+        for (uint64_t j = 0; j < taken; j++) {
+            st_event *e = &events[k++];
+            if (!e->args_len) {
+                continue;
+            }
+            uint64_t p = arena_pos + (uint32_t)(e->args_off - (uint32_t)arena_pos);
+            memcpy(args + args_at, b->arena + (p & b->arena_mask), e->args_len);
+            e->args_off = (uint32_t)args_at;
+            args_at += e->args_len;
+            arena_pos = p + e->args_len;
         }
-        for (uint64_t pos = tail; pos < head; pos++) {
-            events[filled++] = b->ring[pos & b->mask];
-        }
-        atomic_store_explicit(&b->tail, head, memory_order_release);
+        atomic_store_explicit(&b->arena_tail, arena_pos, memory_order_release);
+        atomic_store_explicit(&b->tail, b->drain_head, memory_order_release);
         int alive = atomic_load_explicit(&b->thread_alive, memory_order_acquire);
-        if (!alive && head == atomic_load_explicit(&b->head, memory_order_acquire)) {
+        if (!alive && b->drain_head == atomic_load_explicit(&b->head, memory_order_acquire)) {
             *link = b->next;
             registry_size--;
-            atomic_fetch_add_explicit(&orphan_dropped, atomic_load(&b->dropped),
-                                      memory_order_relaxed);
-            free(b->ring);
-            free(b);
+            buffer_free(b);
             continue;
         }
         link = &b->next;
     }
     pthread_mutex_unlock(&registry_lock);
-    *out = events;
-    *n = filled;
+    out->events = events;
+    out->n = filled;
+    out->args = args;
+    out->args_bytes = args_bytes;
     return ST_EVENTS_OK;
+error:
+    pthread_mutex_unlock(&registry_lock);
+    free(events);
+    free(args);
+    return ST_EVENTS_NO_MEMORY;
+}
+
+void st_events_batch_free(st_events_batch *batch)
+{
+    free(batch->events);
+    free(batch->args);
+    memset(batch, 0, sizeof *batch);
 }
 
 uint64_t st_events_dropped(void)
@@ -175,6 +310,17 @@ uint64_t st_events_dropped(void)
     uint64_t total = atomic_load(&orphan_dropped);
     for (st_buffer *b = registry; b; b = b->next) {
         total += atomic_load_explicit(&b->dropped, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return total;
+}
+
+uint64_t st_events_args_dropped(void)
+{
+    pthread_mutex_lock(&registry_lock);
+    uint64_t total = atomic_load(&orphan_args_dropped);
+    for (st_buffer *b = registry; b; b = b->next) {
+        total += atomic_load_explicit(&b->args_dropped, memory_order_relaxed);
     }
     pthread_mutex_unlock(&registry_lock);
     return total;

@@ -85,24 +85,53 @@ static void write_interned(st_sink *s, uint32_t id)
     st_json_write_string(s, str, len);
 }
 
-void st_trace_event(st_trace_writer *w, const st_event *ev, uint32_t pid, uint64_t epoch_ns)
+/* The members of the args object at args (its len bytes, "{...}"), without
+ * the braces; appended after a comma when some were written before. */
+static void write_args_members(st_sink *s, const char *args, size_t len, int after_others)
+{
+    if (!args || len <= 2) { /* none, or "{}" */
+        return;
+    }
+    if (after_others) {
+        st_sink_putc(s, ',');
+    }
+    st_sink_write(s, args + 1, len - 2);
+}
+
+void st_trace_event(st_trace_writer *w, const st_event *ev, const char *args, uint32_t pid,
+                    uint64_t epoch_ns)
 {
     if (!w->open) {
         return;
     }
     st_sink *s = &w->sink;
     const char *stage = st_stage_name(ev->stage);
-    const char *outcome = st_outcome_name(ev->outcome);
     uint64_t t0 = ev->t_begin_ns > epoch_ns ? ev->t_begin_ns - epoch_ns : 0;
+    size_t args_len = args ? ev->args_len : 0;
     separator(w);
-    st_sink_puts(s, ev->kind == ST_EVENT_INSTANT ? "{\"ph\":\"i\",\"s\":\"t\",\"cat\":\""
-                                                 : "{\"ph\":\"X\",\"cat\":\"");
-    st_sink_puts(s, stage ? stage : "other");
-    st_sink_puts(s, "\",\"name\":");
+    switch (ev->kind) {
+    case ST_EVENT_INSTANT: st_sink_puts(s, "{\"ph\":\"i\",\"s\":\"t\""); break;
+    case ST_EVENT_COUNTER: st_sink_puts(s, "{\"ph\":\"C\""); break;
+    case ST_EVENT_METADATA: st_sink_puts(s, "{\"ph\":\"M\""); break;
+    default: st_sink_puts(s, "{\"ph\":\"X\""); break;
+    }
+    if (ev->kind != ST_EVENT_METADATA) {
+        st_sink_puts(s, ",\"cat\":");
+        if (ev->cat_id != ST_INTERN_NONE) {
+            write_interned(s, ev->cat_id);
+        } else {
+            st_sink_putc(s, '"');
+            st_sink_puts(s, stage ? stage : "other");
+            st_sink_putc(s, '"');
+        }
+    }
+    st_sink_puts(s, ",\"name\":");
     write_interned(s, ev->name_id);
-    st_sink_puts(s, ",\"ts\":");
-    st_sink_us_from_ns(s, t0);
-    if (ev->kind != ST_EVENT_INSTANT) {
+    if (ev->kind != ST_EVENT_METADATA) {
+        st_sink_puts(s, ",\"ts\":");
+        st_sink_us_from_ns(s, t0);
+    }
+    if (ev->kind == ST_EVENT_SPAN) {
         st_sink_puts(s, ",\"dur\":");
         st_sink_us_from_ns(s, ev->t_end_ns >= ev->t_begin_ns ? ev->t_end_ns - ev->t_begin_ns : 0);
     }
@@ -110,14 +139,21 @@ void st_trace_event(st_trace_writer *w, const st_event *ev, uint32_t pid, uint64
     st_sink_u64(s, pid);
     st_sink_puts(s, ",\"tid\":");
     st_sink_u64(s, ev->tid);
-    st_sink_puts(s, ",\"args\":{\"outcome\":\"");
-    st_sink_puts(s, outcome ? outcome : "ok");
-    st_sink_putc(s, '"');
-    if (ev->detail_id != ST_INTERN_NONE) {
-        st_sink_puts(s, ",\"");
-        st_sink_puts(s, st_stage_detail_key(ev->stage));
-        st_sink_puts(s, "\":");
-        write_interned(s, ev->detail_id);
+    st_sink_puts(s, ",\"args\":{");
+    if (ev->kind == ST_EVENT_SPAN || ev->kind == ST_EVENT_INSTANT) {
+        const char *outcome = st_outcome_name(ev->outcome);
+        st_sink_puts(s, "\"outcome\":\"");
+        st_sink_puts(s, outcome ? outcome : "ok");
+        st_sink_putc(s, '"');
+        if (ev->detail_id != ST_INTERN_NONE) {
+            st_sink_puts(s, ",\"");
+            st_sink_puts(s, st_stage_detail_key(ev->stage));
+            st_sink_puts(s, "\":");
+            write_interned(s, ev->detail_id);
+        }
+        write_args_members(s, args, args_len, 1);
+    } else {
+        write_args_members(s, args, args_len, 0);
     }
     st_sink_write(s, "}}", 2);
     w->events++;

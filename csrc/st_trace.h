@@ -37,10 +37,20 @@ typedef struct st_trace_writer {
  * failure nothing is left on disk and the writer needs no abort. */
 st_trace_status st_trace_open(st_trace_writer *w, const char *path);
 
-/* Append one event as a Chrome trace "X" (span) or "i" (instant) object,
- * ts/dur in microseconds relative to epoch_ns, names looked up in the intern
- * table. Write errors are sticky and reported by st_trace_commit. */
-void st_trace_event(st_trace_writer *w, const st_event *ev, uint32_t pid, uint64_t epoch_ns);
+/* Append one event as a Chrome trace object, by kind:
+ *   span      {"ph":"X","cat","name","ts","dur","pid","tid","args"}
+ *   instant   {"ph":"i","s":"t","cat","name","ts","pid","tid","args"}
+ *   counter   {"ph":"C","cat","name","ts","pid","tid","args"}
+ *   metadata  {"ph":"M","name","pid","tid","args"}
+ * ts/dur in microseconds (three decimals, exact) relative to epoch_ns; names
+ * and categories looked up in the intern table (cat_id 0: the stage's name).
+ * A span's or instant's args are {"outcome", then the stage's detail key when
+ * it has a detail, then the members of its recorded args}; a counter's and a
+ * metadata record's are the recorded args alone. args points to the event's
+ * ev->args_len bytes of args (a JSON object), or is NULL for none. Write
+ * errors are sticky and reported by st_trace_commit. */
+void st_trace_event(st_trace_writer *w, const st_event *ev, const char *args, uint32_t pid,
+                    uint64_t epoch_ns);
 
 /* Append one pre-serialized JSON object (the caller vouches for its
  * validity). Same error policy as st_trace_event. */

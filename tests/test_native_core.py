@@ -179,7 +179,7 @@ def test_full_buffer_keeps_the_oldest_and_counts_drops(fresh):
         assert fresh.dropped() - dropped_before == 12
         assert fresh.stats()["dropped"] == fresh.dropped()
         batch = fresh.drain()
-        expected = [(1000 * i, 1000 * i + 500, name, detail, worker.tid, NODE, i % 5, SPAN) for i in range(8)]
+        expected = [(1000 * i, 1000 * i + 500, name, detail, worker.tid, NODE, i % 5, SPAN, None, 0) for i in range(8)]
         assert len(batch) == 8 and batch.tolist() == expected  # the oldest 8, oldest first
         assert [batch[i] for i in range(8)] == expected and batch[-1] == expected[-1]
         with pytest.raises(IndexError):
