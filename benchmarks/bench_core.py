@@ -276,7 +276,7 @@ def write_with_json(batch, path: str) -> None:
     events = [
         {"ph": "X", "cat": stages[stage], "name": name_of(name_id), "ts": t0 / 1000, "dur": (t1 - t0) / 1000,
          "pid": 1, "tid": tid, "args": {"outcome": outcomes[outcome], "node_id": name_of(detail_id)}}
-        for t0, t1, name_id, detail_id, tid, stage, outcome, _kind in batch.tolist()
+        for t0, t1, name_id, detail_id, tid, stage, outcome, *_kind_args_cat in batch.tolist()
     ]  # fmt: skip
     with open(path, "w") as f:
         json.dump({"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"bench": True}}, f)

@@ -555,3 +555,36 @@ def test_stage_span_dangers_in_a_child_process(native):
     assert done.returncode == 0, done.stderr
     total, rejected = map(int, done.stdout.split())
     assert total == 8000 and rejected == 40
+
+
+# The exact bytes of a small trace with every kind, args, categories and tracks, pinned before the
+# writer was made faster: it may get faster, never different.
+PINNED_KINDS = (
+    b'{"traceEvents":[\n'
+    b'{"ph":"M","name":"thread_name","pid":7,"tid":2147418112,"args":{"name":"GPU (CUPTI)"}},\n'
+    b'{"ph":"C","cat":"other","name":"GPU memory (MB)","ts":1.500,"pid":7,"tid":2147418112,'
+    b'"args":{"free":1.5,"big":1180591620717411303424}},\n'
+    b'{"ph":"X","cat":"gpu","name":"step","ts":2.000,"dur":7.999,"pid":7,"tid":2147418113,'
+    b'"args":{"outcome":"pending","step":"4","sigma":0.25,"l":[null,true,"x\\n"]}},\n'
+    b'{"ph":"C","cat":"other","name":"c0","ts":0.000,"pid":7,"tid":TID,"args":{}},\n'
+    b'{"ph":"i","s":"t","cat":"model_load.read","name":"log","ts":0.001,"pid":7,"tid":TID,'
+    b'"args":{"outcome":"error","msg":"b\xc3\xa9"}}\n'
+    b'],"displayTimeUnit":"ms","stagetraceFormat":1,"otherData":{}}\n'
+)
+
+
+def test_writer_bytes_for_every_kind_are_pinned(fresh, tmp_path):
+    n = fresh
+    n.record(OTHER, n.intern("thread_name"), 0, 0, 0, args={"name": "GPU (CUPTI)"}, tid=GPU_TRACK,
+             kind=n.EVENT_METADATA)
+    n.record(OTHER, n.intern("GPU memory (MB)"), 0, 1_000_001_500, 1_000_001_500, args={"free": 1.5, "big": 2**70},
+             tid=GPU_TRACK, kind=n.EVENT_COUNTER)
+    n.record(STEP, n.intern("step"), n.intern("4"), 1_000_002_000, 1_000_009_999, 3,
+             args={"sigma": 0.25, "l": [None, True, "x\n"]}, cat_id=n.intern("gpu"), tid=GPU_TRACK + 1)
+    n.record(OTHER, n.intern("c0"), 0, 1_000_000_000, 1_000_000_000, args={}, kind=n.EVENT_COUNTER)
+    n.record(READ, n.intern("log"), 0, 1_000_000_001, 1_000_000_001, 1, instant=True, args={"msg": "b\xe9"})
+    path = tmp_path / "kinds.trace.json"
+    w = n.TraceWriter(str(path))
+    w.write_batch(n.drain(), 7, 1_000_000_000)
+    w.commit()
+    assert path.read_bytes() == PINNED_KINDS.replace(b"TID", str(threading.get_native_id()).encode())
