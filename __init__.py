@@ -9,7 +9,7 @@ NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
 
 try:
-    from .comfy_nodes.comfyui import setup as _setup
+    from .comfy_nodes.hooks import setup as _setup
 
     STAGETRACE = _setup()
 except Exception as _exc:  # the package itself is broken: say so, keep ComfyUI running

@@ -25,9 +25,9 @@ from benchutil import parse_args, print_targets  # noqa: E402  (beside this scri
 
 sys.path.insert(0, ROOT)
 
-from comfy_nodes.diagnose import diagnose  # noqa: E402
-from comfy_nodes.report import FORMATS, render  # noqa: E402
-from comfy_nodes.tracefile import load  # noqa: E402
+from comfy_nodes.analysis.diagnose import diagnose  # noqa: E402
+from comfy_nodes.record.tracefile import load  # noqa: E402
+from comfy_nodes.render.report import FORMATS, render  # noqa: E402
 
 STEPS, KERNELS_PER_STEP = 100, 400
 

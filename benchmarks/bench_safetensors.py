@@ -36,7 +36,7 @@ from safetensors import safe_open  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from comfy_nodes import _native  # noqa: E402
-from comfy_nodes.anatomy import read_anatomy  # noqa: E402
+from comfy_nodes.analysis.anatomy import read_anatomy  # noqa: E402
 
 SIZES = (10, 1000, 2000, 20000)
 

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from comfy_nodes import anatomy
-from comfy_nodes.anatomy import FAMILY_NEEDS, RULES, UNKNOWN, classify
-from comfy_nodes.tiny_checkpoint import tiny_unet_shapes, tiny_vae_shapes
+from comfy_nodes.analysis import anatomy
+from comfy_nodes.analysis.anatomy import FAMILY_NEEDS, RULES, UNKNOWN, classify
+from comfy_nodes.demo.tiny_checkpoint import tiny_unet_shapes, tiny_vae_shapes
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "families")
 FIXTURE_NAMES = sorted(f[:-5] for f in os.listdir(FIXTURES) if f.endswith(".json"))

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 from test_inspect import FIXTURES, write_fixture_file
 
-from comfy_nodes import anatomy
-from comfy_nodes.anatomy import PREFIX_PATTERNS, classify, classify_groups, read_anatomy
+from comfy_nodes.analysis import anatomy
+from comfy_nodes.analysis.anatomy import PREFIX_PATTERNS, classify, classify_groups, read_anatomy
 
 FIXTURE_FILES = sorted(f for f in os.listdir(FIXTURES) if f.endswith(".json"))
 

@@ -1,5 +1,5 @@
 """StageTrace inside real ComfyUI on the CPU (COMFYUI_DIR): each scenario runs
-in a fresh child process through comfy_nodes.harness, with this repository
+in a fresh child process through comfy_nodes.demo.harness, with this repository
 loaded by ComfyUI as a custom node, exactly as a user's clone would be."""
 
 import json
@@ -11,7 +11,8 @@ import textwrap
 
 import pytest
 
-from comfy_nodes.tracefile import load
+from comfy_nodes.analysis.loaders import describe_gap
+from comfy_nodes.record.tracefile import load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -29,7 +30,7 @@ def _custom_nodes(tmp_path, source=ROOT):
 
 
 def run_harness(tmp_path, scenario, stagetrace=True, extra=(), source=ROOT, env=None):
-    cmd = [sys.executable, "-m", "comfy_nodes.harness", "--comfyui", COMFYUI_DIR,
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "comfy_harness.py"), "--comfyui", COMFYUI_DIR,
            "--workdir", str(tmp_path), "--scenario", scenario, *extra]
     if stagetrace:
         cmd += ["--custom-node-dir", _custom_nodes(tmp_path, source)]
@@ -60,7 +61,7 @@ def test_prompt_trace_and_summary(tmp_path):
                          "comfy.utils.load_torch_file"] and hooks[-1] == "PromptQueue.put"
     assert trace["otherData"]["fallbacks"] == []  # every stage hook found its target
     (anatomy,) = trace["otherData"]["anatomy"]
-    assert anatomy["node_id"] == "4" and anatomy["family"] == "sd1" and trace["otherData"]["warnings"] == []
+    assert anatomy["node_id"] == "4" and anatomy["family"] == "sd1" and trace["otherData"]["loader_gaps"] == []
     assert [e["name"] for e in trace["traceEvents"] if e.get("cat") == "anatomy"] == [
         "anatomy: tiny_sd15.safetensors"]
     assert trace["otherData"]["comfyui_version"]
@@ -154,7 +155,7 @@ def test_disable_switch_installs_nothing(tmp_path):
 
 FALLBACK_SCRIPT = textwrap.dedent("""
     import json, sys
-    from comfy_nodes.harness import Harness, tiny_txt2img
+    from comfy_nodes.demo.harness import Harness, tiny_txt2img
     h = Harness(sys.argv[1], sys.argv[2])
     h.boot()
     import execution
@@ -162,7 +163,7 @@ FALLBACK_SCRIPT = textwrap.dedent("""
     async def execute(*args, **kwargs):  # "ComfyUI moved": a signature StageTrace does not know
         return await original(*args, **kwargs)
     execution.execute = execute
-    from comfy_nodes.comfyui import setup
+    from comfy_nodes.hooks.install import setup
     inst = setup()
     run = h.run(tiny_txt2img(h.write_checkpoint()), "fallback-1")
     print("RESULT " + json.dumps({"success": run["success"], "trace": inst.recorder.last_trace}))
@@ -170,11 +171,11 @@ FALLBACK_SCRIPT = textwrap.dedent("""
 
 SELF_CHECK_SCRIPT = textwrap.dedent("""
     import json, sys
-    from comfy_nodes.harness import Harness, tiny_txt2img
+    from comfy_nodes.demo.harness import Harness, tiny_txt2img
     h = Harness(sys.argv[1], sys.argv[2])
     h.boot()
     import execution
-    from comfy_nodes.comfyui import setup
+    from comfy_nodes.hooks.install import setup
     inst = setup()
     execution.execute = execution.execute.__wrapped__  # ComfyUI no longer calls what was hooked
     runs = [h.run(tiny_txt2img(h.write_checkpoint(), seed=seed), f"moved-{seed}") for seed in (1, 2)]
@@ -242,7 +243,11 @@ def test_missing_clip_is_reported_before_the_failure(tmp_path):
     assert "clip input is invalid: None" in run["errors"][0]["exception_message"]
     (path,) = traces(tmp_path)
     trace = load(str(path))
-    (warning,) = trace["otherData"]["warnings"]
+    (gap,) = trace["otherData"]["loader_gaps"]  # recorded as data; the warning is rendered from it
+    assert (gap["loader"], gap["node_id"], gap["file"]) == ("CheckpointLoaderSimple", "4", "tiny_sd15.safetensors")
+    assert [(m["kind"], m["consumers"][0]["class_type"]) for m in gap["missing"]] == [
+        ("text_encoder", "CLIPTextEncode")]
+    warning = describe_gap(gap)
     assert "CheckpointLoaderSimple #4 loads tiny_sd15.safetensors" in warning
     assert "no text encoder (CLIP), which CLIPTextEncode #6 needs" in warning
     assert "CLIPLoader" in warning
@@ -266,7 +271,10 @@ def test_diffusion_model_only_file_in_checkpoint_loader(tmp_path):
     trace = load(str(path))
     (anatomy,) = trace["otherData"]["anatomy"]
     assert anatomy["family"] == "sd1" and anatomy["complete"] is False
-    (warning,) = trace["otherData"]["warnings"]
+    (gap,) = trace["otherData"]["loader_gaps"]
+    assert {m["kind"] for m in gap["missing"]} == {"text_encoder", "vae"}
+    assert sum(c["tensors"] for c in gap["components"]) == anatomy["tensors"] > 0  # what the file holds, counted
+    warning = describe_gap(gap)
     assert "no text encoder (CLIP), which CLIPTextEncode #6 needs" in warning
     assert "no VAE, which VAEDecode #8 needs" in warning
     assert "UNETLoader" in warning and "VAELoader" in warning

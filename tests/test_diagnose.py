@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from comfy_nodes.diagnose import RULES, Finding, NotChecked, diagnose, gather
-from comfy_nodes.report import render
+from comfy_nodes.analysis.diagnose import RULES, Finding, NotChecked, diagnose, gather
+from comfy_nodes.render.report import render
 
 MS = 1000.0  # trace timestamps are microseconds
 GB = 1 << 30
@@ -151,12 +151,50 @@ def test_fp8_weights_on_an_rtx_4090_are_fine_and_no_gpu_facts_is_not_checked():
 # --- missing CLIP/VAE ---
 
 
-def test_missing_clip_and_vae_from_the_loader_warning():
-    warning = ("CheckpointLoaderSimple #4 loads qwen.safetensors (Qwen-Image), which has no text encoder (CLIP) ... "
-               "Load it with: UNETLoader (unet_name=qwen.safetensors); CLIPLoader (type=qwen_image); VAELoader")
-    f = result(scenario(other={"warnings": [warning]}), "missing-clip-vae")
+def qwen_gap(prompt):
+    """The loader gap the recorder records for the Qwen-Image diffusion-only fixture in prompt's node 4."""
+    import json
+    import os
+
+    from comfy_nodes.analysis.anatomy import classify
+    from comfy_nodes.analysis.loaders import loader_gap
+
+    with open(os.path.join(os.path.dirname(__file__), "fixtures", "families", "qwen_image_diffusion_only.json")) as f:
+        data = json.load(f)
+    anatomy = classify(data["tensors"], data.get("metadata"))
+    return loader_gap(prompt, "4", "/models/checkpoints/qwen.safetensors", anatomy)
+
+
+QWEN_PROMPT = {
+    "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "qwen.safetensors"}},
+    "6": {"class_type": "TextEncodeQwenImageEdit", "inputs": {"clip": ["4", 1]}},
+    "8": {"class_type": "VAEDecode", "inputs": {"vae": ["4", 2], "samples": ["3", 0]}},
+}
+
+
+def test_missing_clip_and_vae_from_the_recorded_loader_gap():
+    gap = qwen_gap(QWEN_PROMPT)
+    assert [m["kind"] for m in gap["missing"]] == ["text_encoder", "vae"]
+    f = result(scenario(other={"loader_gaps": [gap]}), "missing-clip-vae")
     assert isinstance(f, Finding) and f.severity == "error"
     assert f.fix.startswith("load it with UNETLoader") and "Load it with" not in f.evidence
+    assert "TextEncodeQwenImageEdit #6" in f.evidence and "VAEDecode #8" in f.evidence
+    assert "CLIPLoader" in f.fix and "VAELoader" in f.fix
+
+
+def test_missing_parts_advice_keeps_the_loaders_the_workflow_has():
+    prompt = dict(QWEN_PROMPT, **{"10": {"class_type": "CLIPLoader", "inputs": {}},
+                                   "6": {"class_type": "TextEncodeQwenImageEdit", "inputs": {"clip": ["10", 0]}}})
+    gap = qwen_gap(prompt)  # the text encoder comes from the CLIPLoader: only the VAE is missing
+    assert [m["kind"] for m in gap["missing"]] == ["vae"]
+    f = result(scenario(other={"loader_gaps": [gap]}), "missing-clip-vae")
+    assert "VAELoader" in f.fix and "CLIPLoader" not in f.fix
+
+
+def test_a_loader_whose_outputs_nobody_needs_has_no_gap():
+    prompt = {"4": {"class_type": "CheckpointLoaderSimple", "inputs": {}},
+              "3": {"class_type": "KSampler", "inputs": {"model": ["4", 0]}}}
+    assert qwen_gap(prompt) is None
 
 
 def test_complete_checkpoint_has_no_missing_parts_finding():
@@ -271,7 +309,7 @@ def test_findings_come_most_costly_first_and_nothing_is_invented():
 
 
 def test_a_failing_rule_is_reported_as_not_checked(monkeypatch):
-    import comfy_nodes.diagnose as d
+    import comfy_nodes.analysis.diagnose as d
 
     def broken(ev):
         raise KeyError("x")

@@ -310,7 +310,8 @@ def test_stop_disables_and_unsubscribes(native, fakes):
 def test_prompt_rounds_give_gpu_tracks_aligned_with_the_stages(native, fakes):
     result = run(f"""
         import os
-        from comfy_nodes.gpu import GpuCollection, record_events, window_events
+        from comfy_nodes.gpu.cupti import GpuCollection
+        from comfy_nodes.gpu.tracks import record_kernels, record_windows
         fake = ctypes.CDLL({fakes["own_clock"]!r})
         gpu = GpuCollection(n, enabled=True, kernels=3)
         assert gpu.active, gpu.reason
@@ -324,8 +325,11 @@ def test_prompt_rounds_give_gpu_tracks_aligned_with_the_stages(native, fakes):
                 fake.fake_cupti_memcpy(6, 1, U(1 << 20), U(t + 100), U(t + 200), 7)
             n.Wrapper(sampler, 1, "KSampler")()
             reports, meta, detail = gpu.round_end()
-            rounds.append({{"meta": meta, "windows": window_events(reports, n.name_of, 1),
-                            "records": record_events(detail, 1)}})
+            n.drain()  # the round's own node span: not on the GPU track
+            record_windows(n, reports)
+            windows = n.drain().events(1)
+            record_kernels(n, detail)
+            rounds.append({{"meta": meta, "windows": windows, "records": n.drain().events(1)}})
         out(rounds)
     """, STAGETRACE_CUPTI_LIB=fakes["own_clock"])
     for r in result:  # each prompt is its own round: nothing carried over
@@ -380,17 +384,18 @@ class FakeCuda:
         self.peak = self.allocated
 
 
-def test_device_facts_and_memory_per_node_from_torch(monkeypatch):
+def test_device_facts_and_memory_per_node_from_torch(monkeypatch, native):
     torch = pytest.importorskip("torch")
-    from comfy_nodes.gpu import TorchMemory, device_facts
+    from comfy_nodes.gpu.memory import TorchMemory, device_facts
 
+    native.drain()
     fake = FakeCuda()
     monkeypatch.setattr(torch, "cuda", fake)
     (facts,) = device_facts()
     assert facts["name"] == "NVIDIA GeForce RTX 3090" and facts["compute_capability"] == "8.6"
     assert facts["fp8_compute"] is False  # sm_86: FP8 weights are cast on every layer
     assert facts["total_memory_bytes"] == 24 << 30 and facts["cuda_runtime"] == torch.version.cuda
-    memory = TorchMemory()
+    memory = TorchMemory(native)
     memory.sample(1_000, "4", "start")
     fake.allocated = fake.peak = 20 << 30  # the checkpoint lands on the GPU
     memory.sample(2_000, "4", "end")
@@ -400,20 +405,21 @@ def test_device_facts_and_memory_per_node_from_torch(monkeypatch):
     memory.sample(4_000, "3", "end")
     assert fake.resets == 2
     assert memory.peaks() == {"4": 20 << 30, "3": 22 << 30}
-    counters = memory.events(1)
+    counters = [e for e in native.drain().events(1) if e["ph"] == "C"]  # recorded through the C recorder
     assert [c["ts"] for c in counters] == [1.0, 2.0, 3.0, 4.0]
     assert counters[1]["args"]["allocated"] == (20 << 30) / 1e6 and counters[1]["ph"] == "C"
 
 
-def test_no_cuda_in_use_means_no_facts_and_no_samples():
-    from comfy_nodes.gpu import TorchMemory, device_facts
+def test_no_cuda_in_use_means_no_facts_and_no_samples(native):
+    from comfy_nodes.gpu.memory import TorchMemory, device_facts
 
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         pytest.skip("CUDA is in use in this process")
-    memory = TorchMemory()
+    native.drain()
+    memory = TorchMemory(native)
     memory.sample(1, "1", "start")
-    assert device_facts() == [] and memory.samples == [] and memory.events(1) == []
+    assert device_facts() == [] and memory.samples == [] and native.drain().events(1) == []
 
 
 # --- NVML: counter tracks and device facts (tests/nvml/fake_nvml.c: TEST DOUBLE of libnvidia-ml) ---
@@ -433,7 +439,8 @@ def fake_nvml(tmp_path_factory):
 def test_nvml_sampler_gives_counter_tracks_and_device_facts(native, fake_nvml):
     result = run(f"""
         import time
-        from comfy_nodes.gpu import NvmlSampler, merge_devices
+        from comfy_nodes.gpu.memory import merge_devices
+        from comfy_nodes.gpu.nvml import NvmlSampler
         fake = ctypes.CDLL({fake_nvml!r})
         fake.fake_nvml_set_device(0, b"NVIDIA GeForce RTX 3090", 0, 3, U(23 << 30), U(24 << 30), 71, 350000)
         sampler = NvmlSampler(n, enabled=True, hz=50)
@@ -442,8 +449,9 @@ def test_nvml_sampler_gives_counter_tracks_and_device_facts(native, fake_nvml):
         sampler.round_begin()  # what came before the prompt is dropped
         t0 = n.now_ns()
         time.sleep(0.3)
-        events, meta = sampler.round_end(1)
-        out({{"t0": t0, "events": events, "meta": meta, "devices": merge_devices([], meta)}})
+        n.drain()
+        meta = sampler.round_end()  # the samples become counter events in the C recorder
+        out({{"t0": t0, "events": n.drain().events(1), "meta": meta, "devices": merge_devices([], meta)}})
     """, STAGETRACE_NVML_LIB=fake_nvml)
     events, meta = result["events"], result["meta"]
     assert meta["sampler"] == "nvml" and meta["dropped"] == 0 and 8 <= meta["samples"] <= 20
@@ -461,9 +469,11 @@ def test_nvml_sampler_gives_counter_tracks_and_device_facts(native, fake_nvml):
 
 def test_nvml_absent_is_said_and_changes_nothing(native):
     result = run("""
-        from comfy_nodes.gpu import NvmlSampler
+        from comfy_nodes.gpu.nvml import NvmlSampler
         sampler = NvmlSampler(n, enabled=True)
-        out({"running": sampler.running, "reason": sampler.reason, "end": sampler.round_end(1)})
+        n.drain()
+        out({"running": sampler.running, "reason": sampler.reason, "end": sampler.round_end(),
+             "recorded": len(n.drain())})
     """, STAGETRACE_NVML_LIB="/nonexistent/libnvidia-ml.so.1")
     assert result["running"] is False and "not found" in result["reason"]
-    assert result["end"] == [[], {"sampler": "unavailable", "reason": result["reason"]}]
+    assert result["end"] == {"sampler": "unavailable", "reason": result["reason"]} and result["recorded"] == 0

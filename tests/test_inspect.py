@@ -95,7 +95,7 @@ def test_models_dir_flags_misplaced_truncated_duplicate_and_unreadable(native, t
 
 @pytest.mark.parametrize("fixture", sorted(os.listdir(FIXTURES)))
 def test_every_fixture_reads_and_classifies_as_expected(native, tmp_path, fixture):
-    from comfy_nodes.inspect_files import inspect_file
+    from comfy_nodes.cli.inspect_files import inspect_file
 
     path = write_fixture_file(fixture, tmp_path / "f.safetensors")
     report = inspect_file(path)

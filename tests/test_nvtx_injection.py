@@ -116,7 +116,6 @@ def text(c):
 
 def test_one_domain_with_stage_categories(recorded):
     from comfy_nodes import _native
-
     calls, _ = recorded
     assert [c.op for c in calls].count("domain_create") == 1
     assert [c.domain for c in calls if c.op == "domain_create"] == ["StageTrace"]
@@ -127,7 +126,6 @@ def test_one_domain_with_stage_categories(recorded):
 
 def test_ranges_carry_registered_names_colours_categories_payloads(recorded):
     from comfy_nodes import _native
-
     calls, facts = recorded
     registered = collections.Counter(text(c) for c in calls if c.op == "register_string")
     assert {"KSampler", "Step", "prompt", "Marker", "Manual"} <= set(registered)

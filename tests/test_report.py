@@ -2,18 +2,19 @@
 command, through the real C core (no ComfyUI needed)."""
 
 import json
-import logging
 import os
 import subprocess
 import sys
 
 import pytest
 
-from comfy_nodes import stages
-from comfy_nodes.recorder import Recorder
-from comfy_nodes.settings import Settings
-from comfy_nodes.summary import format_text, summarize
-from comfy_nodes.tracefile import TraceError, load
+from comfy_nodes.analysis.summary import summarize
+from comfy_nodes.core import stages
+from comfy_nodes.core.settings import Settings
+from comfy_nodes.hooks.guard import HookGuard
+from comfy_nodes.record.recorder import Recorder
+from comfy_nodes.record.tracefile import TraceError, load
+from comfy_nodes.render.text import format_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,7 +31,7 @@ def recorded_prompt(native, tmp_path):
     and prompt messages; written by Recorder.prompt_end."""
     native.drain()
     settings = Settings(disabled=False, output_dir=str(tmp_path), nvtx=False, summary=True, buffer_events=1024)
-    rec = Recorder(native, settings, lambda: str(tmp_path))
+    rec = Recorder(native, settings, lambda: str(tmp_path), HookGuard())
     prompt = {
         "1": {"class_type": "Loader"},
         "2": {"class_type": "Sampler"},
@@ -53,8 +54,9 @@ def recorded_prompt(native, tmp_path):
         node("3")
     rec.on_message("execution_error", {"prompt_id": "p-1", "node_id": "3", "node_type": "Decode",
                                        "exception_type": "RuntimeError", "exception_message": "boom"})
-    path = rec.prompt_end()
-    return rec, path
+    rec.prompt_end()  # on the worker: the drain; the trace is written by the writer thread
+    assert rec.flush(30)
+    return rec, rec.last_trace
 
 
 def test_trace_is_valid_and_complete(recorded_prompt):
@@ -146,7 +148,7 @@ def test_builtin_demo_runs_without_comfyui(tmp_path, native):
 
 
 def test_trace_names_never_collide(tmp_path):
-    from comfy_nodes.tracefile import trace_path
+    from comfy_nodes.record.tracefile import trace_path
 
     first = trace_path(str(tmp_path), "a/b c", when=0)
     assert os.path.basename(first).endswith("_a_b_c.trace.json")
@@ -156,7 +158,7 @@ def test_trace_names_never_collide(tmp_path):
 
 
 def test_a_failing_report_leaves_the_trace_whole(native, tmp_path, monkeypatch, caplog):
-    import comfy_nodes.diagnose as diagnose_module
+    import comfy_nodes.analysis.diagnose as diagnose_module
 
     def broken(trace, *args):
         raise ZeroDivisionError("a bug in the report")
@@ -164,11 +166,12 @@ def test_a_failing_report_leaves_the_trace_whole(native, tmp_path, monkeypatch, 
     monkeypatch.setattr(diagnose_module, "diagnose", broken)
     native.drain()
     settings = Settings(disabled=False, output_dir=str(tmp_path), nvtx=False, summary=True, buffer_events=1024)
-    rec = Recorder(native, settings, lambda: str(tmp_path))
+    guard = HookGuard()
+    rec = Recorder(native, settings, lambda: str(tmp_path), guard)
     rec.prompt_begin({"1": {"class_type": "Loader"}}, "p-2", {})
     native.Wrapper(lambda: None, stages.PROMPT, "prompt", detail="p-2")()
-    with caplog.at_level(logging.WARNING, logger="stagetrace"):
-        path = rec.prompt_end()
-    assert load(path)["otherData"]["prompt_id"] == "p-2"  # the trace is complete
+    rec.prompt_end()
+    assert rec.flush(30)
+    assert load(rec.last_trace)["otherData"]["prompt_id"] == "p-2"  # the trace is complete
     assert not list(tmp_path.glob("*.report.*"))  # and no half report beside it
-    assert "the report for" in caplog.text and "ZeroDivisionError" in caplog.text
+    assert guard.failures == {"report": 1} and "ZeroDivisionError" in guard.last["report"]

@@ -1,6 +1,6 @@
 import pytest
 
-from comfy_nodes.settings import Settings
+from comfy_nodes.core.settings import Settings
 
 
 def test_defaults(monkeypatch):

@@ -1,6 +1,7 @@
-"""Stage spans (comfy_nodes/stagehooks.py) outside ComfyUI: the span collector, the step clock, the
-VAE tiled-fallback flag, the log tap's patterns, the filesystem and storage facts, and what a hook
-does when its target moved. Real ComfyUI runs of the same hooks are in test_comfyui.py."""
+"""Stage spans (comfy_nodes/hooks/stage_hooks.py) outside ComfyUI: spans through the C recorder, the
+step clock, the VAE tiled-fallback flag, the log tap's patterns, the filesystem and storage facts,
+what a hook does when its target moved, and that StageTrace's own failures never reach the caller.
+Real ComfyUI runs of the same hooks are in test_comfyui.py."""
 
 import logging
 import os
@@ -8,49 +9,109 @@ import types
 
 import pytest
 
-from comfy_nodes import stages
-from comfy_nodes.stagehooks import (
-    LOG_PATTERNS,
-    LogTap,
+from comfy_nodes.core import stages
+from comfy_nodes.hooks.facts import filesystem_of, storage_read_bytes
+from comfy_nodes.hooks.guard import HookGuard
+from comfy_nodes.hooks.log_tap import LOG_PATTERNS, LogTap
+from comfy_nodes.hooks.stage_hooks import (
+    TEXT_ENCODE,
+    Spans,
     StageHooks,
-    StageSpans,
+    _encoder_name,
     _sample,
-    _text_encode,
     _tiled,
-    _vae,
-    filesystem_of,
-    storage_read_bytes,
+    _tokens_before,
+    _vae_hooks,
+    span_hook,
 )
 
 STEP, SAMPLE, DECODE = (stages.STAGES.index(s) for s in ("sample.step", "sample", "vae_decode"))
 
 
+class Recorded:
+    """What the C recorder holds, drained and turned into trace events (as the writer writes them)."""
+
+    def __init__(self, native):
+        self.native = native
+        native.drain()  # start clean
+
+    def trace_events(self, pid):
+        self.events = getattr(self, "events", []) + self.native.drain().events(pid)
+        return [e | {"pid": pid} for e in self.events if e.get("ph") != "M"]
+
+    def clear(self):
+        self.native.drain()
+        self.events = []
+
+
 @pytest.fixture
-def spans(native):
-    return StageSpans(native)
+def guard():
+    return HookGuard()
 
 
-def test_spans_carry_args_and_do_not_nest_within_one_stage(spans):
-    with spans.span(SAMPLE, "outer", {"steps": 3}) as args:
+@pytest.fixture
+def spans(native, guard):
+    return Spans(native, guard)
+
+
+@pytest.fixture
+def recorded(native):
+    return Recorded(native)
+
+
+def span(spans, stage, name, args=None, after=None):
+    """A callable recorded as one span by the real hook maker."""
+    return span_hook(spans, "test", stage, name, (lambda *a, **k: dict(args or {})), after)
+
+
+def test_spans_carry_args_and_do_not_nest_within_one_stage(spans, recorded):
+    inner = span(spans, SAMPLE, "inner")(lambda: None)  # the same stage: covered by the outer span
+
+    def outer_after(args, result, exc):
         args["extra"] = 1
-        with spans.span(SAMPLE, "inner"):  # the same stage: covered by the outer span
-            pass
-    (event,) = spans.trace_events(pid=7)
+
+    outer = span(spans, SAMPLE, "outer", {"steps": 3}, outer_after)(inner)
+    outer()
+    (event,) = recorded.trace_events(pid=7)
     assert event["name"] == "outer" and event["cat"] == "sample" and event["pid"] == 7
-    assert event["args"] == {"steps": 3, "extra": 1} and event["dur"] >= 0
+    assert event["args"] == {"outcome": "ok", "steps": 3, "extra": 1} and event["dur"] >= 0
 
 
-def test_a_failing_call_is_recorded_and_reraised(spans):
+def test_a_failing_call_is_recorded_and_reraised(spans, recorded):
+    def boom():
+        raise ValueError("boom")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
     with pytest.raises(ValueError, match="boom"):
-        with spans.span(DECODE, "VAE decode"):
-            raise ValueError("boom")
+        span(spans, DECODE, "VAE decode")(boom)()
     with pytest.raises(KeyboardInterrupt):
-        with spans.span(SAMPLE, "sampler"):
-            raise KeyboardInterrupt
-    assert [e["args"]["outcome"] for e in spans.trace_events(1)] == ["error", "interrupted"]
+        span(spans, SAMPLE, "sampler")(interrupted)()
+    assert [e["args"]["outcome"] for e in recorded.trace_events(1)] == ["error", "interrupted"]
 
 
-def test_step_clock_gives_one_span_per_callback(spans, native):
+def test_stagetraces_own_failures_never_reach_the_caller(spans, guard, recorded):
+    """A failing before/after (StageTrace's code) costs the span's figures, never the call; the span still
+    ends (no NVTX range or open stage is left behind), and the guard counts the failure by label."""
+    def bad_before(*a, **k):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
+
+    def bad_after(args, result, exc):
+        raise OSError("injected")
+
+    assert span_hook(spans, "read", SAMPLE, "s", bad_before)(lambda: 42)() == 42
+    assert span_hook(spans, "build", SAMPLE, "s", None, bad_after)(lambda: 43)() == 43
+    assert span(spans, SAMPLE, "next")(lambda: 44)() == 44  # the stage is free again after the failed after()
+    assert guard.failures == {"read": 1, "build": 1}
+    assert [e["name"] for e in recorded.trace_events(1)] == ["s", "next"]
+    with pytest.raises(ValueError, match="ComfyUI's own"):  # the host's exception passes untouched
+        def host_fails():
+            raise ValueError("ComfyUI's own")
+        span_hook(spans, "read", SAMPLE, "s", bad_before)(host_fails)()
+
+
+def test_step_clock_gives_one_span_per_callback(spans, native, recorded):
     seen = []
 
     class Sampler:
@@ -64,19 +125,19 @@ def test_step_clock_gives_one_span_per_callback(spans, native):
     sample = _sample(spans)(Sampler.sample)
     assert sample(Sampler(), None, [10.0, 5.0, 1.0, 0.0], {}, lambda info: seen.append(info["i"]), None) == "latent"
     assert seen == [0, 1, 2]  # the user's callback still runs, in order
-    events = spans.trace_events(1)
+    events = recorded.trace_events(1)
     steps = [e for e in events if e["cat"] == "sample.step"]
     assert [(e["args"]["step"], e["args"]["of"], e["args"]["sigma"]) for e in steps] == [
         (1, 3, 10.0), (2, 3, 5.0), (3, 3, 1.0)]
     (whole,) = [e for e in events if e["cat"] == "sample"]
-    assert whole["name"] == "euler" and whole["args"] == {"steps": 3}
+    assert whole["name"] == "euler" and whole["args"] == {"outcome": "ok", "steps": 3}
     # a sampler called without a callback still gets step spans
-    spans.clear()
+    recorded.clear()
     assert sample(Sampler(), None, [2.0, 1.0, 0.0], {}, None, None) == "latent"
-    assert len([e for e in spans.trace_events(1) if e["cat"] == "sample.step"]) == 2
+    assert len([e for e in recorded.trace_events(1) if e["cat"] == "sample.step"]) == 2
 
 
-def test_tiled_call_inside_decode_is_flagged_as_the_oom_fallback(spans):
+def test_tiled_call_inside_decode_is_flagged_as_the_oom_fallback(spans, recorded):
     class VAE:
         def decode_tiled_(self, samples):
             return "tiled"
@@ -85,16 +146,16 @@ def test_tiled_call_inside_decode_is_flagged_as_the_oom_fallback(spans):
             return self.decode_tiled_(samples_in)  # what ComfyUI does after an OOM
 
     VAE.decode_tiled_ = _tiled(spans)(VAE.decode_tiled_)
-    VAE.decode = _vae(spans, DECODE)(VAE.decode)
+    VAE.decode = span_hook(spans, "vae_decode", DECODE, "VAE decode", *_vae_hooks(spans))(VAE.decode)
     assert VAE().decode(types.SimpleNamespace(shape=(1, 4, 8, 8))) == "tiled"
-    (event,) = spans.trace_events(1)
-    assert event["args"] == {"shape": [1, 4, 8, 8], "tiled_fallback": True}
-    spans.clear()
+    (event,) = recorded.trace_events(1)
+    assert event["args"] == {"outcome": "ok", "shape": [1, 4, 8, 8], "tiled_fallback": True}
+    recorded.clear()
     assert VAE().decode_tiled_(None) == "tiled"  # VAEDecodeTiled's own call: no decode span, no flag
-    assert spans.trace_events(1) == []
+    assert recorded.trace_events(1) == []
 
 
-def test_text_encode_names_the_encoder_and_counts_tokens(spans):
+def test_text_encode_names_the_encoder_and_counts_tokens(spans, recorded):
     class SD1ClipModel:
         pass
 
@@ -104,10 +165,10 @@ def test_text_encode_names_the_encoder_and_counts_tokens(spans):
         def encode_from_tokens(self, tokens, return_pooled=False):
             return "cond"
 
-    encode = _text_encode(spans)(CLIP.encode_from_tokens)
+    encode = span_hook(spans, "text_encode", TEXT_ENCODE, _encoder_name, _tokens_before)(CLIP.encode_from_tokens)
     tokens = {"l": [[(49406, 1.0)] * 77, [(49406, 1.0)] * 77]}
     assert encode(CLIP(), tokens) == "cond"
-    (event,) = spans.trace_events(1)
+    (event,) = recorded.trace_events(1)
     assert event["name"] == "SD1ClipModel" and event["args"]["tokens"] == 154
 
 
@@ -124,25 +185,33 @@ def test_a_moved_target_is_left_alone_and_named(spans):
     assert hooks.missing and "load_models_gpu" in hooks.missing[0]
 
 
-def test_log_tap_turns_comfyui_warnings_into_events(native):
-    tap = LogTap(native)
-    log = logging.getLogger("test-comfyui")
-    log.addHandler(tap)
-    log.propagate = False
+def test_log_tap_turns_comfyui_warnings_into_events(native, guard, recorded):
+    tap = LogTap(native, guard)
+    tap.active = True  # between prompt_begin and prompt_end
+    log = logging.getLogger()  # ComfyUI logs through the root logger
+    other = logging.getLogger("some.library")
+    saved = log.level, log.handlers[:]
+    log.handlers[:] = [tap]
     log.setLevel(logging.INFO)  # ComfyUI logs at INFO; the tap sees what the loggers let through
     try:
+        other.warning("no VAE weights detected: another library's line is not ComfyUI's")
         log.warning("no CLIP/text encoder weights in checkpoint, the text encoder model will not be loaded.")
         log.warning("WARNING: No VAE weights detected, VAE not initalized.")
         log.info("loaded partially 5960.2 4312.6 0")
         log.warning("Warning: Ran out of memory when regular VAE decoding, retrying with tiled VAE decoding.")
         log.info("an ordinary line")
         log.info("%s %d", "args are formatted", 3)
+        tap.active = False
+        log.warning("No VAE weights detected")  # between prompts: not recorded
     finally:
-        log.removeHandler(tap)
-    names = [e["name"] for e in tap.trace_events(1)]
+        log.handlers[:] = saved[1]
+        log.setLevel(saved[0])
+    events = recorded.trace_events(1)
+    names = [e["name"] for e in events]
     assert names == ["no_clip", "no_vae", "loaded_partially", "tiled_vae_retry"]
-    assert tap.trace_events(1)[0]["args"]["level"] == "WARNING"
+    assert {e["cat"] for e in events} == {"comfyui_log"} and events[0]["args"]["level"] == "WARNING"
     assert len({kind for kind, _ in LOG_PATTERNS}) == len(LOG_PATTERNS)
+    assert guard.failures == {}
 
 
 def test_filesystem_and_storage_facts(tmp_path):
@@ -156,7 +225,7 @@ def test_filesystem_and_storage_facts(tmp_path):
     assert before is None or before >= 0
 
 
-def test_a_step_cut_short_is_kept_with_its_outcome(spans):
+def test_a_step_cut_short_is_kept_with_its_outcome(spans, recorded):
     class InterruptProcessingException(Exception):  # ComfyUI's, by name
         pass
 
@@ -170,13 +239,14 @@ def test_a_step_cut_short_is_kept_with_its_outcome(spans):
     sample = _sample(spans)(Sampler.sample)
     with pytest.raises(Interrupted):
         sample(Sampler(), None, [3.0, 2.0, 1.0, 0.0], {}, None, None)
-    steps = [e for e in spans.trace_events(1) if e["cat"] == "sample.step"]
-    assert [(e["args"]["step"], e["args"].get("outcome")) for e in steps] == [(1, None), (2, "interrupted")]
-    (whole,) = [e for e in spans.trace_events(1) if e["cat"] == "sample"]
+    events = recorded.trace_events(1)
+    steps = [e for e in events if e["cat"] == "sample.step"]
+    assert [(e["args"]["step"], e["args"].get("outcome")) for e in steps] == [(1, "ok"), (2, "interrupted")]
+    (whole,) = [e for e in events if e["cat"] == "sample"]
     assert whole["args"]["outcome"] == "interrupted"
-    spans.clear()
+    recorded.clear()
     with pytest.raises(MemoryError):
         _sample(spans)(lambda self, mw, sigmas, ea, callback, noise: (_ for _ in ()).throw(MemoryError()))(
             Sampler(), None, [1.0, 0.0], {}, None, None)
-    (step,) = [e for e in spans.trace_events(1) if e["cat"] == "sample.step"]
+    (step,) = [e for e in recorded.trace_events(1) if e["cat"] == "sample.step"]
     assert step["args"]["outcome"] == "error" and step["args"]["step"] == 1

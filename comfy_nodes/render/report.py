@@ -6,8 +6,9 @@ from __future__ import annotations
 import html
 import json
 
-from .diagnose import Report
-from .summary import format_text
+from ..analysis.diagnose import Report
+from ..core.units import format_duration
+from .text import format_text
 
 FORMATS = ("text", "md", "html", "json")
 
@@ -19,11 +20,6 @@ LANES = (
     ("gpu", "#1e8449"),
 )
 
-
-def _seconds(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.2f} s" if x >= 1 else f"{x * 1e3:.0f} ms"
 
 
 def render(report: Report, fmt: str, trace: dict | None = None) -> str:
@@ -44,7 +40,7 @@ def render_text(report: Report) -> str:
     if not report.findings:
         lines.append("findings: none")
     for i, f in enumerate(report.findings, 1):
-        cost = f" · about {_seconds(f.cost_s)} lost" if f.cost_s else ""
+        cost = f" · about {format_duration(f.cost_s)} lost" if f.cost_s else ""
         lines += [f"{i}. [{f.severity}] {f.title}{cost}", f"   measured: {f.evidence}", f"   cause: {f.cause}",
                   f"   fix: {f.fix}"]
     if report.not_checked:
@@ -55,16 +51,16 @@ def render_text(report: Report) -> str:
 def render_md(report: Report) -> str:
     s = report.summary
     out = [f"# StageTrace report: prompt {s.prompt_id}", "",
-           f"Outcome **{s.outcome}**, wall time **{_seconds(s.wall_s)}**.", "", "| stage | time | share |",
+           f"Outcome **{s.outcome}**, wall time **{format_duration(s.wall_s)}**.", "", "| stage | time | share |",
            "|---|---:|---:|"]
-    out += [f"| {stage} | {_seconds(secs)} | {share * 100:.1f} % |" for stage, secs, share in report.stages]
+    out += [f"| {stage} | {format_duration(secs)} | {share * 100:.1f} % |" for stage, secs, share in report.stages]
     if s.gpu:
         out += ["", s.gpu]
     out += ["", "## Findings", ""]
     if not report.findings:
         out.append("None.")
     for i, f in enumerate(report.findings, 1):
-        cost = f" (about {_seconds(f.cost_s)} lost)" if f.cost_s else ""
+        cost = f" (about {format_duration(f.cost_s)} lost)" if f.cost_s else ""
         out += [f"### {i}. {f.title}{cost}", "", f"- **Measured:** {f.evidence}", f"- **Cause:** {f.cause}",
                 f"- **Fix:** {f.fix}", ""]
     if report.not_checked:
@@ -95,7 +91,7 @@ def _timeline_svg(trace: dict, width: int = 1100) -> str:
         for e in (e for e in spans if e.get("cat") == name):
             x = 160 + (e["ts"] - t0) * scale
             w = max(e["dur"] * scale, 1.0)
-            label = f"{e.get('name', '')} · {_seconds(e['dur'] / 1e6)}"
+            label = f"{e.get('name', '')} · {format_duration(e['dur'] / 1e6)}"
             parts.append(f'<rect class="stage" data-stage="{html.escape(name)}" x="{x:.1f}" y="{y + 3}" '
                          f'width="{w:.1f}" height="{row - 8}" fill="{colour}" rx="2">'
                          f"<title>{html.escape(label)}</title></rect>")
@@ -105,11 +101,12 @@ def _timeline_svg(trace: dict, width: int = 1100) -> str:
 
 def render_html(report: Report, trace: dict) -> str:
     s = report.summary
-    rows = "".join(f"<tr><td>{html.escape(stage)}</td><td>{_seconds(secs)}</td><td>{share * 100:.1f} %</td></tr>"
+    wall = format_duration(s.wall_s)
+    rows = "".join(f"<tr><td>{html.escape(stage)}</td><td>{format_duration(secs)}</td><td>{share * 100:.1f} %</td></tr>"
                    for stage, secs, share in report.stages)
     findings = "".join(
         f'<section class="finding {html.escape(f.severity)}"><h3>{i}. {html.escape(f.title)}'
-        + (f' <span class="cost">about {_seconds(f.cost_s)} lost</span>' if f.cost_s else "") + "</h3>"
+        + (f' <span class="cost">about {format_duration(f.cost_s)} lost</span>' if f.cost_s else "") + "</h3>"
         f"<p><b>Measured:</b> {html.escape(f.evidence)}</p><p><b>Cause:</b> {html.escape(f.cause)}</p>"
         f"<p><b>Fix:</b> {html.escape(f.fix)}</p></section>"
         for i, f in enumerate(report.findings, 1)) or "<p>None.</p>"
@@ -125,7 +122,7 @@ table {{ border-collapse: collapse; }} td, th {{ padding: 2px 12px 2px 0; text-a
 .finding.error {{ border-color: #c0392b; background: #fbf2f1; }} .finding.info {{ border-color: #2471a3;
 background: #f2f6fb; }} .cost {{ font-weight: normal; color: #a04000; }} p {{ margin: 3px 0; }}
 </style></head><body>
-<h1>StageTrace report · prompt {html.escape(s.prompt_id)} · {html.escape(s.outcome)} · wall {_seconds(s.wall_s)}</h1>
+<h1>StageTrace report · prompt {html.escape(s.prompt_id)} · {html.escape(s.outcome)} · wall {wall}</h1>
 <h2>Timeline</h2>
 {_timeline_svg(trace)}
 <h2>Time by stage</h2><table><tr><th>stage</th><th>time</th><th>share</th></tr>{rows}</table>{gpu}

@@ -33,6 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
+from ..core.units import format_bytes
+
 UNKNOWN = "unknown"
 KINDS = ("diffusion_model", "text_encoder", "vae", "lora", "controlnet", "other")
 _KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
@@ -710,11 +712,11 @@ class Anatomy:
         """Plain-words report, several lines, no trailing newline."""
         state = "complete for text-to-image" if self.complete else "not complete for text-to-image"
         lines = [f"{self.family_label} ({self.family}): {state}; {self.tensors} tensors, "
-                 f"{_count(self.parameters)} parameters, {human_bytes(self.bytes)} [{_dtype_text(self.dtypes)}]"]
+                 f"{_count(self.parameters)} parameters, {format_bytes(self.bytes)} [{_dtype_text(self.dtypes)}]"]
         for c in self.components:
             extra = ", ".join(f"{k}={v}" for k, v in c.details.items())
             lines.append(f"  {c.kind:<15} {c.label} at '{c.prefix}': {c.tensors} tensors, {_count(c.parameters)} "
-                         f"parameters, {human_bytes(c.bytes)} [{_dtype_text(c.dtypes)}]"
+                         f"parameters, {format_bytes(c.bytes)} [{_dtype_text(c.dtypes)}]"
                          + (f" ({extra})" if extra else ""))
         missing = self.missing_for_txt2img()
         if missing:
@@ -1092,15 +1094,6 @@ def _ordered_dtypes(sizes: Mapping[str, int]) -> dict[str, int]:
     return {name: sizes[name] for name in DTYPE_ORDER if name in sizes}
 
 
-def human_bytes(n: float) -> str:
-    """1536 -> '1.5 KB'."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def _count(n: float) -> str:
     for unit in ("", "K", "M", "B"):
         if n < 1000:
@@ -1110,4 +1103,4 @@ def _count(n: float) -> str:
 
 
 def _dtype_text(sizes: Mapping[str, int]) -> str:
-    return ", ".join(f"{name} {human_bytes(size)}" for name, size in sizes.items())
+    return ", ".join(f"{name} {format_bytes(size)}" for name, size in sizes.items())

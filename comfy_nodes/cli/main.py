@@ -6,8 +6,10 @@
     stagetrace inspect FILE... [--json] [--models-dir DIR]
                                        what a model file holds and lacks (exit 0
                                        complete, 1 incomplete, 2 unreadable)
-    stagetrace demo [--comfyui DIR]    profile a real (tiny, CPU) ComfyUI run, or
-                                       a built-in example when no ComfyUI is given
+    stagetrace demo [--comfyui DIR]    profile a real tiny workflow on the CPU in the
+                                       ComfyUI StageTrace sits in (or DIR, or
+                                       $COMFYUI_DIR); outside one, the user's case
+                                       in miniature
 """
 
 from __future__ import annotations
@@ -15,15 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
-from .tracefile import TraceError, load
+from ..record.tracefile import TraceError, load
 
 
 def _report(args) -> int:
-    from .diagnose import diagnose
-    from .report import render
+    from ..analysis.diagnose import diagnose
+    from ..render.report import render
 
     status = 0
     fmt = "json" if args.json else args.format
@@ -41,7 +42,7 @@ def _report(args) -> int:
 
 
 def _inspect(args) -> int:
-    from . import inspect_files
+    from ..cli import inspect_files
 
     if not args.files and not args.models_dir:
         print("stagetrace inspect: give model files, or --models-dir DIR", file=sys.stderr)
@@ -57,7 +58,7 @@ def _inspect(args) -> int:
 
 
 def _demo(args) -> int:
-    from . import demo
+    from ..demo import run as demo
 
     return demo.run(comfyui_dir=args.comfyui, workdir=args.workdir)
 
@@ -77,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.add_argument("--models-dir", help="walk a ComfyUI models folder and flag problems")
     inspect.set_defaults(func=_inspect)
-    demo = sub.add_parser("demo", help="profile a tiny ComfyUI workflow on the CPU (or a built-in example)")
-    demo.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"),
-                      help="ComfyUI checkout to run (default: $COMFYUI_DIR)")
+    demo = sub.add_parser("demo", help="profile a tiny ComfyUI workflow on the CPU (outside a ComfyUI: the user's "
+                          "case in miniature)")
+    demo.add_argument("--comfyui", default=None,
+                      help="the ComfyUI to run (default: $COMFYUI_DIR, else the ComfyUI StageTrace is installed in)")
     demo.add_argument("--workdir", default=None, help="where models, images and traces go (default: a new temp dir)")
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .stages import STAGES
+from ..core.stages import STAGES
+from ..core.units import format_bytes, format_duration, format_share
+from .loaders import describe_gap
 
 TOP_NODES = 5
 
@@ -115,7 +117,8 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         nodes=sorted(node_time.values(), key=lambda n: n.seconds, reverse=True),
         cached=sorted(cached.values(), key=lambda n: n.node_id),
         failures=failures,
-        warnings=[str(w) for w in other.get("warnings") or ()],
+        warnings=[describe_gap(g) for g in other.get("loader_gaps") or () if isinstance(g, dict)]
+        + [str(w) for w in other.get("warnings") or ()],  # traces from before loader gaps were data
         events=len(events),
         dropped=int(other.get("dropped_events", 0) or 0),
         trace_path=trace_path,
@@ -135,55 +138,8 @@ def _gpu_line(meta: object, windows: list[dict], wall_s: float) -> str | None:
     for w in windows:
         for direction, c in (w.get("copies") or {}).items():
             copied[direction] += int(c.get("bytes") or 0)
-    moved = ", ".join(f"{d.upper()} {_megabytes(b)}" for d, b in copied.items() if b)
-    line = f"GPU busy {_seconds(busy).strip()} ({_share(busy, wall_s).strip()} of wall), {kernels} kernels"
+    moved = ", ".join(f"{d.upper()} {format_bytes(b)}" for d, b in copied.items() if b)
+    line = f"GPU busy {format_duration(busy).strip()} ({format_share(busy, wall_s).strip()} of wall), {kernels} kernels"
     line += f"; copies {moved}" if moved else ""
     dropped = int(meta.get("dropped_records") or 0)
     return line + (f"; {dropped} GPU records dropped" if dropped else "")
-
-
-def _megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} B"
-
-
-def _seconds(s: float) -> str:
-    return f"{s * 1e3:9.1f} ms" if s < 1 else f"{s:9.3f} s "
-
-
-def _share(part: float, whole: float) -> str:
-    return f"{100 * part / whole:5.1f} %" if whole > 0 else "    - "
-
-
-def format_text(s: Summary) -> str:
-    """The console summary: wall time, time per stage, slowest nodes, cached nodes."""
-    head = f"StageTrace · prompt {s.prompt_id} · {s.outcome} · wall {s.wall_s:.3f} s"
-    if s.queue_wait_s is not None:
-        head += f" · queue wait {s.queue_wait_s:.3f} s"
-    lines = [head, f"  {'stage':<32}{'time':>12}{'share':>9}"]
-    for stage, secs in s.stage_s.items():
-        if stage != "prompt":
-            lines.append(f"  {stage:<32}{_seconds(secs):>12}{_share(secs, s.wall_s):>9}")
-    if "node" in s.stage_s:
-        outside = max(0.0, s.wall_s - s.stage_s["node"])
-        lines.append(f"  {'(outside nodes)':<32}{_seconds(outside):>12}{_share(outside, s.wall_s):>9}")
-    if s.nodes:
-        lines.append("  slowest nodes:")
-        for n in s.nodes[:TOP_NODES]:
-            mark = "" if n.outcome == "ok" else f"  [{n.outcome}]"
-            label = f"{n.class_type} #{n.node_id}"
-            label = label if len(label) <= 30 else label[:29] + "…"
-            lines.append(f"    {label:<30}{_seconds(n.seconds):>12}{_share(n.seconds, s.wall_s):>9}{mark}")
-    if s.cached:
-        names = ", ".join(f"{n.class_type} #{n.node_id}" for n in s.cached)
-        lines.append(f"  cached: {len(s.cached)} node{'s' if len(s.cached) != 1 else ''} ({names})")
-    if s.gpu:
-        lines.append(f"  {s.gpu}")
-    for warning in s.warnings:
-        lines.append(f"  warning: {warning}")
-    for failure in s.failures:
-        lines.append(f"  {failure}")
-    if s.trace_path:
-        lines.append(f"  trace: {s.trace_path} ({s.events} events, {s.dropped} dropped)")
-    elif s.dropped:
-        lines.append(f"  {s.dropped} events dropped (buffers full)")
-    return "\n".join(lines)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # comfy_nodes/
 ROOT = os.path.dirname(_HERE)
 BUILD_HINT = f"build it with: cd {ROOT} && python install.py"
 
 try:
-    from . import _native  # type: ignore[attr-defined]
+    from .. import _native  # type: ignore[attr-defined]
 
     LOAD_ERROR: str | None = None
 except ImportError as exc:  # not built, or built for another Python

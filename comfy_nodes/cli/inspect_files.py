@@ -13,8 +13,8 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 
-from . import native as native_loader
-from .anatomy import human_bytes
+from ..core import native as native_loader
+from ..core.units import format_bytes
 
 COMPLETE, INCOMPLETE, UNREADABLE = 0, 1, 2
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -52,7 +52,7 @@ def _header_digest(path: str, header_bytes: int) -> str:
 
 def inspect_file(path: str) -> FileReport:
     """Read and classify one file; never raises for a bad file."""
-    from .anatomy import read_anatomy
+    from ..analysis.anatomy import read_anatomy
 
     size = os.path.getsize(path) if os.path.exists(path) else 0
     if not path.lower().endswith(SAFETENSORS_SUFFIXES):
@@ -96,7 +96,7 @@ def walk_models_dir(models_dir: str) -> list[FileReport]:
 
 
 def format_report(report: FileReport) -> str:
-    lines = [f"{report.path}  ({human_bytes(report.size)})"]
+    lines = [f"{report.path}  ({format_bytes(report.size)})"]
     if report.error:
         lines.append(f"  unreadable: {report.error}")
     anatomy = report.anatomy

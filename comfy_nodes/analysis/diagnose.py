@@ -9,12 +9,13 @@ ever made up: without GPU data, the GPU rules say they could not check.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from .summary import Summary, summarize
+from ..analysis.summary import Summary, summarize
+from ..core.units import format_bytes, format_duration
+from .loaders import advice_text, describe_gap, fitting_advice
 
 # --- What a finding is ----------------------------------------------------------------------------
 
@@ -97,13 +98,6 @@ class Rule:
     check: Check
 
 
-def _mb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
-
-
-def _s(x: float) -> str:
-    return f"{x:.1f} s" if x >= 1 else f"{x * 1e3:.0f} ms"
-
 
 # --- The rules ------------------------------------------------------------------------------------
 
@@ -114,22 +108,31 @@ NETWORK_FILESYSTEMS = ("overlay", "9p", "fuse", "nfs", "cifs", "smb", "virtiofs"
 
 
 def rule_missing_parts(ev: Evidence) -> Finding | NotChecked | None:
-    warnings = [str(w) for w in ev.other.get("warnings") or []]
+    """From the recorded loader gaps (analysis.loaders): what the file holds, what is missing and who
+    needs it, and the loaders the workflow still needs. ComfyUI's own log lines stand in for a trace
+    without gaps (an older trace, or a loader StageTrace does not know)."""
+    gaps = [g for g in ev.other.get("loader_gaps") or [] if isinstance(g, dict) and g.get("missing")]
     kinds = ev.log_kinds()
     failed = " ".join(ev.summary.failures)
-    if not warnings and not ({"no_clip", "no_vae"} & kinds and "invalid: None" in failed):
-        if "anatomy" not in ev.other:
-            return NotChecked("missing-clip-vae", TITLES["missing-clip-vae"], "the trace has no model-file anatomy")
-        return None
-    evidence = warnings[0] if warnings else "ComfyUI logged " + ", ".join(sorted({"no_clip", "no_vae"} & kinds))
-    fix = "load the diffusion model, text encoder and VAE with their own loader nodes"
-    match = re.search(r"Load it with: (.*)$", evidence)
-    if match:
-        fix = "load it with " + match.group(1)
-        evidence = evidence[: match.start()].strip()
-    return Finding("missing-clip-vae", TITLES["missing-clip-vae"], evidence, None,
-                   "the checkpoint loader was given a file that holds only part of the model (a diffusion-model-"
-                   "only file, or one without a VAE), so the nodes after it get None", fix, "error")
+    if not gaps:
+        if not ({"no_clip", "no_vae"} & kinds and "invalid: None" in failed):
+            if "anatomy" not in ev.other:
+                return NotChecked("missing-clip-vae", TITLES["missing-clip-vae"], "the trace has no model-file anatomy")
+            return None
+        return Finding("missing-clip-vae", TITLES["missing-clip-vae"],
+                       "ComfyUI logged " + ", ".join(sorted({"no_clip", "no_vae"} & kinds)), None, _MISSING_CAUSE,
+                       "load the diffusion model, text encoder and VAE with their own loader nodes", "error")
+    gap = gaps[0]
+    evidence = describe_gap(gap)
+    evidence = evidence[: evidence.index(" Load it with:")] if " Load it with:" in evidence else evidence
+    steps = fitting_advice(gap)
+    fix = ("load it with " + advice_text(steps)) if steps else \
+        "use a complete checkpoint, or load the missing parts with their own loader nodes"
+    return Finding("missing-clip-vae", TITLES["missing-clip-vae"], evidence, None, _MISSING_CAUSE, fix, "error")
+
+
+_MISSING_CAUSE = ("the checkpoint loader was given a file that holds only part of the model (a diffusion-model-"
+                  "only file, or one without a VAE), so the nodes after it get None")
 
 
 def rule_slow_read(ev: Evidence) -> Finding | NotChecked | None:
@@ -165,7 +168,8 @@ def rule_slow_read(ev: Evidence) -> Finding | NotChecked | None:
            "(not through the image's overlay or a 9p/FUSE share), or copy the model to local disk once"
            if network else "move the model to a faster local disk (NVMe or SATA SSD)")
     return Finding("slow-read", TITLES["slow-read"],
-                   f"read {_mb(size)} of {args.get('path', 'a model')} in {_s(seconds)} = {rate:.0f} MB/s from the "
+                   f"read {format_bytes(size)} of {args.get('path', 'a model')} in {format_duration(seconds)} "
+                   f"= {rate:.0f} MB/s from the "
                    f"{where}", lost, cause, fix)
 
 
@@ -186,11 +190,11 @@ def rule_partial_offload(ev: Evidence) -> Finding | NotChecked | None:
                if w.get("stage") == "sample.step")
     htod_ms = sum(((w.get("copies") or {}).get("htod") or {}).get("ms", 0) for w in ev.gpu_windows
                   if w.get("stage") == "sample.step")
-    evidence = (f"{m['model']}: {_mb(m['loaded_bytes'])} of {_mb(m['total_bytes'])} on {m['device']}"
+    evidence = (f"{m['model']}: {format_bytes(m['loaded_bytes'])} of {format_bytes(m['total_bytes'])} on {m['device']}"
                 if m else "ComfyUI logged 'loaded partially'")
     cost = None
     if steps and htod:
-        evidence += f"; {_mb(htod / len(steps))} copied host to device per step over {len(steps)} steps"
+        evidence += f"; {format_bytes(htod / len(steps))} copied host to device per step over {len(steps)} steps"
         cost = htod_ms / 1e3
     elif not ev.gpu_collected:
         evidence += " (no GPU data: the bytes streamed per step could not be measured)"
@@ -212,9 +216,10 @@ def rule_cpu_sampling(ev: Evidence) -> Finding | NotChecked | None:
     if ev.gpu_collected and not on_cpu:
         if sampler_kernels:
             return None
-        evidence = f"the sampler ran {_s(sample_s)} and the GPU ran no kernels in it"
+        evidence = f"the sampler ran {format_duration(sample_s)} and the GPU ran no kernels in it"
     elif on_cpu:
-        evidence = f"the models were loaded to the CPU and sampling took {_s(sample_s)} ({ev.gpu.get('reason', '')})"
+        evidence = (f"the models were loaded to the CPU and sampling took {format_duration(sample_s)} "
+                    f"({ev.gpu.get('reason', '')})")
         evidence = evidence.replace(" ()", "")
     else:
         return NotChecked("cpu-sampling", TITLES["cpu-sampling"],
@@ -265,7 +270,8 @@ def rule_vae_tiled(ev: Evidence) -> Finding | NotChecked | None:
         return None
     seconds = sum(e["dur"] for e in tiled) / 1e6
     return Finding("vae-tiled", TITLES["vae-tiled"],
-                   f"{len(tiled) or 1} VAE call(s) ran out of memory and were retried tiled ({_s(seconds)})",
+                   f"{len(tiled) or 1} VAE call(s) ran out of memory and were retried tiled "
+                   f"({format_duration(seconds)})",
                    seconds / 2 if seconds else None,
                    "the full-size VAE pass did not fit in free VRAM; ComfyUI threw that work away and decoded in tiles",
                    "use VAEDecodeTiled directly, free VRAM before decoding (smaller batch), or run the VAE on a GPU "
@@ -285,7 +291,7 @@ def rule_reloaded(ev: Evidence) -> Finding | NotChecked | None:
              else "the models were evicted between prompts (memory pressure, a changed workflow, or a cache of size 0)")
     return Finding("reloaded", TITLES["reloaded"],
                    f"{len(reread)} model file(s) read again though an earlier prompt in this process loaded them "
-                   f"({', '.join(p.rsplit('/', 1)[-1] for p in reread[:3])}); loading took {_s(load_s)}",
+                   f"({', '.join(p.rsplit('/', 1)[-1] for p in reread[:3])}); loading took {format_duration(load_s)}",
                    load_s, cause, "drop --disable-smart-memory, keep the workflow's loaders unchanged between runs, "
                    "and give ComfyUI enough system RAM to keep the models cached")
 
@@ -298,7 +304,8 @@ def rule_warmup(ev: Evidence) -> Finding | NotChecked | None:
     if ev.summary.wall_s <= 0 or load_s < 0.3 * ev.summary.wall_s:
         return None
     return Finding("warmup", TITLES["warmup"],
-                   f"first prompt of this ComfyUI process: loading models took {_s(load_s)} of {_s(ev.summary.wall_s)}",
+                   f"first prompt of this ComfyUI process: loading models took {format_duration(load_s)} of "
+                   f"{format_duration(ev.summary.wall_s)}",
                    None, "the first run reads and prepares the models; later runs with the same models reuse them",
                    "judge speed on the second run; keep ComfyUI running between jobs instead of restarting it",
                    "info")
@@ -311,7 +318,8 @@ def rule_queue_wait(ev: Evidence) -> Finding | NotChecked | None:
     if wait < max(1.0, ev.summary.wall_s):
         return None
     return Finding("queue-wait", TITLES["queue-wait"],
-                   f"the prompt waited {_s(wait)} in the queue and ran for {_s(ev.summary.wall_s)}", wait,
+                   f"the prompt waited {format_duration(wait)} in the queue and ran for "
+                   f"{format_duration(ev.summary.wall_s)}", wait,
                    "other prompts were queued ahead of this one", "measure one prompt at a time, or clear the queue "
                    "before a benchmark", "info")
 
@@ -328,7 +336,7 @@ def rule_memory_pressure(ev: Evidence) -> Finding | NotChecked | None:
         return None
     evidence = []
     if swap_growth >= 256e6:
-        evidence.append(f"swap grew by {_mb(swap_growth)} while loading")
+        evidence.append(f"swap grew by {format_bytes(swap_growth)} while loading")
     if low < 0.05:
         evidence.append(f"only {low * 100:.0f} % of system RAM was left available")
     return Finding("memory-pressure", TITLES["memory-pressure"], "; ".join(evidence),

@@ -17,6 +17,13 @@
 |                          |                                  | temperature, power counter tracks)        |
 | STAGETRACE_NVML_HZ       | 10                               | samples a second                          |
 | STAGETRACE_NVML_LIB      | libnvidia-ml.so.1                | the NVML library to load                  |
+| STAGETRACE_KEEP_TRACES   | 1000                             | traces kept (each with its reports);      |
+|                          |                                  | the oldest are removed past this          |
+| STAGETRACE_KEEP_DAYS     | 30                               | traces older than this are removed        |
+| STAGETRACE_KEEP_MB       | 2000                             | traces and reports take at most this (MB) |
+| STAGETRACE_WRITER_QUEUE  | 64                               | prompts waiting for the writer thread;    |
+|                          |                                  | past this whole prompts are dropped and   |
+|                          |                                  | counted (the worker never waits)          |
 """
 
 from __future__ import annotations
@@ -47,6 +54,19 @@ def _int(name: str, default: int, minimum: int) -> int:
     return number
 
 
+def _positive_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number") from None
+    if not number > 0:
+        raise ValueError(f"{name}={value!r} must be positive")
+    return number
+
+
 def _positive_int(name: str, default: int) -> int:
     return _int(name, default, 1)
 
@@ -67,6 +87,10 @@ class Settings:
     gpu_kernels: int = 0
     nvml: bool = True
     nvml_hz: int = 10
+    keep_traces: int = 1000
+    keep_days: float = 30.0
+    keep_mb: float = 2000.0
+    writer_queue: int = 64
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -81,4 +105,8 @@ class Settings:
             gpu_kernels=_count("STAGETRACE_GPU_KERNELS", 0),
             nvml=_flag("STAGETRACE_NVML", True),
             nvml_hz=_positive_int("STAGETRACE_NVML_HZ", 10),
+            keep_traces=_positive_int("STAGETRACE_KEEP_TRACES", 1000),
+            keep_days=_positive_float("STAGETRACE_KEEP_DAYS", 30.0),
+            keep_mb=_positive_float("STAGETRACE_KEEP_MB", 2000.0),
+            writer_queue=_positive_int("STAGETRACE_WRITER_QUEUE", 64),
         )

@@ -1,4 +1,5 @@
-"""Generate a tiny, deterministic SD1.5-shaped checkpoint for tests and demos.
+"""Generate a tiny, deterministic SD1.5-shaped checkpoint for tests and demos, and the user's case in
+miniature: a diffusion-model-only Qwen-Image file, written without torch.
 
 The file is accepted by ComfyUI's ``CheckpointLoaderSimple``:
 
@@ -18,7 +19,8 @@ Every multi-dimensional weight is drawn from N(0, 0.02) with a seeded
 generator, biases are 0 and normalisation weights are 1, so the same seed
 gives byte-identical files and identical sampling results.
 
-torch and safetensors are imported lazily so that importing this module is cheap.
+torch and safetensors are imported lazily so that importing this module is cheap; the Qwen-Image
+miniature needs neither.
 """
 
 from __future__ import annotations
@@ -265,3 +267,72 @@ def write_clip_l_zeros(path: str | os.PathLike) -> str:
     save_file({k: torch.zeros(s, dtype=torch.float16) for k, s in clip_l_shapes().items()}, path,
               metadata={"format": "pt", "generator": "stagetrace.clip_l_zeros"})
     return path
+
+
+# --- The user's case in miniature (no torch needed) ------------------------------------------------
+
+# Bytes per element of the safetensors dtypes the miniature uses.
+_DTYPE_BYTES = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4}
+QWEN_IMAGE_MINI = "qwen_image_mini_fp8_e4m3fn.safetensors"
+
+
+def tiny_qwen_image_shapes(hidden: int = 64, blocks: int = 2) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A Qwen-Image MMDiT as Comfy-Org's qwen_image_fp8_e4m3fn.safetensors lays it out (unprefixed keys,
+    weights in fp8_e4m3fn, biases and norms in bf16), shrunk from 3072 wide and 60 blocks to ``hidden``
+    and ``blocks``; the 64 latent channels in and the 3584-wide text side (Qwen2.5-VL 7B) are the real
+    ones. Returns name -> (safetensors dtype, shape)."""
+    head = 128 if hidden >= 128 else hidden
+    fp8, bf16 = "F8_E4M3", "BF16"
+    shapes = {
+        "img_in.weight": (fp8, (hidden, 64)), "img_in.bias": (bf16, (hidden,)),
+        "txt_in.weight": (fp8, (hidden, 3584)), "txt_in.bias": (bf16, (hidden,)),
+        "txt_norm.weight": (bf16, (3584,)),
+        "time_text_embed.timestep_embedder.linear_1.weight": (fp8, (hidden, 256)),
+        "time_text_embed.timestep_embedder.linear_2.weight": (fp8, (hidden, hidden)),
+        "norm_out.linear.weight": (fp8, (2 * hidden, hidden)), "norm_out.linear.bias": (bf16, (2 * hidden,)),
+        "proj_out.weight": (fp8, (64, hidden)), "proj_out.bias": (bf16, (64,)),
+    }
+    for i in range(blocks):
+        block = f"transformer_blocks.{i}."
+        for mod in ("img_mod", "txt_mod"):
+            shapes[f"{block}{mod}.1.weight"] = (fp8, (6 * hidden, hidden))
+            shapes[f"{block}{mod}.1.bias"] = (bf16, (6 * hidden,))
+        for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out"):
+            shapes[f"{block}attn.{proj}.weight"] = (fp8, (hidden, hidden))
+        for norm in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+            shapes[f"{block}attn.{norm}.weight"] = (bf16, (head,))
+        for mlp in ("img_mlp", "txt_mlp"):
+            shapes[f"{block}{mlp}.net.0.proj.weight"] = (fp8, (4 * hidden, hidden))
+            shapes[f"{block}{mlp}.net.2.weight"] = (fp8, (hidden, 4 * hidden))
+    return shapes
+
+
+def write_zero_safetensors(path: str | os.PathLike, tensors: dict[str, tuple[str, tuple[int, ...]]],
+                           metadata: dict[str, str] | None = None) -> str:
+    """Write a safetensors file of all-zero tensors (name -> (dtype, shape)) with the standard library
+    alone: the 8-byte header length, the JSON header padded to 8 bytes, the data. Returns the path."""
+    import json
+    import math
+    import struct
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for name, (dtype, shape) in tensors.items():
+        size = math.prod(shape) * _DTYPE_BYTES[dtype]
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    body = json.dumps(header, separators=(",", ":")).encode()
+    body += b" " * (-len(body) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(body)) + body)
+        f.write(bytes(offset))
+    return path
+
+
+def write_tiny_qwen_image_diffusion_only(path: str | os.PathLike) -> str:
+    """The user's file in miniature: a diffusion-model-only Qwen-Image in fp8 (about 1 MB, all zeros),
+    which CheckpointLoaderSimple cannot give a CLIP or a VAE."""
+    return write_zero_safetensors(path, tiny_qwen_image_shapes(),
+                                  {"format": "pt", "generator": "stagetrace.tiny_qwen_image"})

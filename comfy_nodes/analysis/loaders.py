@@ -1,0 +1,108 @@
+"""What a loader node can give, as data: when a checkpoint loader reads a file that lacks a part its
+downstream nodes need (the text encoder, the VAE), the gap is recorded as a structured fact. The
+missing-CLIP/VAE finding and its fix are produced from it by a diagnosis rule, and the console warning
+before the failure is rendered from the same fact (``describe_gap``)."""
+
+from __future__ import annotations
+
+import os
+
+from ..core.units import format_bytes
+
+# Loader node class -> {output index: (component kind it needs, what to call it)}
+LOADER_OUTPUTS: dict[str, dict[int, tuple[str, str]]] = {
+    "CheckpointLoaderSimple": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
+    "CheckpointLoader": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
+    "unCLIPCheckpointLoader": {1: ("text_encoder", "text encoder (CLIP)"), 2: ("vae", "VAE")},
+}
+
+
+def consumers_of(prompt: dict, node_id: str, output: int) -> list[dict]:
+    """The nodes of the prompt whose inputs take output ``output`` of node ``node_id``."""
+    users = []
+    for other_id, other in prompt.items():
+        inputs = other.get("inputs") if isinstance(other, dict) else None
+        for name, value in (inputs or {}).items() if isinstance(inputs, dict) else ():
+            if isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id and value[1] == output:
+                users.append({"node_id": str(other_id), "class_type": str(other.get("class_type", "?")),
+                              "input": name})
+    return users
+
+
+def loader_gap(prompt: dict, node_id: str | None, path: str, anatomy) -> dict | None:
+    """The gap between what loader node ``node_id`` will give from the file at path and what the prompt's
+    nodes take from it, or None when there is none (or the node is not a checkpoint loader).
+
+    The gap: {"loader": class, "node_id", "file", "family", "family_label", "components": [kind, label,
+    tensors, bytes of each part the file holds], "missing": [{"kind", "what", "output", "consumers":
+    [{node_id, class_type, input}]}], "advice": [{node, inputs, why}] (every loader that file needs), and
+    "present_loaders": the loader classes the prompt already has}."""
+    node = prompt.get(node_id) if node_id is not None else None
+    outputs = LOADER_OUTPUTS.get(node.get("class_type")) if isinstance(node, dict) else None
+    if not outputs:
+        return None
+    missing = []
+    for output, (kind, what) in outputs.items():
+        if anatomy.of_kind(kind):
+            continue
+        users = consumers_of(prompt, str(node_id), output)
+        if users:
+            missing.append({"kind": kind, "what": what, "output": output, "consumers": users})
+    if not missing:
+        return None
+    name = os.path.basename(path)
+    return {
+        "loader": node["class_type"],
+        "node_id": str(node_id),
+        "file": name,
+        "path": path,
+        "family": anatomy.family,
+        "family_label": anatomy.family_label,
+        "components": [{"kind": c.kind, "label": c.label, "tensors": c.tensors, "bytes": c.bytes}
+                       for c in anatomy.components],
+        "missing": missing,
+        "advice": [step.to_dict() for step in anatomy.loading_advice(name)],
+        "present_loaders": sorted({str(n.get("class_type")) for n in prompt.values() if isinstance(n, dict)
+                                   and str(n.get("class_type", "")).endswith("Loader")}),
+    }
+
+
+def fitting_advice(gap: dict) -> list[dict]:
+    """The advice steps the workflow still needs: a loader class the prompt already has for the part
+    (say its CLIPLoader) is kept, unless the step replaces the failing loader itself."""
+    present = set(gap.get("present_loaders") or ())
+    missing_kinds = {m["kind"] for m in gap.get("missing") or ()}
+    steps = []
+    for step in gap.get("advice") or ():
+        node = step.get("node")
+        if node == gap.get("loader"):
+            continue  # the loader in place already is this step
+        serves_missing = (node == "CLIPLoader" and "text_encoder" in missing_kinds) or \
+                         (node == "VAELoader" and "vae" in missing_kinds) or node not in ("CLIPLoader", "VAELoader")
+        if node in present and node in ("CLIPLoader", "VAELoader", "DualCLIPLoader", "TripleCLIPLoader"):
+            continue
+        if serves_missing:
+            steps.append(step)
+    return steps
+
+
+def describe_gap(gap: dict) -> str:
+    """The gap in words: the console warning before the prompt fails, and the finding's evidence."""
+    needed = []
+    for m in gap["missing"]:
+        users = [f"{c['class_type']} #{c['node_id']}" for c in m["consumers"]]
+        needed.append(f"no {m['what']}, which {', '.join(users)} need{'s' if len(users) == 1 else ''}")
+    held = ", ".join(f"{c['label']} ({c['tensors']} tensors, {format_bytes(c['bytes'])})"
+                     for c in gap.get("components") or ())
+    text = (f"{gap['loader']} #{gap['node_id']} loads {gap['file']} ({gap['family_label']}), which has "
+            f"{' and '.join(needed)}: this prompt will fail there. ")
+    if held:
+        text += f"The file holds: {held}. "
+    advice = advice_text(fitting_advice(gap))
+    return text + (f"Load it with: {advice}." if advice else "Use a complete checkpoint.")
+
+
+def advice_text(steps: list[dict]) -> str:
+    """Loader steps as 'UNETLoader (unet_name=x, weight_dtype=default); VAELoader (vae_name=y)'."""
+    return "; ".join(f"{step['node']} ({', '.join(f'{k}={v}' for k, v in step['inputs'].items())})"
+                     for step in steps)

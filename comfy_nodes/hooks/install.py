@@ -1,0 +1,214 @@
+"""Hooks StageTrace into a running ComfyUI (shared/design.md, "Where to hook").
+
+The Python side decides which ComfyUI functions to wrap; the C side does the timing. Each target's
+signature is checked first; when ComfyUI has moved, the hook falls back to a coarser one and the trace
+metadata says so.
+
+- ``execution.execute``: replaced by a C Wrapper (one node span per call).
+  Fallback: a progress handler registered through ``reset_progress_state``.
+- ``PromptExecutor.execute_async``: the prompt span; the prompt is handed to the writer thread when
+  it returns.
+- ``PromptExecutor.add_message``: tap for cached nodes and prompt events.
+- ``PromptQueue.put``: submit time, for the queue wait.
+- Inside the nodes (stage_hooks.py): model_load.read with each model file's anatomy,
+  model_load.build, model_load.to_device, text_encode, sample with one span per step,
+  vae_decode/vae_encode, save.
+- The log tap (log_tap.py) for ComfyUI's telling log lines, added with the first prompt.
+
+Importing the custom node installs these hooks and nothing else: CUPTI, the NVML thread and the log
+tap start with the first prompt. Installation is all or nothing: when it fails half way, every hook
+already in place is put back.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import os
+import sys
+
+from ..core import native as native_loader
+from ..core import stages
+from ..core.log import log_once, logger
+from ..core.settings import Settings
+from ..record.recorder import Recorder
+from .guard import GUARD, HookGuard
+from .log_tap import LogTap
+from .params import params
+from .stage_hooks import Spans, StageHooks
+
+_MARK = "_stagetrace_installation"  # attribute on the execution module
+_EXECUTE_PARAMS = ["server", "dynprompt", "caches", "current_item"]
+EXIT_FLUSH_S = 10.0  # at exit, how long the last traces may take to be written
+
+
+class Installation:
+    """The hooks in place; ``uninstall()`` puts every original back."""
+
+    def __init__(self, recorder: Recorder):
+        self.recorder = recorder
+        self._restore: list[tuple[object, str, object]] = []
+
+    def replace(self, owner: object, name: str, new: object, label: str) -> None:
+        self._restore.append((owner, name, owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)))
+        setattr(owner, name, new)
+        self.recorder.hooks.append(label)
+
+    def uninstall(self) -> None:
+        for owner, name, original in reversed(self._restore):
+            setattr(owner, name, original)
+        self._restore.clear()
+        if self.recorder.log_tap is not None:
+            self.recorder.log_tap.uninstall()
+        execution = sys.modules.get("execution")
+        if execution is not None and getattr(execution, _MARK, None) is self:
+            delattr(execution, _MARK)
+
+
+def output_dir(settings: Settings) -> str:
+    if settings.output_dir:
+        return settings.output_dir
+    folder_paths = sys.modules.get("folder_paths")
+    base = folder_paths.get_output_directory() if folder_paths else os.path.join(os.getcwd(), "output")
+    return os.path.join(base, "stagetrace")
+
+
+def setup(settings: Settings | None = None) -> Installation | None:
+    """Install into the ComfyUI of this process. Never raises; logs one line and returns None when
+    StageTrace cannot or should not run."""
+    try:
+        settings = settings or Settings.from_env()
+        if settings.disabled:
+            logger.info("StageTrace: disabled by STAGETRACE_DISABLE")
+            return None
+        if native_loader._native is None:
+            log_once("native", "%s. ComfyUI runs normally, without profiling.", native_loader.LOAD_ERROR)
+            return None
+        execution = sys.modules.get("execution")
+        if execution is None:
+            logger.info("StageTrace: not running inside ComfyUI (no 'execution' module); no hooks installed")
+            return None
+        existing = getattr(execution, _MARK, None)
+        if existing is not None:
+            return existing
+        return _install(native_loader._native, settings, execution)
+    except Exception as exc:  # never break the host
+        log_once("setup", "could not install its hooks (%s: %s); ComfyUI runs without profiling",
+                 type(exc).__name__, exc)
+        return None
+
+
+def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) -> Installation:
+    native.set_buffer_capacity(settings.buffer_events)
+    native.nvtx_set_enabled(settings.nvtx)
+    recorder = Recorder(native, settings, lambda: output_dir(settings), guard, log_tap=LogTap(native, guard))
+    inst = Installation(recorder)
+    try:
+        _hook_nodes(inst, native, recorder, guard, execution)
+        executor = getattr(execution, "PromptExecutor", None)
+        if executor is not None:
+            _hook_prompt(inst, native, recorder, guard, executor)
+            add_message = executor.__dict__.get("add_message")
+            if add_message is not None and params(add_message)[:4] == ["self", "event", "data", "broadcast"]:
+                inst.replace(executor, "add_message", _tap(add_message, guard, "message tap",
+                                                           lambda self, event, data, *a: recorder.on_message(event,
+                                                                                                             data)),
+                             "PromptExecutor.add_message")
+            else:
+                recorder.fallbacks.append("no add_message tap: cached nodes and prompt events not recorded")
+        stage_hooks = StageHooks(Spans(native, guard), inst.replace)
+        stage_hooks.install(sys.modules, on_model_file=recorder.on_model_file)
+        recorder.fallbacks.extend(stage_hooks.missing)
+        queue = getattr(execution, "PromptQueue", None)
+        put = queue.__dict__.get("put") if queue is not None else None
+        if put is not None and params(put)[:2] == ["self", "item"]:
+            inst.replace(queue, "put", _tap(put, guard, "queue tap", lambda self, item, *a: recorder.on_submit(
+                item[1])), "PromptQueue.put")
+    except BaseException:
+        inst.uninstall()  # all or nothing: put back what was already replaced
+        raise
+    setattr(execution, _MARK, inst)
+    atexit.register(recorder.flush, EXIT_FLUSH_S)
+    logger.info("StageTrace: profiling every prompt (hooks: %s; NVTX %s)", ", ".join(recorder.hooks),
+                "on" if native.nvtx_enabled() else "off")
+    return inst
+
+
+def _hook_nodes(inst: Installation, native, recorder: Recorder, guard: HookGuard, execution) -> None:
+    original_execute = getattr(execution, "execute", None)
+    if params(original_execute)[:4] != _EXECUTE_PARAMS:
+        log_once("execute-moved", "execution.execute has an unknown signature %s; timing nodes through the "
+                 "progress handler instead", params(original_execute))
+        _install_progress_fallback(inst, guard, execution)
+        return
+    mm = sys.modules.get("comfy.model_management")
+    interrupt = getattr(mm, "InterruptProcessingException", None)
+    interrupts = (interrupt, KeyboardInterrupt) if interrupt else (KeyboardInterrupt,)
+    inst.replace(execution, "execute", native.Wrapper(
+        original_execute, stages.NODE, "node", namer=guard.wrap("node namer", recorder.node_namer),
+        outcome=guard.wrap("node outcome", recorder.node_outcome), interrupts=interrupts,
+        coroutine=inspect.iscoroutinefunction(original_execute),
+    ), "execution.execute")
+    recorder.on_self_check_failed = lambda: _install_progress_fallback(inst, guard, execution)
+
+
+def _hook_prompt(inst: Installation, native, recorder: Recorder, guard: HookGuard, executor) -> None:
+    original = executor.__dict__.get("execute_async")
+    if original is None or params(original)[:3] != ["self", "prompt", "prompt_id"]:
+        log_once("prompt-moved", "PromptExecutor.execute_async not found or changed; prompts are not profiled")
+        recorder.fallbacks.append("no prompt hook")
+        return
+    timed = native.Wrapper(original, stages.PROMPT, "prompt", namer=guard.wrap("prompt namer", recorder.prompt_namer),
+                           outcome=guard.wrap("prompt outcome", recorder.prompt_outcome), coroutine=True)
+
+    @functools.wraps(original)
+    async def execute_async(self, prompt, prompt_id, extra_data={}, *args, **kwargs):  # noqa: B006 (mirrors ComfyUI)
+        guard.call("prompt begin", recorder.prompt_begin, prompt, prompt_id, extra_data)
+        try:
+            return await timed(self, prompt, prompt_id, extra_data, *args, **kwargs)
+        finally:
+            guard.call("prompt end", recorder.prompt_end)
+
+    inst.replace(executor, "execute_async", execute_async, "PromptExecutor.execute_async")
+
+
+def _tap(original, guard: HookGuard, label: str, observe):
+    """original, after observe(*args) has seen the call (guarded: StageTrace's failure stays its own)."""
+    @functools.wraps(original)
+    def tapped(*args, **kwargs):
+        guard.call(label, observe, *args)
+        return original(*args, **kwargs)
+
+    return tapped
+
+
+def _install_progress_fallback(inst: Installation, guard: HookGuard, execution) -> None:
+    """Time nodes with a ComfyUI progress handler, registered anew for every prompt (ComfyUI builds a
+    fresh progress registry per prompt)."""
+    progress = sys.modules.get("comfy_execution.progress")
+    reset = getattr(execution, "reset_progress_state", None)
+    base = getattr(progress, "ProgressHandler", None)
+    recorder = inst.recorder
+    if progress is None or reset is None or base is None:
+        recorder.fallbacks.append("no node timing: neither execute() nor progress handlers are usable")
+        return
+
+    class StageTraceProgress(base):
+        def __init__(self):
+            super().__init__("stagetrace")
+
+        def start_handler(self, node_id, state, prompt_id):
+            guard.call("progress fallback", recorder.fallback_node_start, node_id)
+
+        def finish_handler(self, node_id, state, prompt_id):
+            guard.call("progress fallback", recorder.fallback_node_finish, node_id)
+
+    @functools.wraps(reset)
+    def reset_progress_state(*args, **kwargs):
+        result = reset(*args, **kwargs)
+        guard.call("progress fallback", lambda: progress.add_progress_handler(StageTraceProgress()))
+        return result
+
+    inst.replace(execution, "reset_progress_state", reset_progress_state, "execution.reset_progress_state")
+    recorder.fallbacks.append("node timing through the progress handler")

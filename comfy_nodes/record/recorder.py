@@ -1,0 +1,362 @@
+"""Per-prompt bookkeeping: what the hooks learn during a prompt, recorded through the C recorder, and
+the hand-over of each prompt to the writer thread when it ends.
+
+One prompt runs at a time in ComfyUI (its single prompt worker thread); the recorder keeps the state
+of the prompt in progress. The Python side decides what to record; every span, instant event, counter
+and track name goes through the C recorder (bounded per-thread rings, interned names, args escaped by
+the one C escaper). Only ``otherData``, the trace's metadata, is a Python structure, written once.
+
+On the worker a prompt's end costs the drain and a metadata dict; writing, diagnosing and rendering
+happen on the writer thread (record/writer.py).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from ..core import stages
+from ..core.log import log_once, logger
+from ..gpu.memory import TorchMemory, device_facts, merge_devices
+from ..gpu.tracks import record_kernels, record_windows
+from .writer import PromptRecord, TraceWriterThread
+
+VERSION = "0.1.0"
+MAX_QUEUED_SUBMITS = 1024
+MAX_ANATOMY = 64  # model files described per prompt
+MESSAGE_FIELDS = ("prompt_id", "node_id", "node_type", "exception_type", "exception_message", "nodes")
+
+
+class Recorder:
+    def __init__(self, native, settings, output_dir: Callable[[], str], guard, log_tap=None):
+        self.native = native
+        self.settings = settings
+        self.guard = guard
+        self.log_tap = log_tap  # hooks.log_tap.LogTap: installed with the first prompt
+        self.writer = TraceWriterThread(native, settings, output_dir, guard)
+        self.hooks: list[str] = []  # what was wrapped, for the trace metadata
+        self.fallbacks: list[str] = []
+        self.on_self_check_failed: Callable[[], None] | None = None
+        self.gpu = None  # gpu.cupti.GpuCollection, from the first prompt on
+        self.nvml = None  # gpu.nvml.NvmlSampler, likewise
+        self.prompts_run = 0  # in this process, this one included
+        self.memory = TorchMemory(native)
+        self._submitted: dict[str, int] = {}  # prompt id -> submit time, ns
+        self._lock = threading.Lock()
+        self._open_nodes: dict[str, int] = {}  # progress-handler fallback: node id -> start ns
+        self._files_read: set[str] = set()  # model files earlier prompts read
+        self._static: dict | None = None  # process facts that do not change
+        self._started = False
+        self._names = {k: native.intern(k) for k in ("prompt", "thread_name", "process_name", "queue_wait")}
+        self._reset_prompt()
+
+    # --- prompt state -------------------------------------------------------------------------
+
+    def _reset_prompt(self) -> None:
+        self.prompt_id: str | None = None
+        self.prompt: dict = {}
+        self.cached_nodes: set[str] = set()
+        self.cached_at = 0
+        self.executed_nodes: set[str] = set()
+        self.events_seen: list[str] = []
+        self.outcome = stages.OK
+        self.t_begin = 0
+        self.queue_wait_ns: int | None = None
+        self.anatomy: list[dict] = []  # model files read during the prompt
+        self.loader_gaps: list[dict] = []  # analysis.loaders.loader_gap facts
+        self.files_read: set[str] = set()
+        self.node_spans = 0
+        self._node_stack: list[str] = []
+
+    def _start_collectors(self) -> None:
+        """With the first prompt, not on import: CUPTI, the NVML thread, the log tap."""
+        self._started = True
+        from ..gpu.cupti import GpuCollection
+        from ..gpu.nvml import NvmlSampler
+
+        self.gpu = self.guard.call("GPU start", GpuCollection, self.native, self.settings.gpu,
+                                   self.settings.gpu_kernels)
+        self.nvml = self.guard.call("NVML start", NvmlSampler, self.native, self.settings.nvml,
+                                    self.settings.nvml_hz)
+        if self.log_tap is not None:
+            self.guard.call("log tap", self.log_tap.install)
+
+    def on_submit(self, prompt_id: str) -> None:
+        """A prompt entered the queue (PromptQueue.put)."""
+        with self._lock:
+            if len(self._submitted) >= MAX_QUEUED_SUBMITS:
+                self._submitted.pop(next(iter(self._submitted)))
+            self._submitted[str(prompt_id)] = self.native.now_ns()
+
+    def prompt_begin(self, prompt: dict, prompt_id: str, extra_data: dict | None) -> None:
+        if not self._started:
+            self._start_collectors()
+        self._reset_prompt()
+        self.prompt_id = str(prompt_id)
+        self.prompt = prompt if isinstance(prompt, dict) else {}
+        if self.gpu is not None:
+            self.guard.call("GPU round", self.gpu.round_begin)
+        if self.nvml is not None:
+            self.guard.call("NVML round", self.nvml.round_begin)
+        self.memory.clear()
+        if self.log_tap is not None:
+            self.log_tap.active = True
+        self.t_begin = self.native.now_ns()
+        with self._lock:
+            submitted = self._submitted.pop(self.prompt_id, None)
+        if submitted is not None:
+            self.queue_wait_ns = max(0, self.t_begin - submitted)
+        elif isinstance(extra_data, dict) and isinstance(extra_data.get("create_time"), (int, float)):
+            # newer ComfyUI stamps the submit time (epoch milliseconds)
+            self.queue_wait_ns = max(0, int((time.time() * 1000 - extra_data["create_time"]) * 1e6))
+        if self.queue_wait_ns is not None:
+            n = self.native
+            n.record(stages.PROMPT, self._names["queue_wait"], 0, self.t_begin - self.queue_wait_ns, self.t_begin,
+                     args={"prompt_id": self.prompt_id})
+
+    def prompt_namer(self, executor, prompt, prompt_id, *args, **kwargs):
+        return "prompt", str(prompt_id)
+
+    def prompt_outcome(self, _result) -> int:
+        return self.outcome
+
+    def class_type(self, node_id: str) -> str:
+        node = self.prompt.get(node_id)
+        if isinstance(node, dict) and isinstance(node.get("class_type"), str):
+            return node["class_type"]
+        return "?"
+
+    # --- node hooks (called by the C wrapper around execution.execute) ------------------------
+
+    def node_namer(self, server, dynprompt, caches, current_item, *args, **kwargs):
+        node_id = str(current_item)
+        try:
+            class_type = dynprompt.get_node(current_item)["class_type"]
+        except Exception:
+            class_type = self.class_type(node_id)
+        hint = stages.CACHED if node_id in self.cached_nodes else None
+        self.node_spans += 1
+        self.executed_nodes.add(node_id)
+        self._node_stack.append(node_id)
+        self.guard.call("GPU memory", self.memory.sample, self.native.now_ns(), node_id, "start")
+        return class_type, node_id, hint
+
+    def node_outcome(self, result) -> int:
+        """Classify execute()'s (ExecutionResult, error_details, exception) tuple."""
+        node_id = self._node_stack.pop() if self._node_stack else None
+        self.guard.call("GPU memory", self.memory.sample, self.native.now_ns(), node_id, "end")
+        status = getattr(result[0], "name", None) if isinstance(result, tuple) and result else None
+        if status == "FAILURE":
+            exc = result[2] if len(result) > 2 else None
+            return stages.INTERRUPTED if _is_interrupt(exc) else stages.ERROR
+        if status == "PENDING":
+            return stages.PENDING
+        return stages.OK
+
+    def on_message(self, event: str, data: dict) -> None:
+        """PromptExecutor.add_message tap: cached nodes and prompt events, as instant events."""
+        n = self.native
+        now = n.now_ns()
+        data = data if isinstance(data, dict) else {}
+        if event == "execution_cached":
+            self.cached_nodes = {str(x) for x in data.get("nodes") or ()}
+        elif event == "execution_error":
+            self.outcome = stages.ERROR
+        elif event == "execution_interrupted":
+            self.outcome = stages.INTERRUPTED
+        self.events_seen.append(event)
+        n.record(stages.PROMPT, n.intern(str(event)), 0, now, now, kind=n.EVENT_INSTANT,
+                 cat_id=self._names["prompt"], args={k: v for k, v in data.items() if k in MESSAGE_FIELDS})
+        if event == "execution_cached":
+            self.cached_at = now
+
+    # --- model files (comfy.utils.load_torch_file) --------------------------------------------
+
+    def on_model_file(self, path: str) -> None:
+        """Before a loader reads a file: record its anatomy, and warn when the loader node cannot give
+        what its downstream nodes need (the gap is recorded as data, the warning rendered from it)."""
+        self.files_read.add(path)
+        if not path.lower().endswith((".safetensors", ".sft")) or len(self.anatomy) >= MAX_ANATOMY:
+            return
+        from ..analysis.anatomy import read_anatomy
+        from ..analysis.loaders import describe_gap, loader_gap
+
+        n = self.native
+        node_id = _executing_node_id()
+        name_id, path_id, now = n.intern("anatomy: " + os.path.basename(path)), n.intern(path), n.now_ns()
+        try:
+            anatomy, _ = read_anatomy(n, path)
+        except n.SafetensorsError as exc:
+            self.anatomy.append({"path": path, "node_id": node_id, "error": str(exc)})
+            n.record(stages.ANATOMY, name_id, path_id, now, now, stages.ERROR, kind=n.EVENT_INSTANT,
+                     args={"error": str(exc)})
+            return
+        facts = anatomy.to_dict()
+        self.anatomy.append({"path": path, "node_id": node_id, **facts})
+        n.record(stages.ANATOMY, name_id, path_id, now, now, stages.OK, kind=n.EVENT_INSTANT,
+                 args={"family": facts["family"], "complete": facts["complete"]})
+        gap = loader_gap(self.prompt, node_id, path, anatomy)
+        if gap is not None:
+            self.loader_gaps.append(gap)
+            logger.warning("StageTrace: %s", describe_gap(gap))
+
+    # --- progress-handler fallback (when execution.execute moved) -----------------------------
+
+    def fallback_node_start(self, node_id: str) -> None:
+        self._open_nodes[str(node_id)] = self.native.now_ns()
+
+    def fallback_node_finish(self, node_id: str) -> None:
+        now = self.native.now_ns()
+        t0 = self._open_nodes.pop(str(node_id), None)
+        if t0 is None:  # ComfyUI finishes cache hits without starting them
+            self._record_node(str(node_id), now, now, stages.CACHED)
+        else:
+            self._record_node(str(node_id), t0, now, stages.OK)
+
+    def _record_node(self, node_id: str, t0: int, t1: int, outcome: int) -> None:
+        n = self.native
+        self.node_spans += 1
+        n.record(stages.NODE, n.intern(self.class_type(node_id)), n.intern(node_id), t0, t1, outcome)
+
+    def _close_fallback_nodes(self) -> None:
+        now = self.native.now_ns()
+        outcome = stages.ERROR if self.outcome == stages.OK else self.outcome
+        for node_id, t0 in list(self._open_nodes.items()):
+            self._record_node(node_id, t0, now, outcome)
+        self._open_nodes.clear()
+
+    # --- the end of a prompt ------------------------------------------------------------------
+
+    def prompt_end(self) -> None:
+        """On the worker: record what only the end knows, drain, hand the prompt to the writer thread."""
+        if self.log_tap is not None:
+            self.log_tap.active = False
+        self._close_fallback_nodes()
+        n = self.native
+        for node_id in sorted(self.cached_nodes - self.executed_nodes):  # served from cache without execute()
+            n.record(stages.NODE, n.intern(self.class_type(node_id)), n.intern(node_id), self.cached_at,
+                     self.cached_at, stages.CACHED)
+        gpu_meta = self.guard.call("GPU round", self._gpu_round, default={
+            "collection": "unavailable", "reason": "GPU collection failed (see the log)"})
+        nvml_meta = self.guard.call("NVML round", self.nvml.round_end) if self.nvml is not None else None
+        self._name_threads()
+        self._self_check()
+        batch = self.native.drain()
+        metadata = self._metadata(gpu_meta, nvml_meta)
+        self.writer.submit(PromptRecord(self.prompt_id or "prompt", time.time(), batch, metadata, os.getpid()))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for the writer thread to write every prompt handed to it."""
+        return self.writer.flush(timeout)
+
+    @property
+    def last_trace(self) -> str | None:
+        return self.writer.last_trace
+
+    @property
+    def last_summary(self):
+        return self.writer.last_summary
+
+    @property
+    def last_report(self):
+        return self.writer.last_report
+
+    def _gpu_round(self) -> dict | None:
+        """The prompt's GPU aggregates as the GPU track; the round's metadata."""
+        if self.gpu is None:
+            return None
+        reports, meta, detail = self.gpu.round_end()
+        record_windows(self.native, reports)
+        if detail:
+            record_kernels(self.native, detail)
+        return meta
+
+    def _name_threads(self) -> None:
+        n = self.native
+        pid_name = {"name": "ComfyUI (StageTrace)"}
+        n.record(0, self._names["process_name"], 0, 0, 0, kind=n.EVENT_METADATA, args=pid_name)
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                n.record(0, self._names["thread_name"], 0, 0, 0, kind=n.EVENT_METADATA, tid=thread.native_id,
+                         args={"name": thread.name})
+
+    def _self_check(self) -> None:
+        """A prompt that ran nodes must have produced node spans."""
+        succeeded = "execution_success" in self.events_seen
+        ran_nodes = bool(self.prompt) and len(self.cached_nodes) < len(self.prompt)
+        if succeeded and ran_nodes and self.node_spans == 0:
+            log_once("self-check", "prompt %s ran with zero node spans: ComfyUI's execution.execute is no longer "
+                     "called where StageTrace hooks it; node timing falls back to the progress handler from the "
+                     "next prompt on", self.prompt_id)
+            if self.on_self_check_failed is not None:
+                self.on_self_check_failed()
+
+    def _static_facts(self) -> dict:
+        if self._static is None:
+            self._static = {"stagetrace_version": VERSION,
+                            "comfyui_version": getattr(sys.modules.get("comfyui_version"), "__version__", None),
+                            "clock": "CLOCK_MONOTONIC, microseconds",
+                            "python": platform.python_version(), "platform": platform.platform(),
+                            "torch": getattr(sys.modules.get("torch"), "__version__", None)}
+        return self._static
+
+    def _process_facts(self) -> dict:
+        """What this prompt shares with the ones before it in this process (warm-up, reloads), and
+        ComfyUI's memory mode."""
+        self.prompts_run += 1
+        facts = {"prompt_index": self.prompts_run, "reread_files": sorted(self.files_read & self._files_read)}
+        self._files_read |= self.files_read
+        mm = sys.modules.get("comfy.model_management")
+        if mm is not None:
+            state = getattr(mm, "vram_state", None)
+            facts["comfyui"] = {"smart_memory": not getattr(mm, "DISABLE_SMART_MEMORY", False),
+                                "vram_state": getattr(state, "name", None),
+                                "cpu_only": getattr(getattr(mm, "cpu_state", None), "name", None) == "CPU"}
+        return facts
+
+    def _metadata(self, gpu_meta: dict | None, nvml_meta: dict | None) -> dict:
+        n = self.native
+        count, last = n.hook_errors()
+        meta = dict(self._static_facts())
+        meta.update({
+            "prompt_id": self.prompt_id,
+            "outcome": stages.OUTCOMES[self.outcome],
+            "queue_wait_s": None if self.queue_wait_ns is None else self.queue_wait_ns / 1e9,
+            "hooks": list(self.hooks),
+            "fallbacks": list(self.fallbacks),
+            "dropped_events": n.dropped(),
+            "dropped_args": n.args_dropped(),
+            "dropped_prompts": self.writer.dropped_prompts,
+            "hook_errors": count,
+            "last_hook_error": last or None,
+            "hook_failures": self.guard.snapshot(),
+            "nvtx": bool(n.nvtx_enabled()),
+            "anatomy": self.anatomy,
+            "loader_gaps": self.loader_gaps,
+            "process": self._process_facts(),
+            "gpu": gpu_meta,
+        })
+        if count:
+            log_once("hook-error", "a hook failed and was skipped (%s); the prompt was not affected", last)
+        if gpu_meta is not None:
+            gpu_meta["devices"] = merge_devices(self.guard.call("GPU devices", device_facts, default=[]),
+                                                nvml_meta or {})
+            gpu_meta["peak_allocated_by_node"] = self.memory.peaks()
+            gpu_meta["nvml"] = nvml_meta
+        return meta
+
+
+def _executing_node_id() -> str | None:
+    utils = sys.modules.get("comfy_execution.utils")
+    context = utils.get_executing_context() if utils and hasattr(utils, "get_executing_context") else None
+    return str(context.node_id) if context is not None else None
+
+
+def _is_interrupt(exc: object) -> bool:
+    mm = sys.modules.get("comfy.model_management")
+    interrupt = getattr(mm, "InterruptProcessingException", None)
+    return isinstance(exc, KeyboardInterrupt) or (interrupt is not None and isinstance(exc, interrupt))
