@@ -8,7 +8,11 @@
    wrapper doing the same job.
 2. One NVTX push/pop pair with no tool attached: in C (nvtx_pair.c, linked with
    csrc/st_nvtx.c) and from Python, each against the same calls with emission off.
-3. Trace writer: events per second and bytes per event, against the json module.
+3. Trace writer: events per second and bytes per event, for node spans and for
+   events with args, against the json module; with
+   STAGETRACE_BENCH_WRITER_BASELINE=<git revision>, also against the writer of
+   that revision, built from its csrc/ into a temporary directory (the ratio
+   old / new in the same run).
 
 Figures are medians of repeats; the variants of a section take turns within each
 repeat, so drift in machine speed hits them alike. Exits 0 unless --check is
@@ -111,11 +115,8 @@ def build_full_api(tmp: str):
     built = glob.glob(os.path.join(lib, "stagetrace", "_native*.so"))
     if proc.returncode != 0 or not built:
         raise BuildFailed(last_line(proc.stderr, "no extension produced"))
-    name = "stagetrace_full._native"  # the last component must match PyInit__native
     path = built[0]
-    loader = importlib.machinery.ExtensionFileLoader(name, path)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path, loader=loader))
-    loader.exec_module(module)
+    module = load_extension("stagetrace_full._native", path)  # the last component must match PyInit__native
     if module.LIMITED_API:
         raise BuildFailed(f"{path} is a limited-API build")
     return module
@@ -248,26 +249,68 @@ def bench_nvtx(tmp: str, calls: int, repeats: int, c_pairs: int, targets: list) 
 
 # --- 3. Trace writer ------------------------------------------------------------
 
+WRITER_BASELINE_ENV = "STAGETRACE_BENCH_WRITER_BASELINE"
 
-def record_events(count: int):
-    """Record count node spans (50 names, 50 node ids) and drain them as one batch."""
-    _native.drain()
-    names = [_native.intern(f"Node{i}") for i in range(50)]
-    details = [_native.intern(str(i)) for i in range(50)]
-    record = _native.record
+
+def load_extension(name: str, path: str):
+    """The extension at path loaded as name (its last component must be _native)."""
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_file_location(name, path, loader=loader))
+    loader.exec_module(module)
+    return module
+
+
+def build_baseline(tmp: str, rev: str):
+    """The extension of git revision rev (its csrc/ and setup.py), built into tmp and loaded as
+    stagetrace_baseline._native. Raises BuildFailed."""
+    src = os.path.join(tmp, "baseline-src")
+    os.makedirs(os.path.join(src, "comfy_nodes"), exist_ok=True)
+    archive = subprocess.run(["git", "archive", rev, "csrc", "setup.py"], cwd=ROOT, capture_output=True)
+    if archive.returncode != 0:
+        raise BuildFailed(last_line(archive.stderr.decode(errors="replace"), f"git archive {rev} failed"))
+    subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
+    lib = os.path.join(tmp, "baseline-lib")
+    proc = subprocess.run(
+        [sys.executable, "setup.py", "build_ext", "--build-lib", lib, "--build-temp", os.path.join(tmp, "baseline-obj")],
+        cwd=src, capture_output=True, text=True,
+    )  # fmt: skip
+    built = glob.glob(os.path.join(lib, "stagetrace", "_native*.so"))
+    if proc.returncode != 0 or not built:
+        raise BuildFailed(last_line(proc.stderr, "no extension produced"))
+    return load_extension("stagetrace_baseline._native", built[0])
+
+
+def record_events(native, count: int, with_args: bool):
+    """Record count node spans (50 names, 50 node ids), with the args a denoising step carries when
+    with_args, and drain them as one batch. None when native cannot record args."""
+    native.set_buffer_capacity(BUFFER_CAPACITY)
+    native.drain()
+    names = [native.intern(f"Node{i}") for i in range(50)]
+    details = [native.intern(str(i)) for i in range(50)]
+    record = native.record
     for i in range(count):
         t0 = 1_000_000_000 + i * 1000
-        record(NODE, names[i % 50], details[i % 50], t0, t0 + 500)
-    batch = _native.drain()
+        if not with_args:
+            record(NODE, names[i % 50], details[i % 50], t0, t0 + 500)
+            continue
+        try:
+            record(NODE, names[i % 50], details[i % 50], t0, t0 + 500, args={"step": i, "of": count, "sigma": 14.6 / (i + 1)})
+        except TypeError:  # a writer from before events had args
+            native.drain()
+            return None
+    batch = native.drain()
     if len(batch) != count:
-        raise RuntimeError(f"recorded {count} events, drained {len(batch)} ({_native.dropped()} dropped)")
+        raise RuntimeError(f"recorded {count} events, drained {len(batch)} ({native.dropped()} dropped)")
     return batch
 
 
-def write_with_c(batch, path: str) -> None:
-    writer = _native.TraceWriter(path)
-    writer.write_batch(batch, 1)
-    writer.commit('{"bench":true}')
+def writer_of(native):
+    def write(batch, path: str) -> None:
+        writer = native.TraceWriter(path)
+        writer.write_batch(batch, 1)
+        writer.commit('{"bench":true}')
+
+    return write
 
 
 def write_with_json(batch, path: str) -> None:
@@ -295,21 +338,43 @@ def timed_write(write, batch, path: str) -> tuple[float, int]:
 
 
 def bench_writer(tmp: str, events: int, repeats: int, targets: list) -> None:
-    batch = record_events(events)
     path = os.path.join(tmp, "bench.trace.json")
-    c_runs = [timed_write(write_with_c, batch, path) for _ in range(repeats)]
-    results = {
-        "C TraceWriter": (statistics.median(seconds for seconds, _ in c_runs), c_runs[0][1]),
-        "json module": timed_write(write_with_json, batch, path),  # once: it is the slow reference
-    }
-    print(f"3. Trace writer ({events:,} node spans to a temp file, fsync included; C median of {repeats}, json once)")
-    print(f"   {'writer':<16} {'ms':>8} {'M events/s':>11} {'bytes/event':>12} {'MB':>7}")
+    rev = os.environ.get(WRITER_BASELINE_ENV)
+    baseline, note = None, f"set {WRITER_BASELINE_ENV}=<git revision> to time an older writer in this run"
+    if rev:
+        try:
+            baseline, note = build_baseline(tmp, rev), f"baseline: the writer of {rev}"
+        except (BuildFailed, subprocess.CalledProcessError, OSError) as e:
+            note = f"baseline {rev}: build failed: {e}"
+    batches = {"node spans": record_events(_native, events, False), "with args": record_events(_native, events, True)}
+    writers = {f"C TraceWriter, {kind}": (writer_of(_native), batch) for kind, batch in batches.items()}
+    if baseline is not None:
+        for kind, with_args in (("node spans", False), ("with args", True)):
+            batch = record_events(baseline, events, with_args)
+            if batch is not None:
+                writers[f"{rev}, {kind}"] = (writer_of(baseline), batch)
+    samples: dict[str, list[tuple[float, int]]] = {label: [] for label in writers}
+    for _ in range(repeats):  # the writers take turns within each repeat
+        for label, (write, batch) in writers.items():
+            samples[label].append(timed_write(write, batch, path))
+    results = {label: (statistics.median(s for s, _ in runs), runs[0][1]) for label, runs in samples.items()}
+    results["json module, node spans"] = timed_write(write_with_json, batches["node spans"], path)  # once: slow
+    print(f"3. Trace writer ({events:,} events to a temp file, fsync included; C median of {repeats}, json once)")
+    print(f"   {'writer':<34} {'ms':>8} {'M events/s':>11} {'bytes/event':>12} {'MB':>7}")
     for label, (seconds, size) in results.items():
         rate = events / seconds
-        print(f"   {label:<16} {seconds * 1e3:8.1f} {rate / 1e6:11.2f} {size / events:12.1f} {size / 1e6:7.1f}")
-    rate = events / results["C TraceWriter"][0]
-    print(f"   C / json module: {results['json module'][0] / results['C TraceWriter'][0]:.1f}x the events per second")
-    targets.append(("trace writer >= 2 M events/s", f"{rate / 1e6:.2f} M/s", rate >= 2e6))
+        print(f"   {label:<34} {seconds * 1e3:8.1f} {rate / 1e6:11.2f} {size / events:12.1f} {size / 1e6:7.1f}")
+    spans = results["C TraceWriter, node spans"][0]
+    print(f"   C / json module: {results['json module, node spans'][0] / spans:.1f}x the events per second")
+    for kind in ("node spans", "with args"):
+        old = results.get(f"{rev}, {kind}")
+        if old is not None:
+            print(f"   C / {rev}, {kind}: {old[0] / results[f'C TraceWriter, {kind}'][0]:.2f}x the events per second")
+    print(f"   {note}")
+    rate = events / spans
+    targets.append(("trace writer >= 5 M node spans/s", f"{rate / 1e6:.2f} M/s", rate >= 5e6))
+    args_rate = events / results["C TraceWriter, with args"][0]
+    targets.append(("trace writer >= 3 M events with args/s", f"{args_rate / 1e6:.2f} M/s", args_rate >= 3e6))
 
 
 # --- Main -------------------------------------------------------------------------

@@ -98,11 +98,7 @@ static PyObject *writer_write_batch(PyObject *op, PyObject *args)
     EventBatchObject *b = (EventBatchObject *)batch;
     self->busy = 1;
     Py_BEGIN_ALLOW_THREADS
-    for (size_t i = 0; i < b->batch.n; i++) {
-        const st_event *e = &b->batch.events[i];
-        st_trace_event(&self->w, e, e->args_len ? b->batch.args + e->args_off : NULL,
-                       (uint32_t)pid, epoch);
-    }
+    st_trace_events(&self->w, b->batch.events, b->batch.n, b->batch.args, (uint32_t)pid, epoch);
     Py_END_ALLOW_THREADS
     self->busy = 0;
     Py_RETURN_NONE;

@@ -21,6 +21,12 @@ typedef enum st_trace_status {
     ST_TRACE_NO_MEMORY,
 } st_trace_status;
 
+/* A name's JSON string literal (quotes included) in a writer's name cache. */
+typedef struct st_trace_name {
+    uint32_t off; /* in the writer's names pool */
+    uint32_t len; /* 0: not escaped yet */
+} st_trace_name;
+
 typedef struct st_trace_writer {
     st_sink sink;
     int fd;
@@ -30,6 +36,16 @@ typedef struct st_trace_writer {
     char *final_path;
     char *tmp_path;
     uint64_t events;
+    /* Each interned name escaped once per writer: names[id] locates its JSON
+     * literal in pool (a memory sink). Names never change once interned. */
+    st_trace_name *names;
+    uint32_t names_cap;
+    st_sink pool;
+    /* the last tid written, in decimal */
+    uint32_t last_tid;
+    uint8_t last_tid_len;
+    char last_tid_text[32]; /* room for whole-block copies */
+    uint64_t writeback_from; /* file offset up to which writeback was started */
 } st_trace_writer;
 
 /* Create "<path>.tmp.<pid>.<n>" exclusively and write the file's opening.
@@ -51,6 +67,11 @@ st_trace_status st_trace_open(st_trace_writer *w, const char *path);
  * errors are sticky and reported by st_trace_commit. */
 void st_trace_event(st_trace_writer *w, const st_event *ev, const char *args, uint32_t pid,
                     uint64_t epoch_ns);
+
+/* st_trace_event for n drained events whose args live in the batch's args
+ * bytes (each at its event's args_off). Same output, same error policy. */
+void st_trace_events(st_trace_writer *w, const st_event *events, size_t n, const char *args,
+                     uint32_t pid, uint64_t epoch_ns);
 
 /* Append one pre-serialized JSON object (the caller vouches for its
  * validity). Same error policy as st_trace_event. */

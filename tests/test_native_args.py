@@ -588,3 +588,39 @@ def test_writer_bytes_for_every_kind_are_pinned(fresh, tmp_path):
     w.write_batch(n.drain(), 7, 1_000_000_000)
     w.commit()
     assert path.read_bytes() == PINNED_KINDS.replace(b"TID", str(threading.get_native_id()).encode())
+
+
+def test_writer_numbers_at_every_digit_count(fresh, tmp_path):
+    n = fresh
+    values = sorted({0, 1, 2**32 - 1, 2**63, 2**64 - 1} | {v + d for k in range(20) for d in (-1, 0, 1)
+                                                              for v in [10**k] if 0 <= v + d < 2**64})
+    name = n.intern("num")
+    for v in values:
+        n.record(OTHER, name, 0, v, v, tid=v % 2**32 or 1, kind=n.EVENT_COUNTER)
+        n.record(OTHER, name, 0, 0, v, tid=1)  # dur
+    path = tmp_path / "numbers.trace.json"
+    w = n.TraceWriter(str(path))
+    w.write_batch(n.drain(), 2**32 - 1)
+    w.commit()
+    lines = path.read_bytes().decode().split("\n")[1:-2]
+    assert len(lines) == 2 * len(values)
+    for v, counter, span in zip(values, lines[0::2], lines[1::2], strict=True):
+        us = f"{v // 1000}.{v % 1000:03d}"
+        assert f'"ts":{us},"pid":4294967295,"tid":{v % 2**32 or 1},' in counter
+        assert f'"ts":0.000,"dur":{us},"pid":4294967295,"tid":1,' in span
+
+
+def test_writer_events_larger_than_its_buffer_and_many_names(fresh, tmp_path):
+    n = fresh
+    huge_name = n.intern("N" * 1_200_000 + "\n")  # escaped once, larger than the 1 MiB sink buffer
+    assert n.record(NODE, huge_name, n.intern("7"), 1, 2, args={"blob": "x" * 1_500_000})
+    for i in range(3000):  # the name cache grows many times over, interleaved with the huge one
+        n.record(NODE, n.intern(f"name {i} \u00e9"), n.intern(str(i)), i, i + 1, args={"i": i} if i % 2 else None)
+        if i % 1000 == 0:
+            n.record(NODE, huge_name, 0, i, i)
+    n.record(NODE, 1 << 30, 1 << 30, 5, 6, cat_id=(1 << 30) + 1)  # ids never interned: "?"
+    batch = n.drain()
+    written = write_and_load(n, batch, tmp_path, 3)
+    assert written == batch.events(3)
+    assert written[0]["name"] == "N" * 1_200_000 + "\n" and len(written[0]["args"]["blob"]) == 1_500_000
+    assert written[-1]["name"] == written[-1]["cat"] == written[-1]["args"]["node_id"] == "?"
