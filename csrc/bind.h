@@ -2,8 +2,10 @@
  * st_* units may include. Each binding file exposes one concept to Python:
  *
  *   bind_names.c        names, stages and outcomes (intern, name_of, STAGES)
+ *   bind_args.c         an event's args: a dict serialized to JSON at record time
  *   bind_events.c       the clock and the event buffers (record, drain, EventBatch)
- *   bind_spans.c        hooks: Wrapper, SpanAwait, NVTX calls, hook errors
+ *   bind_spans.c        hooks: Wrapper, SpanAwait, stage_begin/stage_end, NVTX calls,
+ *                       the recording switch, hook errors
  *   bind_trace.c        TraceWriter and the JSON escaper
  *   bind_safetensors.c  read_safetensors_header, GroupKeys, SafetensorsError
  *   bind_gpu.c          CUPTI collection and GPU attribution windows

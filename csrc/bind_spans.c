@@ -1,7 +1,8 @@
 /* bind_spans.c: the hooks, exposed to Python: Wrapper (a C callable that
  * records a span around any callable, coroutines included), the SpanAwait it
- * returns for a coroutine, direct NVTX calls, the recording switch and the
- * errors swallowed inside hooks. */
+ * returns for a coroutine, stage spans opened and closed by token
+ * (stage_begin/stage_end/stage_abandon, st_stagespan), direct NVTX calls, the
+ * recording switch and the errors swallowed inside hooks. */
 #include "bind.h"
 
 #include <stdio.h>

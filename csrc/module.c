@@ -89,10 +89,14 @@ static PyModuleDef_Slot module_slots[] = {
 };
 
 PyDoc_STRVAR(module_doc,
-             "StageTrace's C core: the trace clock, per-thread bounded event buffers, the span\n"
-             "Wrapper and NVTX ranges, the streaming trace writer and its JSON escaper, the\n"
-             "safetensors header reader, CUPTI collection with stage attribution windows, and\n"
-             "the NVML sampler. Process-wide: one interpreter per process.");
+             "StageTrace's C core. One event pipeline: record() and the hooks (the span Wrapper,\n"
+             "stage_begin/stage_end) append spans, instants, counters and metadata, with args\n"
+             "serialized once at record time, to per-thread bounded buffers; drain() moves them\n"
+             "into an EventBatch; TraceWriter streams them as Chrome Trace Event JSON, and\n"
+             "EventBatch.events() gives the same events as dicts. Beside it: the trace clock, NVTX\n"
+             "ranges, the JSON escaper, the safetensors header reader, CUPTI collection with stage\n"
+             "attribution windows, and the NVML sampler. Process-wide state: one interpreter per\n"
+             "process.");
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
