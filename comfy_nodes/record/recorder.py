@@ -28,6 +28,7 @@ from .writer import PromptRecord, TraceWriterThread
 VERSION = "0.1.0"
 MAX_QUEUED_SUBMITS = 1024
 MAX_ANATOMY = 64  # model files described per prompt
+START_ATTEMPTS = 3  # prompts that try to start a collector whose start failed
 MESSAGE_FIELDS = ("prompt_id", "node_id", "node_type", "exception_type", "exception_message", "nodes")
 
 
@@ -51,6 +52,8 @@ class Recorder:
         self._files_read: set[str] = set()  # model files earlier prompts read
         self._static: dict | None = None  # process facts that do not change
         self._started = False
+        self._start_attempts = 0
+        self._tap_installed = log_tap is None
         self._names = {k: native.intern(k) for k in ("prompt", "thread_name", "process_name", "queue_wait")}
         self._reset_prompt()
 
@@ -73,17 +76,23 @@ class Recorder:
         self._node_stack: list[str] = []
 
     def _start_collectors(self) -> None:
-        """With the first prompt, not on import: CUPTI, the NVML thread, the log tap."""
-        self._started = True
+        """With the first prompt, not on import: CUPTI, the NVML thread, the log tap. One that fails for a
+        reason of StageTrace's own is tried again with the next prompts (START_ATTEMPTS in all); one that
+        cannot collect on this machine (no driver) is started and says why in every trace."""
         from ..gpu.cupti import GpuCollection
         from ..gpu.nvml import NvmlSampler
 
-        self.gpu = self.guard.call("GPU start", GpuCollection, self.native, self.settings.gpu,
-                                   self.settings.gpu_kernels)
-        self.nvml = self.guard.call("NVML start", NvmlSampler, self.native, self.settings.nvml,
-                                    self.settings.nvml_hz)
-        if self.log_tap is not None:
-            self.guard.call("log tap", self.log_tap.install)
+        self._start_attempts += 1
+        if self.gpu is None:
+            self.gpu = self.guard.call("GPU start", GpuCollection, self.native, self.settings.gpu,
+                                       self.settings.gpu_kernels)
+        if self.nvml is None:
+            self.nvml = self.guard.call("NVML start", NvmlSampler, self.native, self.settings.nvml,
+                                        self.settings.nvml_hz)
+        if self.log_tap is not None and not self._tap_installed:
+            self._tap_installed = self.guard.call("log tap", self.log_tap.install, default=False) is not False
+        self._started = (self.gpu is not None and self.nvml is not None and self._tap_installed) or \
+            self._start_attempts >= START_ATTEMPTS
 
     def on_submit(self, prompt_id: str) -> None:
         """A prompt entered the queue (PromptQueue.put)."""
@@ -93,10 +102,10 @@ class Recorder:
             self._submitted[str(prompt_id)] = self.native.now_ns()
 
     def prompt_begin(self, prompt: dict, prompt_id: str, extra_data: dict | None) -> None:
-        if not self._started:
-            self._start_collectors()
         self._reset_prompt()
         self.prompt_id = str(prompt_id)
+        if not self._started:
+            self._start_collectors()
         self.prompt = prompt if isinstance(prompt, dict) else {}
         if self.gpu is not None:
             self.guard.call("GPU round", self.gpu.round_begin)
@@ -235,6 +244,8 @@ class Recorder:
         """On the worker: record what only the end knows, drain, hand the prompt to the writer thread."""
         if self.log_tap is not None:
             self.log_tap.active = False
+        if self.prompt_id is None:  # prompt_begin failed: what the trace holds is of an unknown prompt
+            self.prompt_id = "unknown"
         self._close_fallback_nodes()
         n = self.native
         for node_id in sorted(self.cached_nodes - self.executed_nodes):  # served from cache without execute()
@@ -247,7 +258,8 @@ class Recorder:
         self._self_check()
         batch = self.native.drain()
         metadata = self._metadata(gpu_meta, nvml_meta)
-        self.writer.submit(PromptRecord(self.prompt_id or "prompt", time.time(), batch, metadata, os.getpid()))
+        self.writer.submit(PromptRecord(self.prompt_id, time.time(), batch, metadata, os.getpid()))
+        self._reset_prompt()  # nothing of this prompt leaks into the next one, even if its prompt_begin fails
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait for the writer thread to write every prompt handed to it."""
@@ -322,6 +334,11 @@ class Recorder:
         n = self.native
         count, last = n.hook_errors()
         meta = dict(self._static_facts())
+        if gpu_meta is not None:
+            gpu_meta["devices"] = merge_devices(self.guard.call("GPU devices", device_facts, default=[]),
+                                                nvml_meta or {})
+            gpu_meta["peak_allocated_by_node"] = self.memory.peaks()
+            gpu_meta["nvml"] = nvml_meta
         meta.update({
             "prompt_id": self.prompt_id,
             "outcome": stages.OUTCOMES[self.outcome],
@@ -342,11 +359,6 @@ class Recorder:
         })
         if count:
             log_once("hook-error", "a hook failed and was skipped (%s); the prompt was not affected", last)
-        if gpu_meta is not None:
-            gpu_meta["devices"] = merge_devices(self.guard.call("GPU devices", device_facts, default=[]),
-                                                nvml_meta or {})
-            gpu_meta["peak_allocated_by_node"] = self.memory.peaks()
-            gpu_meta["nvml"] = nvml_meta
         return meta
 
 
