@@ -127,10 +127,14 @@ def find_comfyui() -> str | None:
 
 
 def install_comfyui_requirements() -> None:
-    install(COMFYUI_REQUIREMENTS)
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("torchvision") is None:
-        step(f"pip install {' '.join(TORCH)} (for ComfyUI; a large download the first time)")
-        subprocess.run([*PIP, *TORCH], check=True)
+    """tests/comfyui-requirements.txt, with the pinned torch pair in the same pip run when torch is missing
+    (ComfyUI's requirements pull torch in; unpinned, pip could pick another build)."""
+    missing = unmet(COMFYUI_REQUIREMENTS)
+    torch = [] if all(importlib.util.find_spec(m) for m in ("torch", "torchvision")) else list(TORCH)
+    if missing or torch:
+        step(f"pip install -r {os.path.relpath(COMFYUI_REQUIREMENTS, ROOT)} ({len(missing)} to install or update)"
+             + (f" and {' '.join(torch)} (a large download the first time)" if torch else ""))
+        subprocess.run([*PIP, "-r", COMFYUI_REQUIREMENTS, *torch], check=True)
 
 
 def main(pytest_args: list[str]) -> int:
