@@ -271,7 +271,8 @@ def build_baseline(tmp: str, rev: str):
     subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
     lib = os.path.join(tmp, "baseline-lib")
     proc = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--build-lib", lib, "--build-temp", os.path.join(tmp, "baseline-obj")],
+        [sys.executable, "setup.py", "build_ext", "--build-lib", lib,
+         "--build-temp", os.path.join(tmp, "baseline-obj")],
         cwd=src, capture_output=True, text=True,
     )  # fmt: skip
     built = glob.glob(os.path.join(lib, "stagetrace", "_native*.so"))
@@ -294,7 +295,8 @@ def record_events(native, count: int, with_args: bool):
             record(NODE, names[i % 50], details[i % 50], t0, t0 + 500)
             continue
         try:
-            record(NODE, names[i % 50], details[i % 50], t0, t0 + 500, args={"step": i, "of": count, "sigma": 14.6 / (i + 1)})
+            args = {"step": i, "of": count, "sigma": 14.6 / (i + 1)}
+            record(NODE, names[i % 50], details[i % 50], t0, t0 + 500, args=args)
         except TypeError:  # a writer from before events had args
             native.drain()
             return None

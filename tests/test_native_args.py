@@ -14,7 +14,6 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from test_native_core import DEFAULT_CAPACITY, NODE, OTHER, PROMPT, READ, STEP, Worker, join_fully
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -427,7 +426,8 @@ def test_stage_span_records_with_args_and_outcome(fresh):
     assert token > 0
     n.stage_end(token, {"path": "/m/x.safetensors", "bytes": 1 << 40, "mb_s": 812.5}, 2)
     (event,) = n.drain().events()
-    assert event["ph"] == "X" and event["cat"] == "model_load.read" and event["name"] == "model_load.read: x.safetensors"
+    assert event["ph"] == "X" and event["cat"] == "model_load.read"
+    assert event["name"] == "model_load.read: x.safetensors"
     assert event["args"] == {"outcome": "interrupted", "path": "/m/x.safetensors", "bytes": 1 << 40, "mb_s": 812.5}
     assert event["tid"] == threading.get_native_id() and event["dur"] > 0
 
