@@ -256,6 +256,64 @@ SELF_CHECK_SCRIPT = textwrap.dedent("""
 """)
 
 
+LAZY_START_SCRIPT = textwrap.dedent("""
+    import json, logging, sys
+    from comfy_nodes.demo.harness import Harness, tiny_txt2img
+    h = Harness(sys.argv[1], sys.argv[2])
+    h.boot()
+    from comfy_nodes import _native
+    from comfy_nodes.hooks.install import setup
+    from comfy_nodes.hooks.log_tap import LogTap
+    inst = setup()
+    def state():
+        return {"gpu": inst.recorder.gpu is not None, "nvml": inst.recorder.nvml is not None,
+                "cupti_loaded": bool(_native.cupti_info()["library"]),
+                "tap": any(isinstance(x, LogTap) for x in logging.getLogger().handlers)}
+    after_setup = state()
+    run = h.run(tiny_txt2img(h.write_checkpoint()), "lazy-1")
+    print("RESULT " + json.dumps({"after_setup": after_setup, "after_prompt": state(), "success": run["success"]}))
+""")
+
+ROLLBACK_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from comfy_nodes.demo.harness import Harness, tiny_txt2img
+    h = Harness(sys.argv[1], sys.argv[2])
+    h.boot()
+    import comfy.utils, execution
+    from comfy_nodes.hooks import install
+    originals = (execution.execute, execution.PromptExecutor.execute_async, execution.PromptExecutor.add_message,
+                 comfy.utils.load_torch_file, execution.PromptQueue.put)
+    def fail_half_way(self, modules, on_model_file=None):
+        self.wrap(comfy.utils, "load_torch_file", ["ckpt"], "comfy.utils.load_torch_file", lambda f: lambda *a, **k: 0)
+        raise RuntimeError("a hook could not be installed")
+    install.StageHooks.install = fail_half_way
+    inst = install.setup()
+    now = (execution.execute, execution.PromptExecutor.execute_async, execution.PromptExecutor.add_message,
+           comfy.utils.load_torch_file, execution.PromptQueue.put)
+    run = h.run(tiny_txt2img(h.write_checkpoint()), "rollback-1")
+    print("RESULT " + json.dumps({"installed": inst is not None, "restored": [a is b for a, b in zip(originals, now)],
+                                  "marked": hasattr(execution, "_stagetrace_installation"),
+                                  "success": run["success"]}))
+""")
+
+
+def test_collectors_start_with_the_first_prompt_not_on_import(tmp_path):
+    """Importing and installing StageTrace starts no CUPTI, no NVML thread and no log tap; the first
+    prompt does."""
+    result, _ = run_script(LAZY_START_SCRIPT, tmp_path)
+    assert result["success"]
+    assert result["after_setup"] == {"gpu": False, "nvml": False, "cupti_loaded": False, "tap": False}
+    after = result["after_prompt"]
+    assert after["gpu"] and after["nvml"] and after["tap"]
+
+
+def test_a_failed_installation_puts_every_hook_back(tmp_path):
+    result, log = run_script(ROLLBACK_SCRIPT, tmp_path)
+    assert result == {"installed": False, "restored": [True] * 5, "marked": False, "success": True}
+    assert log.count("could not install its hooks (RuntimeError: a hook could not be installed)") == 1
+    assert not traces(tmp_path)
+
+
 def run_script(script, tmp_path):
     """Run a harness script in a fresh process; its RESULT line and its log."""
     proc = subprocess.run([sys.executable, "-c", script, COMFYUI_DIR, str(tmp_path)], cwd=ROOT,
