@@ -4,6 +4,7 @@ missing. The scenarios are traces in StageTrace's own format, built by `scenario
 the recorder writes them (spans with their args, the GPU track, otherData)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -153,9 +154,6 @@ def test_fp8_weights_on_an_rtx_4090_are_fine_and_no_gpu_facts_is_not_checked():
 
 def qwen_gap(prompt):
     """The loader gap the recorder records for the Qwen-Image diffusion-only fixture in prompt's node 4."""
-    import json
-    import os
-
     from comfy_nodes.analysis.anatomy import classify
     from comfy_nodes.analysis.loaders import loader_gap
 
@@ -333,3 +331,22 @@ def test_report_formats(tmp_path):
     out = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", "--format", "md", str(path)],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("# StageTrace report")
+
+
+def test_malformed_loader_gaps_in_a_trace_file_are_named_not_fatal(tmp_path):
+    """A trace edited by hand (or from a buggy writer): each bad gap is named by its field; the rest renders."""
+    good = qwen_gap(QWEN_PROMPT)
+    trace = {"traceEvents": [], "otherData": {"loader_gaps": [good, {"loader": "X"}, 7,
+                                                              dict(good, missing=[{"what": "VAE"}])]}}
+    path = tmp_path / "edited.trace.json"
+    path.write_text(json.dumps(trace))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", str(path)], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "otherData.loader_gaps[1]: field 'node_id' missing or not a str" in out.stdout
+    assert "otherData.loader_gaps[2]: not an object but int" in out.stdout
+    assert "otherData.loader_gaps[3]: field 'missing[0].consumers' missing or not a list" in out.stdout
+    assert "TextEncodeQwenImageEdit #6" in out.stdout  # the good one still renders, and gives the finding
+    f = result(trace, "missing-clip-vae")
+    assert isinstance(f, Finding) and "UNETLoader" in f.fix

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..analysis.summary import Summary, summarize
 from ..core.units import format_bytes, format_duration
-from .loaders import advice_text, describe_gap, fitting_advice
+from .loaders import advice_text, describe_gap, fitting_advice, valid_gaps
 
 # --- What a finding is ----------------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ def rule_missing_parts(ev: Evidence) -> Finding | NotChecked | None:
     """From the recorded loader gaps (analysis.loaders): what the file holds, what is missing and who
     needs it, and the loaders the workflow still needs. ComfyUI's own log lines stand in for a trace
     without gaps (an older trace, or a loader StageTrace does not know)."""
-    gaps = [g for g in ev.other.get("loader_gaps") or [] if isinstance(g, dict) and g.get("missing")]
+    gaps = [g for g in valid_gaps(ev.other)[0] if g["missing"]]
     kinds = ev.log_kinds()
     failed = " ".join(ev.summary.failures)
     if not gaps:

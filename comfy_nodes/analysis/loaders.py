@@ -74,6 +74,8 @@ def fitting_advice(gap: dict) -> list[dict]:
     missing_kinds = {m["kind"] for m in gap.get("missing") or ()}
     steps = []
     for step in gap.get("advice") or ():
+        if not isinstance(step, dict) or not isinstance(step.get("inputs"), dict):
+            continue
         node = step.get("node")
         if node == gap.get("loader"):
             continue  # the loader in place already is this step
@@ -86,14 +88,49 @@ def fitting_advice(gap: dict) -> list[dict]:
     return steps
 
 
+_GAP_FIELDS = {"loader": str, "node_id": str, "file": str, "family_label": str, "missing": list}
+_MISSING_FIELDS = {"what": str, "consumers": list}
+
+
+def gap_problem(gap: object) -> str | None:
+    """What is wrong with a loader gap read from a trace file (a field missing or of the wrong type), or
+    None when it can be rendered."""
+    if not isinstance(gap, dict):
+        return f"not an object but {type(gap).__name__}"
+    for key, kind in _GAP_FIELDS.items():
+        if not isinstance(gap.get(key), kind):
+            return f"field '{key}' missing or not a {kind.__name__}"
+    for i, m in enumerate(gap["missing"]):
+        for key, kind in _MISSING_FIELDS.items():
+            if not isinstance(m, dict) or not isinstance(m.get(key), kind):
+                return f"field 'missing[{i}].{key}' missing or not a {kind.__name__}"
+        if not all(isinstance(c, dict) for c in m["consumers"]):
+            return f"field 'missing[{i}].consumers' holds something that is not an object"
+    return None
+
+
+def valid_gaps(other: dict) -> tuple[list[dict], list[str]]:
+    """The renderable loader gaps of a trace's otherData, and a line for each one that is not, naming the
+    field."""
+    gaps, problems = [], []
+    raw = other.get("loader_gaps") or []
+    for i, gap in enumerate(raw if isinstance(raw, list) else [raw]):
+        problem = gap_problem(gap)
+        if problem is None:
+            gaps.append(gap)
+        else:
+            problems.append(f"otherData.loader_gaps[{i}]: {problem}")
+    return gaps, problems
+
+
 def describe_gap(gap: dict) -> str:
     """The gap in words: the console warning before the prompt fails, and the finding's evidence."""
     needed = []
     for m in gap["missing"]:
-        users = [f"{c['class_type']} #{c['node_id']}" for c in m["consumers"]]
+        users = [f"{c.get('class_type', '?')} #{c.get('node_id', '?')}" for c in m["consumers"]]
         needed.append(f"no {m['what']}, which {', '.join(users)} need{'s' if len(users) == 1 else ''}")
-    held = ", ".join(f"{c['label']} ({c['tensors']} tensors, {format_bytes(c['bytes'])})"
-                     for c in gap.get("components") or ())
+    held = ", ".join(f"{c.get('label', '?')} ({c.get('tensors', '?')} tensors, {format_bytes(c.get('bytes'))})"
+                     for c in gap.get("components") or () if isinstance(c, dict))
     text = (f"{gap['loader']} #{gap['node_id']} loads {gap['file']} ({gap['family_label']}), which has "
             f"{' and '.join(needed)}: this prompt will fail there. ")
     if held:
@@ -104,5 +141,5 @@ def describe_gap(gap: dict) -> str:
 
 def advice_text(steps: list[dict]) -> str:
     """Loader steps as 'UNETLoader (unet_name=x, weight_dtype=default); VAELoader (vae_name=y)'."""
-    return "; ".join(f"{step['node']} ({', '.join(f'{k}={v}' for k, v in step['inputs'].items())})"
-                     for step in steps)
+    return "; ".join(f"{step.get('node', '?')} ({', '.join(f'{k}={v}' for k, v in (step.get('inputs') or {}).items())})"
+                     for step in steps if isinstance(step, dict))

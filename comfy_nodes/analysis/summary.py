@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from ..core.stages import STAGES
 from ..core.units import format_bytes, format_duration, format_share
-from .loaders import describe_gap
+from .loaders import describe_gap, valid_gaps
 
 TOP_NODES = 5
 
@@ -117,8 +117,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         nodes=sorted(node_time.values(), key=lambda n: n.seconds, reverse=True),
         cached=sorted(cached.values(), key=lambda n: n.node_id),
         failures=failures,
-        warnings=[describe_gap(g) for g in other.get("loader_gaps") or () if isinstance(g, dict)]
-        + [str(w) for w in other.get("warnings") or ()],  # traces from before loader gaps were data
+        warnings=_warnings(other),
         events=len(events),
         dropped=int(other.get("dropped_events", 0) or 0),
         trace_path=trace_path,
@@ -143,3 +142,11 @@ def _gpu_line(meta: object, windows: list[dict], wall_s: float) -> str | None:
     line += f"; copies {moved}" if moved else ""
     dropped = int(meta.get("dropped_records") or 0)
     return line + (f"; {dropped} GPU records dropped" if dropped else "")
+
+
+def _warnings(other: dict) -> list[str]:
+    """The loader gaps in words, a line naming each malformed one, and the prose warnings of traces from
+    before loader gaps were data."""
+    gaps, problems = valid_gaps(other)
+    old = other.get("warnings") or []
+    return [describe_gap(g) for g in gaps] + problems + [str(w) for w in (old if isinstance(old, list) else [old])]
