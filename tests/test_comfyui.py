@@ -30,11 +30,17 @@ def _custom_nodes(tmp_path, source=ROOT):
 
 
 def run_harness(tmp_path, scenario, stagetrace=True, extra=(), source=ROOT, env=None):
-    cmd = [sys.executable, os.path.join(ROOT, "tests", "comfy_harness.py"), "--comfyui", COMFYUI_DIR,
-           "--workdir", str(tmp_path), "--scenario", scenario, *extra]
+    return run_script_file(tmp_path, "comfy_harness.py", stagetrace, env, args=("--scenario", scenario, *extra),
+                           source=source)
+
+
+def run_script_file(tmp_path, script, stagetrace=True, env=None, prefix=(), args=(), source=ROOT):
+    """tests/<script> in a fresh process (optionally under a command prefix); its HARNESS_RESULT and log."""
+    cmd = [*prefix, sys.executable, os.path.join(ROOT, "tests", script), "--comfyui", COMFYUI_DIR,
+           "--workdir", str(tmp_path), *args]
     if stagetrace:
         cmd += ["--custom-node-dir", _custom_nodes(tmp_path, source)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, **(env or {})))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-5000:]
@@ -124,20 +130,6 @@ def test_images_identical_with_and_without_stagetrace(tmp_path):
     traced, _ = run_harness(tmp_path / "traced", "basic")
     assert plain["runs"][0]["sha256"] and plain["runs"][0]["sha256"] == traced["runs"][0]["sha256"]
     assert not traces(tmp_path / "plain") and len(traces(tmp_path / "traced")) == 1
-
-
-def run_script_file(tmp_path, script, stagetrace=True, env=None, prefix=()):
-    """tests/<script> in a fresh process (optionally under a command prefix); its HARNESS_RESULT and log."""
-    cmd = [*prefix, sys.executable, os.path.join(ROOT, "tests", script), "--comfyui", COMFYUI_DIR,
-           "--workdir", str(tmp_path)]
-    if stagetrace:
-        cmd += ["--custom-node-dir", _custom_nodes(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, **(env or {})))
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-5000:]
-    line = [x for x in proc.stdout.splitlines() if x.startswith("HARNESS_RESULT ")][-1]
-    return json.loads(line[len("HARNESS_RESULT "):]), log
 
 
 # Failures that surface in the next prompt's trace: the prompt's own trace is not written (prompt end,

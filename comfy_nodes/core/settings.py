@@ -41,30 +41,28 @@ def _flag(name: str, default: bool) -> bool:
     return value.strip().lower() not in _FALSE
 
 
-def _int(name: str, default: int, minimum: int) -> int:
+def _number(name: str, default, parse, what: str, ok, bound: str):
+    """The variable parsed as a number (parse: int or float) for which ok(number) holds; the default when
+    unset or empty. ValueError naming the variable otherwise (NaN is never ok)."""
     value = os.environ.get(name)
     if value is None or not value.strip():
         return default
     try:
-        number = int(value)
+        number = parse(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer") from None
-    if number < minimum:
-        raise ValueError(f"{name}={value!r} must be {'positive' if minimum == 1 else f'{minimum} or more'}")
+        raise ValueError(f"{name}={value!r} is not {what}") from None
+    if not ok(number):
+        raise ValueError(f"{name}={value!r} must be {bound}")
     return number
+
+
+def _int(name: str, default: int, minimum: int) -> int:
+    return _number(name, default, int, "an integer", lambda n: n >= minimum,
+                   "positive" if minimum == 1 else f"{minimum} or more")
 
 
 def _positive_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not a number") from None
-    if not number > 0:
-        raise ValueError(f"{name}={value!r} must be positive")
-    return number
+    return _number(name, default, float, "a number", lambda n: n > 0, "positive")
 
 
 def _positive_int(name: str, default: int) -> int:

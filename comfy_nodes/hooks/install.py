@@ -61,6 +61,7 @@ class Installation:
         self._restore.clear()
         if self.recorder.log_tap is not None:
             self.recorder.log_tap.uninstall()
+        atexit.unregister(self.recorder.flush)
         execution = sys.modules.get("execution")
         if execution is not None and getattr(execution, _MARK, None) is self:
             delattr(execution, _MARK)
