@@ -342,7 +342,7 @@ def test_demo_command_runs_real_comfyui(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     (path,) = (tmp_path / "traces").glob("*.trace.json")
     assert "StageTrace: profiling every prompt" in proc.stdout
-    assert "StageTrace · prompt basic-1 · ok" in proc.stdout and f"trace: {path}" in proc.stdout
+    assert "StageTrace · prompt demo-1 · ok" in proc.stdout and f"trace: {path}" in proc.stdout
     assert sorted(e["args"]["node_id"] for e in node_events(load(str(path)))) == sorted(WORKFLOW_NODES)
 
 
