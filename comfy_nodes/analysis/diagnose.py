@@ -356,8 +356,8 @@ def rule_gpu_idle(ev: Evidence) -> Finding | NotChecked | None:
     if total <= 0 or busy / total >= 0.6:
         return None
     return Finding("gpu-idle", TITLES["gpu-idle"],
-                   f"the GPU was busy {busy / total * 100:.0f} % of the denoising steps ({busy / 1e3:.1f} s of "
-                   f"{total / 1e3:.1f} s)", (total - busy) / 1e3,
+                   f"the GPU was busy {busy / total * 100:.0f} % of the denoising steps ({format_duration(busy / 1e3)} "
+                   f"of {format_duration(total / 1e3)})", (total - busy) / 1e3,
                    "the GPU waits for the CPU between kernels: Python overhead per layer, weight casting, "
                    "synchronisations, or previews decoded every step",
                    "turn off live previews (--preview-method none), avoid weight casting (matching dtypes), and check "
@@ -397,8 +397,8 @@ def rule_step_rate(ev: Evidence) -> Finding | NotChecked | None:
     if actual < 3 * expected:
         return None
     return Finding("step-rate", TITLES["step-rate"],
-                   f"{actual:.2f} s per step for {family} at {shape[-1] * 8}x{shape[-2] * 8} on {gpu}; about "
-                   f"{expected:.2f} s expected", (actual - expected) * len(steps),
+                   f"{format_duration(actual)} per step for {family} at {shape[-1] * 8}x{shape[-2] * 8} on {gpu}; "
+                   f"about {format_duration(expected)} expected", (actual - expected) * len(steps),
                    "something above slows every step: see the other findings (partial offload, weight casting, CPU)",
                    "fix the findings above; if none applies, check GPU clocks and power limits (nvidia-smi -q -d "
                    "CLOCK,POWER)")

@@ -84,7 +84,7 @@ def _timeline_svg(trace: dict, width: int = 1100) -> str:
         x = 160 + (width - 170) * k / 5
         parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 8}" stroke="#ddd"/>'
                      f'<text x="{x:.1f}" y="{top - 10}" font-size="10" text-anchor="middle">'
-                     f"{(t1 - t0) * k / 5 / 1e6:.2f} s</text>")
+                     f"{format_duration((t1 - t0) * k / 5 / 1e6)}</text>")
     for i, (name, colour) in enumerate(lanes):
         y = top + i * row
         parts.append(f'<text x="4" y="{y + 16}" font-size="12">{html.escape(name)}</text>')

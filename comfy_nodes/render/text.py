@@ -8,9 +8,9 @@ from ..core.units import format_duration, format_share
 
 def format_text(s: Summary) -> str:
     """The console summary: wall time, time per stage, slowest nodes, cached nodes."""
-    head = f"StageTrace · prompt {s.prompt_id} · {s.outcome} · wall {s.wall_s:.3f} s"
+    head = f"StageTrace · prompt {s.prompt_id} · {s.outcome} · wall {format_duration(s.wall_s)}"
     if s.queue_wait_s is not None:
-        head += f" · queue wait {s.queue_wait_s:.3f} s"
+        head += f" · queue wait {format_duration(s.queue_wait_s)}"
     lines = [head, f"  {'stage':<32}{'time':>12}{'share':>9}"]
     for stage, secs in s.stage_s.items():
         if stage != "prompt":
