@@ -10,7 +10,8 @@ runs the tests and the linter.
    repository, unpacked once into ``build/comfyui/``; without one the ComfyUI tests skip and say why;
 4. with a ComfyUI, its requirements: tests/comfyui-requirements.txt, and torch + torchvision (pinned)
    when they are missing;
-5. ``python -m pytest tests -q [arguments]``, then ``ruff check .``.
+5. ``python -m pytest tests -q [arguments]`` (without ``tests`` when the arguments name test files), then
+   ``ruff check .``.
 
 Exits with pytest's status (5, no tests collected, is a failure too), or 1 when only the linter failed.
 """
@@ -149,8 +150,12 @@ def main(pytest_args: list[str]) -> int:
         env["COMFYUI_DIR"] = os.path.abspath(comfyui)
     else:
         step("no ComfyUI (set COMFYUI_DIR, or put ComfyUI-*.tar.gz in ../shared/comfyui/): those tests skip")
+    # the whole suite, unless the arguments name test files or folders themselves
+    named = any(os.path.exists(os.path.join(ROOT, arg.split("::")[0])) for arg in pytest_args
+                if not arg.startswith("-"))
     step("pytest")
-    tests = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", *pytest_args], cwd=ROOT, env=env)
+    tests = subprocess.run([sys.executable, "-m", "pytest", *([] if named else ["tests"]), "-q", *pytest_args],
+                           cwd=ROOT, env=env)
     step("ruff check")
     lint = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=ROOT)
     print(f"== done in {time.perf_counter() - started:.0f} s: pytest exit {tests.returncode}"
