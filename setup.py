@@ -172,9 +172,7 @@ def main():
     options = {}
     if os.environ.get("STAGETRACE_FULL_API") != "1":
         options["bdist_wheel"] = {"py_limited_api": "cp310"}
-    setup(
-        packages=["stagetrace"],
-        package_dir={"stagetrace": "comfy_nodes"},
+    setup(  # the packages are listed in pyproject.toml ([tool.setuptools])
         ext_modules=[extension()],
         options=options,
     )

@@ -1,5 +1,5 @@
 """StageTrace inside real ComfyUI on the CPU (COMFYUI_DIR): each scenario runs
-in a fresh child process through comfy_nodes.demo.harness, with this repository
+in a fresh child process through tests/comfy_harness.py, with this repository
 loaded by ComfyUI as a custom node, exactly as a user's clone would be."""
 
 import json

@@ -135,18 +135,6 @@ def test_bad_traces_name_file_and_place(tmp_path, content, expected):
     assert proc.returncode == 2 and expected in proc.stderr
 
 
-def test_builtin_demo_runs_without_comfyui(tmp_path, native):
-    env = {k: v for k, v in os.environ.items() if k != "COMFYUI_DIR"}
-    proc = subprocess.run([sys.executable, "-m", "comfy_nodes", "demo", "--workdir", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "no ComfyUI given" in proc.stdout
-    traces = list((tmp_path / "traces").glob("*.trace.json"))
-    assert len(traces) == 1
-    assert "KSampler #3" in proc.stdout and str(traces[0]) in proc.stdout
-    assert len([e for e in load(str(traces[0]))["traceEvents"] if e.get("cat") == "node"]) == 7
-
-
 def test_trace_names_never_collide(tmp_path):
     from comfy_nodes.record.tracefile import trace_path
 

@@ -6,7 +6,10 @@ import os
 
 _HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # comfy_nodes/
 ROOT = os.path.dirname(_HERE)
-BUILD_HINT = f"build it with: cd {ROOT} && python install.py"
+if os.path.isfile(os.path.join(ROOT, "install.py")):  # a clone, or ComfyUI/custom_nodes/StageTrace
+    BUILD_HINT = f"build it with: cd {ROOT} && python install.py"
+else:  # the installed package: its wheel carries the extension
+    BUILD_HINT = "reinstall StageTrace with pip (a C compiler and the Python headers are needed to build it)"
 
 try:
     from .. import _native  # type: ignore[attr-defined]

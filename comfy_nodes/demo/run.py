@@ -256,7 +256,7 @@ def _record_miniature(path: str, traces: str) -> str:
 
     comfy_utils = types.SimpleNamespace(load_torch_file=load_torch_file)
     StageHooks(Spans(native, guard), replace).install(
-        {"comfy.utils": comfy_utils}, on_model_file=lambda file: _model_file(recorder, file, "4"))
+        {"comfy.utils": comfy_utils}, on_model_file=lambda file: recorder.on_model_file(file, node_id="4"))
     outputs: dict[str, tuple] = {}
 
     def checkpoint_loader(node_id: str) -> None:
@@ -289,24 +289,3 @@ def _record_miniature(path: str, traces: str) -> str:
     recorder.prompt_end()
     recorder.flush()
     return recorder.last_trace
-
-
-def _model_file(recorder, path: str, node_id: str) -> None:
-    """The Recorder's model-file hook, for loader node ``node_id``: inside ComfyUI the Recorder learns the
-    node from ComfyUI's executing context; here it is told."""
-    import inspect
-
-    if "node_id" in inspect.signature(recorder.on_model_file).parameters:
-        recorder.on_model_file(path, node_id=node_id)
-        return
-    # Until Recorder.on_model_file takes the node id: the same facts, attributed to the loader here.
-    from ..analysis.anatomy import read_anatomy
-    from ..analysis.loaders import describe_gap, loader_gap
-    from ..core.log import logger
-
-    recorder.on_model_file(path)
-    recorder.anatomy[-1]["node_id"] = node_id
-    gap = loader_gap(recorder.prompt, node_id, path, read_anatomy(recorder.native, path)[0])
-    if gap is not None:
-        recorder.loader_gaps.append(gap)
-        logger.warning("StageTrace: %s", describe_gap(gap))

@@ -185,9 +185,10 @@ class Recorder:
 
     # --- model files (comfy.utils.load_torch_file) --------------------------------------------
 
-    def on_model_file(self, path: str) -> None:
+    def on_model_file(self, path: str, node_id: str | None = None) -> None:
         """Before a loader reads a file: record its anatomy, and warn when the loader node cannot give
-        what its downstream nodes need (the gap is recorded as data, the warning rendered from it)."""
+        what its downstream nodes need (the gap is recorded as data, the warning rendered from it).
+        node_id: the loader node; by default the node ComfyUI is executing."""
         self.files_read.add(path)
         if not path.lower().endswith((".safetensors", ".sft")) or len(self.anatomy) >= MAX_ANATOMY:
             return
@@ -195,7 +196,7 @@ class Recorder:
         from ..analysis.loaders import describe_gap, loader_gap
 
         n = self.native
-        node_id = _executing_node_id()
+        node_id = node_id if node_id is not None else _executing_node_id()
         name_id, path_id, now = n.intern("anatomy: " + os.path.basename(path)), n.intern(path), n.now_ns()
         try:
             anatomy, _ = read_anatomy(n, path)
