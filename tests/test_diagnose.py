@@ -175,7 +175,10 @@ def test_missing_clip_and_vae_from_the_recorded_loader_gap():
     assert [m["kind"] for m in gap["missing"]] == ["text_encoder", "vae"]
     f = result(scenario(other={"loader_gaps": [gap]}), "missing-clip-vae")
     assert isinstance(f, Finding) and f.severity == "error"
-    assert f.fix.startswith("load it with UNETLoader") and "Load it with" not in f.evidence
+    assert f.fix.startswith("replace CheckpointLoaderSimple #4 with UNETLoader") and "Load it with" not in f.evidence
+    assert f.figures["missing"] == ["text_encoder", "vae"] and f.figures["add"] == ["UNETLoader", "CLIPLoader",
+                                                                                    "VAELoader"]
+    assert f.title.startswith("CheckpointLoaderSimple #4 cannot give the text encoder (CLIP) or the VAE")
     assert "TextEncodeQwenImageEdit #6" in f.evidence and "VAEDecode #8" in f.evidence
     assert "CLIPLoader" in f.fix and "VAELoader" in f.fix
 
@@ -187,6 +190,19 @@ def test_missing_parts_advice_keeps_the_loaders_the_workflow_has():
     assert [m["kind"] for m in gap["missing"]] == ["vae"]
     f = result(scenario(other={"loader_gaps": [gap]}), "missing-clip-vae")
     assert "VAELoader" in f.fix and "CLIPLoader" not in f.fix
+    assert f.figures["add"] == ["UNETLoader", "VAELoader"]  # the file is no checkpoint: its loader is UNETLoader
+
+
+def test_a_checkpoint_lacking_only_its_vae_needs_only_a_vae_loader():
+    """A prefixed checkpoint (UNet + VAE prefixes known to ComfyUI) without its VAE, with a CLIPLoader in the
+    workflow: the fix adds a VAELoader and nothing else; the loader stays."""
+    gap = qwen_gap(dict(QWEN_PROMPT, **{"10": {"class_type": "CLIPLoader", "inputs": {}},
+                                        "6": {"class_type": "TextEncodeQwenImageEdit", "inputs": {"clip": ["10", 0]}}}))
+    for c in gap["components"]:
+        c["prefix"] = "model.diffusion_model."  # stored as a checkpoint: CheckpointLoaderSimple gives its MODEL
+    f = result(scenario(other={"loader_gaps": [gap]}), "missing-clip-vae")
+    assert f.figures["add"] == ["VAELoader"] and f.fix.startswith("add VAELoader (vae_name=qwen_image_vae.safetensors)")
+    assert "VAEDecode #8" in f.fix and "UNETLoader" not in f.fix and "CLIPLoader" not in f.fix
 
 
 def test_a_loader_whose_outputs_nobody_needs_has_no_gap():
@@ -291,8 +307,141 @@ def test_steps_far_slower_than_the_family_and_gpu_class_expect():
 
 def test_every_rule_has_a_trigger_test_here():
     tested = {"slow-read", "partial-offload", "cpu-sampling", "fp8-no-compute", "missing-clip-vae", "vae-tiled",
-              "reloaded", "warmup", "queue-wait", "memory-pressure", "gpu-idle", "step-rate"}
+              "reloaded", "warmup", "queue-wait", "memory-pressure", "gpu-idle", "step-rate", "node-failed",
+              "interrupted", "unreadable-file"}
     assert {r.id for r in RULES} == tested
+
+
+# --- broken runs: the failure, the interrupt, the unreadable file ---
+
+
+def message(name, ts_ms, **args):
+    return {"ph": "i", "s": "t", "cat": "prompt", "name": name, "ts": ts_ms * MS, "pid": 1, "tid": 1, "args": args}
+
+
+def node(name, node_id, ts_ms, dur_ms, outcome="ok"):
+    return span("node", name, ts_ms, dur_ms, node_id=node_id, outcome=outcome)
+
+
+def failed_run():
+    """Loader and sampler ran; VAEDecode #8 raised inside its vae_decode stage."""
+    return scenario(node("CheckpointLoaderSimple", "4", 0, 2000), node("KSampler", "3", 2000, 6000),
+                    span("sample", "euler", 2100, 5800, steps=20, outcome="ok"),
+                    node("VAEDecode", "8", 8000, 900, outcome="error"),
+                    span("vae_decode", "VAE decode", 8010, 880, outcome="error"),
+                    message("execution_error", 8900, node_id="8", node_type="VAEDecode",
+                            exception_type="torch.OutOfMemoryError",
+                            exception_message="CUDA out of memory. Tried to allocate 4.00 GiB\nmore"),
+                    wall_ms=8900, other={"process": {"prompt_index": 1}})
+
+
+def test_a_failed_node_is_named_with_its_stage_and_what_ran_before():
+    f = result(failed_run(), "node-failed")
+    assert isinstance(f, Finding) and f.severity == "error" and f.title == "VAEDecode #8 failed: torch.OutOfMemoryError"
+    assert f.figures == {"node_id": "8", "class_type": "VAEDecode", "exception_type": "torch.OutOfMemoryError",
+                         "exception_message": "CUDA out of memory. Tried to allocate 4.00 GiB", "stage": "vae_decode",
+                         "step": None, "of": None, "completed_nodes": 2}
+    assert "in vae_decode" in f.evidence and "CheckpointLoaderSimple #4, KSampler #3" in f.evidence
+    assert "--lowvram" in f.fix
+    assert result(scenario(node("KSampler", "3", 0, 10)), "node-failed") is None
+
+
+def test_a_failure_inside_a_step_names_the_step():
+    trace = scenario(node("KSampler", "3", 0, 5000, outcome="error"),
+                     span("sample", "euler", 10, 4900, steps=10, outcome="error"),
+                     span("sample.step", "step 4/10", 3000, 1000, step=4, of=10, outcome="error"),
+                     message("execution_error", 5000, node_id="3", node_type="KSampler", exception_type="ValueError",
+                             exception_message="bad sigma"), wall_ms=5000)
+    f = result(trace, "node-failed")
+    assert f.figures["stage"] == "sample.step" and (f.figures["step"], f.figures["of"]) == (4, 10)
+    assert "in denoising step 4 of 10" in f.evidence
+
+
+def test_an_interrupt_names_the_node_and_the_step():
+    trace = scenario(node("KSampler", "3", 0, 3000, outcome="interrupted"),
+                     span("sample", "euler", 10, 2900, steps=6, outcome="interrupted"),
+                     span("sample.step", "step 2/6", 0, 1000, step=2, of=6, outcome="ok"),
+                     span("sample.step", "step 3/6", 1000, 1000, step=3, of=6, outcome="interrupted"),
+                     message("execution_interrupted", 3000, node_id="3", node_type="KSampler"), wall_ms=3000)
+    f = result(trace, "interrupted")
+    assert f.title == "Interrupted in KSampler #3 at step 3 of 6"
+    assert f.figures == {"node_id": "3", "class_type": "KSampler", "step": 3, "of": 6}
+    assert result(scenario(node("KSampler", "3", 0, 10)), "interrupted") is None
+
+
+def test_a_partial_download_says_how_much_of_it_is_there():
+    entry = {"path": "/m/qwen.safetensors", "node_id": "4", "error": "/m/qwen.safetensors: byte offset 5000000: "
+             "tensor data beyond the end of the file", "status": "truncated", "offset": 5_000_000,
+             "file_bytes": 5_000_000, "expected_bytes": 20_430_000_000}
+    f = result(scenario(other={"anatomy": [entry]}), "unreadable-file")
+    assert f.title == "qwen.safetensors is incomplete: 5.0 MB of 20.4 GB (0.0 %)" and f.severity == "error"
+    assert f.figures["file_bytes"] == 5_000_000 and f.figures["expected_bytes"] == 20_430_000_000
+    assert "byte offset 5000000" in f.evidence and "download qwen.safetensors again" in f.fix
+    assert result(scenario(other={"anatomy": [{"path": "/m/ok.safetensors", "family": "sd1", "components": []}]}),
+                  "unreadable-file") is None
+
+
+# --- the order: what broke the run first, then by the seconds lost, whatever the severity ---
+
+
+def test_ranking_crosses_severity_labels_by_cost():
+    """A queue wait (an 'info') of 5 s outranks CPU sampling (a 'warning') of 0.3 s; a first run's loading
+    (info) that took most of the run outranks a small warning too."""
+    trace = scenario(span("sample", "euler", 4600, 300, steps=2),
+                     span("model_load.to_device", "load", 4500, 50, models=[{"model": "BaseModel", "device": "cpu",
+                                                                              "loaded_bytes": 1, "total_bytes": 1}]),
+                     wall_ms=400, queue_wait_s=5.0, other={"process": {"prompt_index": 2}})
+    report = diagnose(trace)
+    assert [f.rule for f in report.findings][:2] == ["queue-wait", "cpu-sampling"]
+    assert report.findings[0].severity == "info" and report.findings[1].severity == "warning"
+    assert report.findings[0].title == "The prompt waited 5.000 s in the queue, 12x its run"
+
+
+def test_a_broken_prompt_puts_its_failure_before_any_cost():
+    trace = failed_run()  # the sampler ran 5.8 s on the CPU before VAEDecode failed
+    trace["traceEvents"].append(span("model_load.to_device", "load", 1000, 10, models=[
+        {"model": "BaseModel", "device": "cpu", "loaded_bytes": 1, "total_bytes": 1}]))
+    report = diagnose(trace)
+    assert [f.rule for f in report.findings] == ["node-failed", "cpu-sampling"]
+    assert report.findings[1].cost_s > 5
+
+
+def test_the_structural_cause_comes_before_the_failure_it_causes():
+    trace = scenario(node("CheckpointLoaderSimple", "4", 0, 100),
+                     node("TextEncodeQwenImageEdit", "6", 100, 5, outcome="error"),
+                     message("execution_error", 105, node_id="6", node_type="TextEncodeQwenImageEdit",
+                             exception_type="RuntimeError", exception_message="ERROR: clip input is invalid: None"),
+                     wall_ms=105, other={"loader_gaps": [qwen_gap(QWEN_PROMPT)]})
+    report = diagnose(trace)
+    assert [f.rule for f in report.findings][:2] == ["missing-clip-vae", "node-failed"]
+    assert "the finding above" in report.findings[1].cause
+
+
+def test_warmup_does_not_claim_the_seconds_a_slow_read_explains():
+    trace = slow_read_trace(1183)
+    trace["otherData"]["process"] = {"prompt_index": 1}
+    report = diagnose(trace)
+    assert report.findings[0].rule == "slow-read"
+    warmup = next(f for f in report.findings if f.rule == "warmup")
+    assert warmup.cost_s < report.findings[0].cost_s
+    assert warmup.title.startswith("Model loading took ") and "% of this first run" in warmup.title
+
+
+def test_comfyui_options_are_named_as_the_cause():
+    reload = scenario(span("model_load.read", "a.safetensors", 0, 500), wall_ms=1000,
+                      other={"process": {"prompt_index": 2, "reread_files": ["/m/a.safetensors"],
+                                         "comfyui": {"cache_type": "DEPENDENCY_AWARE", "smart_memory": True,
+                                                     "options": {"--cache-none": True}}}})
+    f = result(reload, "reloaded")
+    assert f.figures["option"] == "--cache-none" and "--cache-none" in f.cause and "without --cache-none" in f.fix
+    cpu = scenario(span("sample", "euler", 0, 900, steps=2),
+                   span("model_load.to_device", "load", 0, 5, models=[{"model": "M", "device": "cpu", "loaded_bytes": 1,
+                                                                       "total_bytes": 1}]),
+                   other={"gpu": {"collection": "unavailable", "reason": "GPU collection unavailable: no NVIDIA driver "
+                                  "(libcuda not found); cuptiSubscribe failed: CUPTI_ERROR_UNKNOWN"},
+                          "process": {"comfyui": {"options": {"--cpu": True}}}})
+    f = result(cpu, "cpu-sampling")
+    assert f.figures["option"] == "--cpu" and "without --cpu" in f.fix and "CUPTI_ERROR_UNKNOWN" not in f.evidence
 
 
 def test_findings_come_most_costly_first_and_nothing_is_invented():
@@ -322,7 +471,7 @@ def test_report_formats(tmp_path):
     trace = slow_read_trace(1183)
     report = diagnose(trace)
     text, md, page, as_json = (render(report, fmt, trace) for fmt in ("text", "md", "html", "json"))
-    assert "Model files are read slowly" in text and "### 1. Model files are read slowly" in md
+    assert "Model files are read at 17 MB/s" in text and "### 1. Model files are read at 17 MB/s" in md
     assert json.loads(as_json)["findings"][0]["rule"] == "slow-read"
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and 'class="stage"' in page
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page

@@ -28,6 +28,8 @@ Pure Python: no I/O, no torch. Importing the module only builds the tables.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1019,6 +1021,30 @@ def read_anatomy(native, path: str) -> tuple[Anatomy, dict]:
     SafetensorsError for a bad file."""
     header = native.read_safetensors_header(path, group_by=PREFIX_PATTERNS)
     return classify_groups(header["groups"], header["metadata"]), header
+
+
+def unreadable_facts(path: str, exc) -> dict:
+    """What can be said of a file the reader refused (``exc``: its SafetensorsError): the message, the
+    reader's status and byte offset, the bytes on disk and, when the header itself is whole, the bytes it
+    declares (so a partial download says how much of it is there). Never raises."""
+    facts = {"error": str(exc), "status": getattr(exc, "status", None), "offset": getattr(exc, "offset", None),
+             "file_bytes": None, "expected_bytes": None}
+    try:
+        facts["file_bytes"] = os.path.getsize(path)
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if 0 < length <= MAX_DECLARED_HEADER:
+                header = json.loads(f.read(length))
+                ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+                        and isinstance(v.get("data_offsets"), list) and len(v["data_offsets"]) == 2]
+                if ends and all(isinstance(e, int) for e in ends):
+                    facts["expected_bytes"] = 8 + length + max(ends)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return facts
+
+
+MAX_DECLARED_HEADER = 100 << 20  # the C reader's own bound on a header
 
 
 # --- Advice helpers ---

@@ -1,10 +1,15 @@
-"""Why was the run slow or broken: findings read from a trace, most costly first.
+"""Why was the run slow or broken: findings read from a trace, the true cause first.
 
 ``diagnose(trace)`` gathers the evidence a trace holds (:class:`Evidence`) and runs every rule of
-``RULES``, the one catalogue. A rule is a record: an id, a title, and a check that returns a
-:class:`Finding` (what was measured, the seconds it cost, the cause and the fix), ``None`` when the
-evidence shows nothing wrong, or :class:`NotChecked` saying which evidence was missing. No finding is
-ever made up: without GPU data, the GPU rules say they could not check.
+``RULES``, the one catalogue. A rule is a record: an id, a generic title, and a check that returns a
+:class:`Finding` (a title that says what the figures say, the measured evidence in words and as
+``figures``, the seconds it cost, the cause and the fix), ``None`` when the evidence shows nothing
+wrong, or :class:`NotChecked` saying which evidence was missing. No finding is ever made up: without
+GPU data, the GPU rules say they could not check.
+
+The order (``rank``): what broke the prompt comes first (a file that cannot be read or a loader that
+cannot give what the workflow needs, which break it before the failure shows; then the failing node or
+the interrupt); then every other finding by the seconds it cost, whatever its severity.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from ..analysis.summary import Summary, summarize
-from ..core.units import format_bytes, format_duration
+from ..core.units import format_bytes, format_duration, format_share
 from .loaders import advice_text, describe_gap, fitting_advice, valid_gaps
 
 # --- What a finding is ----------------------------------------------------------------------------
@@ -23,12 +28,13 @@ from .loaders import advice_text, describe_gap, fitting_advice, valid_gaps
 @dataclass
 class Finding:
     rule: str
-    title: str
+    title: str  # says what the figures say: "Model loading took 36 % of this first run"
     evidence: str  # the measured figure, in words
     cost_s: float | None  # estimated seconds lost; None when it cannot be put in seconds
     cause: str
     fix: str
     severity: str = "warning"  # "error": the run failed or will; "warning": time lost; "info": a note
+    figures: dict = field(default_factory=dict)  # the evidence as numbers and names, for machines
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,33 +56,67 @@ class Evidence:
     spans: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # stage -> X events
     gpu_windows: list[dict] = field(default_factory=list)  # the GPU track's per-window args
     logs: list[dict] = field(default_factory=list)  # comfyui_log instant events
+    messages: list[dict] = field(default_factory=list)  # ComfyUI's prompt events (execution_error, ...)
     other: dict = field(default_factory=dict)
 
     @property
     def gpu(self) -> dict:
-        return self.other.get("gpu") or {}
+        gpu = self.other.get("gpu")
+        return gpu if isinstance(gpu, dict) else {}
 
     @property
     def gpu_collected(self) -> bool:
         return self.gpu.get("collection") == "cupti"
 
     @property
+    def gpu_unavailable_because(self) -> str:
+        """Why there are no GPU figures, in a few words: the first reason of the GPU line."""
+        reason = str(self.gpu.get("reason") or "GPU collection unavailable")
+        return reason.removeprefix("GPU collection unavailable: ").split(";")[0].strip()
+
+    @property
     def devices(self) -> list[dict]:
-        return list(self.gpu.get("devices") or [])
+        return [d for d in self.gpu.get("devices") or [] if isinstance(d, dict)]
+
+    @property
+    def comfyui(self) -> dict:
+        """ComfyUI's own facts: memory mode, cache type, launch options (otherData.process.comfyui)."""
+        facts = (self.other.get("process") or {}).get("comfyui") if isinstance(self.other.get("process"), dict) \
+            else None
+        return facts if isinstance(facts, dict) else {}
+
+    @property
+    def options(self) -> dict:
+        """ComfyUI's launch options that are not at their default ({"--cpu": True, ...})."""
+        options = self.comfyui.get("options")
+        return options if isinstance(options, dict) else {}
 
     def seconds(self, stage: str) -> float:
         return self.summary.stage_s.get(stage, 0.0)
 
+    def load_seconds(self) -> float:
+        return self.seconds("model_load.read") + self.seconds("model_load.build") + self.seconds("model_load.to_device")
+
     def log_kinds(self) -> set[str]:
         return {e.get("name") for e in self.logs}
 
+    def message(self, name: str) -> dict | None:
+        """The args of ComfyUI's last prompt event of that name (execution_error, ...), or None."""
+        found = [e for e in self.messages if e.get("name") == name]
+        return (found[-1].get("args") or {}) if found else None
+
+    def anatomy(self) -> list[dict]:
+        anatomy = self.other.get("anatomy")
+        return [a for a in anatomy if isinstance(a, dict)] if isinstance(anatomy, list) else []
+
     def diffusion_anatomy(self) -> list[dict]:
-        return [a for a in self.other.get("anatomy") or [] if a.get("family") and "components" in a
-                and any(c.get("kind") == "diffusion_model" for c in a["components"])]
+        return [a for a in self.anatomy() if a.get("family") and isinstance(a.get("components"), list)
+                and any(c.get("kind") == "diffusion_model" for c in a["components"] if isinstance(c, dict))]
 
 
 def gather(trace: dict) -> Evidence:
-    ev = Evidence(trace=trace, summary=summarize(trace), other=trace.get("otherData") or {})
+    other = trace.get("otherData")
+    ev = Evidence(trace=trace, summary=summarize(trace), other=other if isinstance(other, dict) else {})
     for e in trace.get("traceEvents", []):
         cat, ph = e.get("cat"), e.get("ph")
         if ph == "X" and cat == "gpu":
@@ -85,6 +125,8 @@ def gather(trace: dict) -> Evidence:
             ev.spans[cat].append(e)
         elif ph in ("i", "I") and cat == "comfyui_log":
             ev.logs.append(e)
+        elif ph in ("i", "I") and cat == "prompt":
+            ev.messages.append(e)
     return ev
 
 
@@ -98,18 +140,50 @@ class Rule:
     check: Check
 
 
+def _name(path: object) -> str:
+    return str(path).replace("\\\\", "/").rsplit("/", 1)[-1]
 
-# --- The rules ------------------------------------------------------------------------------------
 
-# Storage a model should come off at, at least (MB/s): below, the read is slow for any disk class.
-SLOW_READ_MB_S = 150.0
-EXPECTED_READ_MB_S = 500.0  # what an SSD gives, for the estimate of time lost
-NETWORK_FILESYSTEMS = ("overlay", "9p", "fuse", "nfs", "cifs", "smb", "virtiofs", "sshfs", "s3", "gcsfuse")
+def _first_line(text: object) -> str:
+    lines = str(text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+# --- What broke the prompt ------------------------------------------------------------------------
+
+
+def rule_unreadable_file(ev: Evidence) -> Finding | NotChecked | None:
+    """A model file the loader was given that cannot be read: a partial download says how much is there."""
+    bad = [a for a in ev.anatomy() if a.get("error")]
+    if not bad:
+        return None if "anatomy" in ev.other else NotChecked("unreadable-file", TITLES["unreadable-file"],
+                                                             "the trace has no model-file anatomy")
+    a = bad[0]
+    path, have, want = a.get("path", "?"), a.get("file_bytes"), a.get("expected_bytes")
+    truncated = isinstance(have, int) and isinstance(want, int) and have < want
+    figures = {"path": path, "offset": a.get("offset"), "file_bytes": have, "expected_bytes": want,
+               "node_id": a.get("node_id")}
+    if truncated:
+        title = (f"{_name(path)} is incomplete: {format_bytes(have)} of {format_bytes(want)} "
+                 f"({format_share(have, want)})")
+        cause = "the download (or the copy) of the file stopped before its end"
+        fix = (f"download {_name(path)} again and check its size ({want} bytes, as its header declares) or its "
+               "SHA-256 against the source; `stagetrace inspect --models-dir models` finds other incomplete files")
+    else:
+        title = f"{_name(path)} cannot be read as a safetensors file"
+        cause = "the file is damaged, or it is not a safetensors file"
+        fix = f"download {_name(path)} again from its source; `stagetrace inspect {path}` says what is wrong with it"
+    evidence = str(a["error"])
+    if truncated:
+        evidence += f"; the file has {have} of the {want} bytes its header declares"
+    if len(bad) > 1:
+        evidence += f"; {len(bad) - 1} more unreadable file(s): " + ", ".join(_name(b.get("path")) for b in bad[1:4])
+    return Finding("unreadable-file", title, evidence, ev.summary.wall_s, cause, fix, "error", figures)
 
 
 def rule_missing_parts(ev: Evidence) -> Finding | NotChecked | None:
     """From the recorded loader gaps (analysis.loaders): what the file holds, what is missing and who
-    needs it, and the loaders the workflow still needs. ComfyUI's own log lines stand in for a trace
+    needs it, and the loaders this workflow still needs. ComfyUI's own log lines stand in for a trace
     without gaps (an older trace, or a loader StageTrace does not know)."""
     gaps = [g for g in valid_gaps(ev.other)[0] if g["missing"]]
     kinds = ev.log_kinds()
@@ -120,19 +194,130 @@ def rule_missing_parts(ev: Evidence) -> Finding | NotChecked | None:
                 return NotChecked("missing-clip-vae", TITLES["missing-clip-vae"], "the trace has no model-file anatomy")
             return None
         return Finding("missing-clip-vae", TITLES["missing-clip-vae"],
-                       "ComfyUI logged " + ", ".join(sorted({"no_clip", "no_vae"} & kinds)), None, _MISSING_CAUSE,
-                       "load the diffusion model, text encoder and VAE with their own loader nodes", "error")
+                       "ComfyUI logged " + ", ".join(sorted({"no_clip", "no_vae"} & kinds)), ev.summary.wall_s,
+                       _MISSING_CAUSE, "load the diffusion model, text encoder and VAE with their own loader nodes",
+                       "error", {"missing": sorted({"no_clip": "text_encoder", "no_vae": "vae"}[k]
+                                                   for k in {"no_clip", "no_vae"} & kinds)})
     gap = gaps[0]
+    missing = [m["what"] for m in gap["missing"]]
+    users = [f"{c.get('class_type', '?')} #{c.get('node_id', '?')}" for m in gap["missing"] for c in m["consumers"]]
+    title = (f"{gap['loader']} #{gap['node_id']} cannot give the {' or the '.join(missing)} that "
+             f"{', '.join(users)} need{'s' if len(users) == 1 else ''}")
     evidence = describe_gap(gap)
     evidence = evidence[: evidence.index(" Load it with:")] if " Load it with:" in evidence else evidence
     steps = fitting_advice(gap)
-    fix = ("load it with " + advice_text(steps)) if steps else \
-        "use a complete checkpoint, or load the missing parts with their own loader nodes"
-    return Finding("missing-clip-vae", TITLES["missing-clip-vae"], evidence, None, _MISSING_CAUSE, fix, "error")
+    fix = _loader_fix(gap, steps, users)
+    figures = {"loader": gap["loader"], "node_id": gap["node_id"], "file": gap["file"],
+               "missing": [m.get("kind") for m in gap["missing"]], "add": [s.get("node") for s in steps],
+               "components": gap.get("components") or []}
+    return Finding("missing-clip-vae", title, evidence, ev.summary.wall_s, _MISSING_CAUSE, fix, "error", figures)
+
+
+def _loader_fix(gap: dict, steps: list[dict], users: list[str]) -> str:
+    """The change to this workflow, in the nodes it names: replace the loader when the file is not a
+    checkpoint, add a loader for each missing part, connect the nodes that need them."""
+    if not steps:
+        return "use a complete checkpoint, or load the missing parts with their own loader nodes"
+    replace = [s for s in steps if s.get("node") == "UNETLoader"]
+    add = [s for s in steps if s.get("node") != "UNETLoader"]
+    parts = []
+    if replace:
+        parts.append(f"replace {gap['loader']} #{gap['node_id']} with {advice_text(replace)}")
+    if add:
+        parts.append(("and add " if replace else "add ") + advice_text(add))
+    return ", ".join(parts) + f", and connect {', '.join(users)} to {'it' if len(add) == 1 else 'them'}"
 
 
 _MISSING_CAUSE = ("the checkpoint loader was given a file that holds only part of the model (a diffusion-model-"
                   "only file, or one without a VAE), so the nodes after it get None")
+
+
+def _failing_stage(ev: Evidence, node_id: str, outcome: str) -> tuple[str | None, dict]:
+    """The innermost stage span that ended with ``outcome`` inside node ``node_id``'s span, and its args."""
+    nodes = [e for e in ev.spans.get("node", []) if str((e.get("args") or {}).get("node_id")) == node_id
+             and (e.get("args") or {}).get("outcome") == outcome]
+    if not nodes:
+        return None, {}
+    node = nodes[-1]
+    end = node["ts"] + node["dur"]
+    inner = [(cat, e) for cat, events in ev.spans.items() if cat not in ("node", "prompt") for e in events
+             if (e.get("args") or {}).get("outcome") == outcome and node["ts"] <= e["ts"] <= end]
+    if not inner:
+        return None, {}
+    cat, e = max(inner, key=lambda x: (x[1]["ts"], -x[1]["dur"]))
+    return cat, e.get("args") or {}
+
+
+def _ran_before(ev: Evidence, ts: float) -> list[str]:
+    return [f"{e.get('name', '?')} #{(e.get('args') or {}).get('node_id', '?')}" for e in
+            sorted(ev.spans.get("node", []), key=lambda e: e["ts"])
+            if (e.get("args") or {}).get("outcome") == "ok" and e["ts"] + e["dur"] <= ts]
+
+
+def rule_node_failed(ev: Evidence) -> Finding | NotChecked | None:
+    error = ev.message("execution_error")
+    if error is None:
+        return None
+    node_id, cls = str(error.get("node_id", "?")), str(error.get("node_type", "?"))
+    etype, message = str(error.get("exception_type", "error")), _first_line(error.get("exception_message"))
+    stage, args = _failing_stage(ev, node_id, "error")
+    event = next(e for e in reversed(ev.messages) if e.get("name") == "execution_error")
+    before = _ran_before(ev, event["ts"])
+    where = ""
+    if stage == "sample.step":
+        where = f", in denoising step {args.get('step', '?')} of {args.get('of', '?')}"
+    elif stage:
+        where = f", in {stage}"
+    evidence = f"{cls} #{node_id} raised {etype}: {message}{where}; " + (
+        f"{len(before)} node(s) ran before it ({', '.join(before[-4:])})" if before else "it was the first node to run")
+    lowered = (etype + " " + message).lower()
+    if "out of memory" in lowered or "outofmemory" in lowered:
+        cause = "the GPU (or RAM) ran out of memory in this node"
+        fix = ("lower the resolution or batch size, use smaller (fp8/GGUF) weights, or start ComfyUI with "
+               "--lowvram" + ("" if "--lowvram" not in ev.options else " (it is on: use --novram)"))
+    elif "is invalid: none" in lowered:
+        cause = "an input of this node is None: the node that should give it (a loader) gave nothing"
+        fix = f"see what feeds {cls} #{node_id}: its loader cannot give that input (the finding above says which)"
+    elif "safetensor" in lowered or "header" in lowered or "incomplete" in lowered:
+        cause = "a model file could not be read"
+        fix = "download the file again; `stagetrace inspect --models-dir models` names incomplete files"
+    else:
+        cause = f"{cls} raised {etype}"
+        fix = f"fix what the message says for {cls} #{node_id}; ComfyUI's log holds the whole traceback"
+    figures = {"node_id": node_id, "class_type": cls, "exception_type": etype, "exception_message": message,
+               "stage": stage, "step": args.get("step") if stage == "sample.step" else None,
+               "of": args.get("of") if stage == "sample.step" else None, "completed_nodes": len(before)}
+    return Finding("node-failed", f"{cls} #{node_id} failed: {etype}", evidence, ev.summary.wall_s, cause, fix,
+                   "error", figures)
+
+
+def rule_interrupted(ev: Evidence) -> Finding | NotChecked | None:
+    interrupted = ev.message("execution_interrupted")
+    if interrupted is None and ev.summary.outcome != "interrupted":
+        return None
+    interrupted = interrupted or {}
+    node_id, cls = str(interrupted.get("node_id", "?")), str(interrupted.get("node_type", "?"))
+    stage, args = _failing_stage(ev, node_id, "interrupted")
+    steps = [e for e in ev.spans.get("sample.step", []) if (e.get("args") or {}).get("outcome") == "interrupted"]
+    if stage != "sample.step" and steps:
+        args, stage = steps[-1].get("args") or {}, "sample.step"
+    step, of = (args.get("step"), args.get("of")) if stage == "sample.step" else (None, None)
+    where = f" at step {step} of {of}" if step is not None else ""
+    figures = {"node_id": node_id, "class_type": cls, "step": step, "of": of}
+    return Finding("interrupted", f"Interrupted in {cls} #{node_id}{where}",
+                   f"the prompt was interrupted in {cls} #{node_id}{where}, after {format_duration(ev.summary.wall_s)}"
+                   f"; {len(_ran_before(ev, float('inf')))} node(s) had finished",
+                   ev.summary.wall_s, "the prompt was cancelled: the Cancel button, a POST to /interrupt, or a client "
+                   "that gave up waiting", "nothing to fix if it was meant; otherwise look for the client or script "
+                   "that sends /interrupt (a timeout shorter than the run)", "error", figures)
+
+
+# --- Where the time went --------------------------------------------------------------------------
+
+# Storage a model should come off at, at least (MB/s): below, the read is slow for any disk class.
+SLOW_READ_MB_S = 150.0
+EXPECTED_READ_MB_S = 500.0  # what an SSD gives, for the estimate of time lost
+NETWORK_FILESYSTEMS = ("overlay", "9p", "fuse", "nfs", "cifs", "smb", "virtiofs", "sshfs", "s3", "gcsfuse")
 
 
 def rule_slow_read(ev: Evidence) -> Finding | NotChecked | None:
@@ -167,10 +352,10 @@ def rule_slow_read(ev: Evidence) -> Finding | NotChecked | None:
     fix = ("keep the models folder on a local SSD: mount it into the container as a plain bind mount or volume "
            "(not through the image's overlay or a 9p/FUSE share), or copy the model to local disk once"
            if network else "move the model to a faster local disk (NVMe or SATA SSD)")
-    return Finding("slow-read", TITLES["slow-read"],
+    return Finding("slow-read", f"Model files are read at {rate:.0f} MB/s",
                    f"read {format_bytes(size)} of {args.get('path', 'a model')} in {format_duration(seconds)} "
-                   f"= {rate:.0f} MB/s from the "
-                   f"{where}", lost, cause, fix)
+                   f"= {rate:.0f} MB/s from the {where}", lost, cause, fix, "warning",
+                   {"mb_s": rate, "bytes": size, "seconds": seconds, "fs_type": fs, "path": args.get("path")})
 
 
 def rule_partial_offload(ev: Evidence) -> Finding | NotChecked | None:
@@ -190,19 +375,31 @@ def rule_partial_offload(ev: Evidence) -> Finding | NotChecked | None:
                if w.get("stage") == "sample.step")
     htod_ms = sum(((w.get("copies") or {}).get("htod") or {}).get("ms", 0) for w in ev.gpu_windows
                   if w.get("stage") == "sample.step")
+    option = next((o for o in ("--novram", "--lowvram") if ev.options.get(o)), None)
     evidence = (f"{m['model']}: {format_bytes(m['loaded_bytes'])} of {format_bytes(m['total_bytes'])} on {m['device']}"
                 if m else "ComfyUI logged 'loaded partially'")
+    title = (f"Weights partly offloaded: {format_bytes(m['loaded_bytes'])} of {format_bytes(m['total_bytes'])} "
+             "on the GPU" if m else TITLES["partial-offload"])
     cost = None
     if steps and htod:
-        evidence += f"; {format_bytes(htod / len(steps))} copied host to device per step over {len(steps)} steps"
+        per_step = htod / len(steps)
+        evidence += f"; {format_bytes(per_step)} copied host to device per step over {len(steps)} steps"
+        title = f"Weights partly offloaded: {format_bytes(per_step)} copied to the GPU every step"
         cost = htod_ms / 1e3
     elif not ev.gpu_collected:
         evidence += " (no GPU data: the bytes streamed per step could not be measured)"
-    return Finding("partial-offload", TITLES["partial-offload"], evidence, cost,
-                   "the weights do not fit in free VRAM, so the part left in system RAM is copied to the GPU for "
-                   "every step",
-                   "use a smaller variant (fp8 or GGUF quantised weights), lower the resolution or batch, close other "
-                   "programs using VRAM, or run ComfyUI with --reserve-vram 0; a GPU with more VRAM avoids it")
+    if option:
+        cause = f"ComfyUI was started with {option}, which keeps most weights in system RAM and streams them"
+        fix = f"start ComfyUI without {option} if the model fits in VRAM; otherwise use a smaller (fp8/GGUF) variant"
+    else:
+        cause = ("the weights do not fit in free VRAM, so the part left in system RAM is copied to the GPU for "
+                 "every step")
+        fix = ("use a smaller variant (fp8 or GGUF quantised weights), lower the resolution or batch, close other "
+               "programs using VRAM, or run ComfyUI with --reserve-vram 0; a GPU with more VRAM avoids it")
+    figures = {"loaded_bytes": m["loaded_bytes"] if m else None, "total_bytes": m["total_bytes"] if m else None,
+               "htod_bytes_per_step": htod / len(steps) if steps and htod else None, "steps": len(steps),
+               "option": option}
+    return Finding("partial-offload", title, evidence, cost, cause, fix, "warning", figures)
 
 
 def rule_cpu_sampling(ev: Evidence) -> Finding | NotChecked | None:
@@ -213,22 +410,27 @@ def rule_cpu_sampling(ev: Evidence) -> Finding | NotChecked | None:
                for m in (e.get("args") or {}).get("models") or []}
     on_cpu = bool(devices) and all(d.startswith("cpu") for d in devices)
     sampler_kernels = sum(w.get("kernels", 0) for w in ev.gpu_windows if w.get("stage") in ("sample", "sample.step"))
+    option = "--cpu" if ev.options.get("--cpu") else None
     if ev.gpu_collected and not on_cpu:
         if sampler_kernels:
             return None
         evidence = f"the sampler ran {format_duration(sample_s)} and the GPU ran no kernels in it"
     elif on_cpu:
-        evidence = (f"the models were loaded to the CPU and sampling took {format_duration(sample_s)} "
-                    f"({ev.gpu.get('reason', '')})")
-        evidence = evidence.replace(" ()", "")
+        why = "ComfyUI was started with --cpu" if option else f"no usable GPU: {ev.gpu_unavailable_because}"
+        evidence = f"the models were loaded to the CPU ({why}) and sampling took {format_duration(sample_s)}"
     else:
         return NotChecked("cpu-sampling", TITLES["cpu-sampling"],
                           "no GPU data and no model placement in this trace")
-    return Finding("cpu-sampling", TITLES["cpu-sampling"], evidence, 0.9 * sample_s,
-                   "ComfyUI is not using the GPU: it was started with --cpu, torch has no CUDA (a CPU build, or no "
-                   "driver in the container), or the GPU is not visible to the process",
-                   "check `nvidia-smi` inside the container (run it with --gpus all / the NVIDIA runtime), install a "
-                   "CUDA build of torch, and start ComfyUI without --cpu")
+    if option:
+        cause = "ComfyUI was started with --cpu: it does everything on the CPU"
+        fix = "start ComfyUI without --cpu, on a machine with an NVIDIA GPU and a CUDA build of torch"
+    else:
+        cause = ("ComfyUI is not using the GPU: torch has no CUDA (a CPU build, or no driver in the container), "
+                 "or the GPU is not visible to the process")
+        fix = ("check `nvidia-smi` inside the container (run it with --gpus all / the NVIDIA runtime) and install a "
+               "CUDA build of torch")
+    return Finding("cpu-sampling", f"Sampling ran on the CPU: {format_duration(sample_s)}", evidence, 0.9 * sample_s,
+                   cause, fix, "warning", {"sample_s": sample_s, "option": option})
 
 
 def rule_fp8(ev: Evidence) -> Finding | NotChecked | None:
@@ -248,17 +450,22 @@ def rule_fp8(ev: Evidence) -> Finding | NotChecked | None:
         return None
     path, c = fp8[0]
     d = no_fp8[0]
+    dtype = next(x for x in c.get("dtypes") or {} if x.startswith("fp8"))
+    sm = f"sm_{str(d.get('compute_capability', '?')).replace('.', '')}"
     casts = sorted({m["manual_cast"] for e in ev.spans.get("model_load.to_device", [])
                     for m in (e.get("args") or {}).get("models") or [] if m.get("manual_cast")})
     cast = f"; ComfyUI computes it in {', '.join(casts)}" if casts else ""
-    return Finding("fp8-no-compute", TITLES["fp8-no-compute"],
+    # what casting costs: at least the weights' bytes cast on every step (read fp8, write fp16/bf16)
+    steps = len(ev.spans.get("sample.step", []))
+    return Finding("fp8-no-compute", f"FP8 weights on {d.get('name')} ({sm}), which has no FP8 compute",
                    f"{path}: {c.get('label', 'diffusion model')} stored in {', '.join(c.get('dtypes', {}))}; "
-                   f"{d.get('name')} is sm_{str(d.get('compute_capability', '?')).replace('.', '')}, without FP8 "
-                   f"compute (sm_89 and newer have it){cast}", None,
+                   f"{d.get('name')} is {sm}, without FP8 compute (sm_89 and newer have it){cast}", None,
                    "every layer's FP8 weights are cast to fp16/bf16 on each forward pass (or upcast at load, "
                    "doubling their memory)",
                    "use the fp16/bf16 (or GGUF) variant of the model on this GPU, or a GPU of the Ada/Hopper "
-                   "generation or newer for FP8")
+                   "generation or newer for FP8", "warning",
+                   {"dtype": dtype, "gpu": d.get("name"), "compute_capability": d.get("compute_capability"),
+                    "steps": steps, "casts": casts})
 
 
 def rule_vae_tiled(ev: Evidence) -> Finding | NotChecked | None:
@@ -269,59 +476,77 @@ def rule_vae_tiled(ev: Evidence) -> Finding | NotChecked | None:
     if not tiled and "tiled_vae_retry" not in ev.log_kinds():
         return None
     seconds = sum(e["dur"] for e in tiled) / 1e6
-    return Finding("vae-tiled", TITLES["vae-tiled"],
+    return Finding("vae-tiled", f"VAE ran out of memory and fell back to tiles: {format_duration(seconds)}",
                    f"{len(tiled) or 1} VAE call(s) ran out of memory and were retried tiled "
                    f"({format_duration(seconds)})",
                    seconds / 2 if seconds else None,
                    "the full-size VAE pass did not fit in free VRAM; ComfyUI threw that work away and decoded in tiles",
                    "use VAEDecodeTiled directly, free VRAM before decoding (smaller batch), or run the VAE on a GPU "
-                   "with more free memory (--cpu-vae is slower still)")
+                   "with more free memory (--cpu-vae is slower still)", "warning",
+                   {"calls": len(tiled) or 1, "seconds": seconds})
 
 
 def rule_reloaded(ev: Evidence) -> Finding | NotChecked | None:
     process = ev.other.get("process")
-    if not process:
+    if not isinstance(process, dict):
         return NotChecked("reloaded", TITLES["reloaded"], "the trace has no record of earlier prompts")
-    reread = process.get("reread_files") or []
+    reread = [p for p in process.get("reread_files") or [] if isinstance(p, str)]
     if not reread:
         return None
-    load_s = ev.seconds("model_load.read") + ev.seconds("model_load.build") + ev.seconds("model_load.to_device")
-    smart = (process.get("comfyui") or {}).get("smart_memory", True)
-    cause = ("ComfyUI runs with --disable-smart-memory, which unloads every model after each prompt" if not smart
-             else "the models were evicted between prompts (memory pressure, a changed workflow, or a cache of size 0)")
-    return Finding("reloaded", TITLES["reloaded"],
+    load_s = ev.load_seconds()
+    cache_none = bool(ev.options.get("--cache-none")) or ev.comfyui.get("cache_type") == "DEPENDENCY_AWARE"
+    smart = ev.comfyui.get("smart_memory", True) and not ev.options.get("--disable-smart-memory")
+    if cache_none:
+        option = "--cache-none"
+        cause = ("ComfyUI runs with --cache-none: it keeps no node output between prompts, so every loader runs "
+                 "and reads its file again")
+        fix = "start ComfyUI without --cache-none (the default cache keeps the loaded models between prompts)"
+    elif not smart:
+        option = "--disable-smart-memory"
+        cause = "ComfyUI runs with --disable-smart-memory, which unloads every model after each prompt"
+        fix = "start ComfyUI without --disable-smart-memory"
+    else:
+        option = None
+        cause = "the models were evicted between prompts (memory pressure, a changed workflow, or a cache of size 0)"
+        fix = ("keep the workflow's loaders unchanged between runs, and give ComfyUI enough system RAM to keep the "
+               "models cached")
+    return Finding("reloaded", f"Models read again on this run: {format_duration(load_s)} of loading",
                    f"{len(reread)} model file(s) read again though an earlier prompt in this process loaded them "
-                   f"({', '.join(p.rsplit('/', 1)[-1] for p in reread[:3])}); loading took {format_duration(load_s)}",
-                   load_s, cause, "drop --disable-smart-memory, keep the workflow's loaders unchanged between runs, "
-                   "and give ComfyUI enough system RAM to keep the models cached")
+                   f"({', '.join(_name(p) for p in reread[:3])}); loading took {format_duration(load_s)}",
+                   load_s, cause, fix, "warning", {"files": reread, "load_s": load_s, "option": option})
 
 
 def rule_warmup(ev: Evidence) -> Finding | NotChecked | None:
-    process = ev.other.get("process") or {}
+    process = ev.other.get("process") if isinstance(ev.other.get("process"), dict) else {}
     if process.get("prompt_index") != 1:
         return None if process else NotChecked("warmup", TITLES["warmup"], "the trace does not say which run it was")
-    load_s = ev.seconds("model_load.read") + ev.seconds("model_load.build") + ev.seconds("model_load.to_device")
-    if ev.summary.wall_s <= 0 or load_s < 0.3 * ev.summary.wall_s:
+    load_s, wall = ev.load_seconds(), ev.summary.wall_s
+    if wall <= 0 or load_s < 0.3 * wall:
         return None
-    return Finding("warmup", TITLES["warmup"],
+    share = load_s / wall
+    return Finding("warmup", f"Model loading took {share * 100:.0f} % of this first run",
                    f"first prompt of this ComfyUI process: loading models took {format_duration(load_s)} of "
-                   f"{format_duration(ev.summary.wall_s)}",
-                   None, "the first run reads and prepares the models; later runs with the same models reuse them",
+                   f"{format_duration(wall)}",
+                   load_s, "the first run reads and prepares the models; later runs with the same models reuse them",
                    "judge speed on the second run; keep ComfyUI running between jobs instead of restarting it",
-                   "info")
+                   "info", {"load_s": load_s, "wall_s": wall, "share": share})
 
 
 def rule_queue_wait(ev: Evidence) -> Finding | NotChecked | None:
-    wait = ev.summary.queue_wait_s
+    wait, run = ev.summary.queue_wait_s, ev.summary.wall_s
     if wait is None:
         return NotChecked("queue-wait", TITLES["queue-wait"], "the trace has no queue wait")
-    if wait < max(1.0, ev.summary.wall_s):
+    if wait < QUEUE_WAIT_MIN_S or wait < 0.5 * run:
         return None
-    return Finding("queue-wait", TITLES["queue-wait"],
-                   f"the prompt waited {format_duration(wait)} in the queue and ran for "
-                   f"{format_duration(ev.summary.wall_s)}", wait,
-                   "other prompts were queued ahead of this one", "measure one prompt at a time, or clear the queue "
-                   "before a benchmark", "info")
+    ratio = f", {wait / run:.0f}x its run" if run > 0 and wait >= 2 * run else ""
+    return Finding("queue-wait", f"The prompt waited {format_duration(wait)} in the queue{ratio}",
+                   f"the prompt waited {format_duration(wait)} in the queue and ran for {format_duration(run)}", wait,
+                   "other prompts were queued ahead of this one: the worker runs one prompt at a time",
+                   "measure one prompt at a time, or clear the queue before a benchmark; for a service, add workers "
+                   "(one ComfyUI per GPU) behind a load balancer", "info", {"wait_s": wait, "run_s": run})
+
+
+QUEUE_WAIT_MIN_S = 0.25
 
 
 def rule_memory_pressure(ev: Evidence) -> Finding | NotChecked | None:
@@ -332,6 +557,7 @@ def rule_memory_pressure(ev: Evidence) -> Finding | NotChecked | None:
         return NotChecked("memory-pressure", TITLES["memory-pressure"], "no memory figures around model loading")
     swap_growth = max(a["memory_after"]["swap_used"] - a["memory_before"]["swap_used"] for a in facts)
     low = min(a["memory_after"]["available"] / a["memory_after"]["total"] for a in facts if a["memory_after"]["total"])
+    available = min(a["memory_after"]["available"] for a in facts)
     if swap_growth < 256e6 and low >= 0.05:
         return None
     evidence = []
@@ -339,29 +565,33 @@ def rule_memory_pressure(ev: Evidence) -> Finding | NotChecked | None:
         evidence.append(f"swap grew by {format_bytes(swap_growth)} while loading")
     if low < 0.05:
         evidence.append(f"only {low * 100:.0f} % of system RAM was left available")
-    return Finding("memory-pressure", TITLES["memory-pressure"], "; ".join(evidence),
+    title = (f"Swap grew by {format_bytes(swap_growth)} while loading" if swap_growth >= 256e6
+             else f"Only {low * 100:.0f} % of system RAM left while loading")
+    return Finding("memory-pressure", title, "; ".join(evidence),
                    None, "system RAM is too small for the model being loaded (with mmap, pages are evicted and "
                    "read again)", "add RAM or swap on a fast disk, use smaller (fp8/GGUF) weights, or close other "
-                   "memory-hungry programs")
+                   "memory-hungry programs", "warning",
+                   {"swap_growth_bytes": swap_growth, "available_bytes": available})
 
 
 def rule_gpu_idle(ev: Evidence) -> Finding | NotChecked | None:
     steps = [w for w in ev.gpu_windows if w.get("stage") == "sample.step" and w.get("window_ms")]
     if not ev.gpu_collected:
-        return NotChecked("gpu-idle", TITLES["gpu-idle"], f"no GPU data ({ev.gpu.get('reason', 'not collected')})")
+        return NotChecked("gpu-idle", TITLES["gpu-idle"], f"no GPU data ({ev.gpu_unavailable_because})")
     if not steps:
         return NotChecked("gpu-idle", TITLES["gpu-idle"], "no denoising step had GPU work")
     busy = sum(w["busy_ms"] for w in steps)
     total = sum(w["window_ms"] for w in steps)
     if total <= 0 or busy / total >= 0.6:
         return None
-    return Finding("gpu-idle", TITLES["gpu-idle"],
+    return Finding("gpu-idle", f"The GPU was busy only {busy / total * 100:.0f} % of the denoising steps",
                    f"the GPU was busy {busy / total * 100:.0f} % of the denoising steps ({format_duration(busy / 1e3)} "
                    f"of {format_duration(total / 1e3)})", (total - busy) / 1e3,
                    "the GPU waits for the CPU between kernels: Python overhead per layer, weight casting, "
                    "synchronisations, or previews decoded every step",
                    "turn off live previews (--preview-method none), avoid weight casting (matching dtypes), and check "
-                   "custom nodes that synchronise in the sampler")
+                   "custom nodes that synchronise in the sampler", "warning",
+                   {"busy_fraction": busy / total, "busy_s": busy / 1e3, "total_s": total / 1e3})
 
 
 # Reference denoising speed: seconds per step for SD1.x at 512x512 on an RTX 3090, then a cost factor
@@ -396,31 +626,39 @@ def rule_step_rate(ev: Evidence) -> Finding | NotChecked | None:
     actual = sum(s["dur"] for s in steps) / 1e6 / len(steps)
     if actual < 3 * expected:
         return None
-    return Finding("step-rate", TITLES["step-rate"],
+    return Finding("step-rate", f"Denoising steps take {format_duration(actual)}, {actual / expected:.0f}x the "
+                   f"{format_duration(expected)} expected",
                    f"{format_duration(actual)} per step for {family} at {shape[-1] * 8}x{shape[-2] * 8} on {gpu}; "
                    f"about {format_duration(expected)} expected", (actual - expected) * len(steps),
                    "something above slows every step: see the other findings (partial offload, weight casting, CPU)",
                    "fix the findings above; if none applies, check GPU clocks and power limits (nvidia-smi -q -d "
-                   "CLOCK,POWER)")
+                   "CLOCK,POWER)", "warning",
+                   {"s_per_step": actual, "expected_s_per_step": expected, "family": family, "gpu": gpu})
 
 
 TITLES = {
+    "unreadable-file": "A model file cannot be read",
     "missing-clip-vae": "The loader cannot give the text encoder or VAE the workflow needs",
+    "node-failed": "A node failed",
+    "interrupted": "The prompt was interrupted",
     "slow-read": "Model files are read slowly",
     "partial-offload": "Weights partly offloaded: they stream to the GPU every step",
     "cpu-sampling": "Sampling ran on the CPU",
     "fp8-no-compute": "FP8 weights on a GPU without FP8 compute",
     "vae-tiled": "VAE ran out of memory and fell back to tiles",
-    "reloaded": "Models reloaded on this run",
-    "warmup": "First run: model loading dominates",
-    "queue-wait": "Waiting in the queue dominates",
+    "reloaded": "Models read again on this run",
+    "warmup": "Model loading on the first run",
+    "queue-wait": "Time waiting in the queue",
     "memory-pressure": "System RAM or swap pressure while loading",
     "gpu-idle": "GPU idle between kernels during the steps (CPU-bound)",
     "step-rate": "Denoising steps far slower than expected",
 }
 
 RULES: tuple[Rule, ...] = tuple(Rule(rule_id, TITLES[rule_id], check) for rule_id, check in (
+    ("unreadable-file", rule_unreadable_file),
     ("missing-clip-vae", rule_missing_parts),
+    ("node-failed", rule_node_failed),
+    ("interrupted", rule_interrupted),
     ("slow-read", rule_slow_read),
     ("partial-offload", rule_partial_offload),
     ("cpu-sampling", rule_cpu_sampling),
@@ -433,6 +671,46 @@ RULES: tuple[Rule, ...] = tuple(Rule(rule_id, TITLES[rule_id], check) for rule_i
     ("gpu-idle", rule_gpu_idle),
     ("step-rate", rule_step_rate),
 ))
+
+# What breaks a prompt before its failure shows (the true cause of it), then the failure itself.
+STRUCTURAL = ("unreadable-file", "missing-clip-vae")
+FAILURES = ("node-failed", "interrupted")
+# Findings whose seconds another finding explains: (finding, the one that explains part of its cost).
+OVERLAPS = (("warmup", "slow-read"), ("reloaded", "slow-read"))
+
+
+def rank(findings: list[Finding]) -> list[Finding]:
+    """What broke the prompt first: the structural cause (which breaks it before the failure shows), then the
+    failure or the interrupt; then every other finding by the seconds it cost, whatever its severity (a
+    finding that cannot be put in seconds goes after those that can, errors and warnings before notes)."""
+    order = {"error": 0, "warning": 1, "info": 2}
+
+    def key(f: Finding):
+        if f.rule in STRUCTURAL and f.severity == "error":
+            return (0, STRUCTURAL.index(f.rule), 0.0, 0)
+        if f.rule in FAILURES:
+            return (1, FAILURES.index(f.rule), 0.0, 0)
+        return (2, 0, -(f.cost_s or 0.0), order.get(f.severity, 3))
+
+    return sorted(findings, key=key)
+
+
+def _share_costs(findings: list[Finding]) -> None:
+    """Seconds two findings both claim are counted once: the finding that explains them keeps them."""
+    by_rule = {f.rule: f for f in findings}
+    for rule, explained_by in OVERLAPS:
+        f, other = by_rule.get(rule), by_rule.get(explained_by)
+        if f is not None and other is not None and f.cost_s and other.cost_s:
+            f.cost_s = max(0.0, f.cost_s - other.cost_s)
+
+
+def _link_failure(findings: list[Finding]) -> None:
+    """A failure a structural finding explains says so, instead of guessing at its own cause."""
+    structural = next((f for f in findings if f.rule in STRUCTURAL and f.severity == "error"), None)
+    for f in findings:
+        if f.rule == "node-failed" and structural is not None:
+            f.cause = f"{structural.title.rstrip('.')} (the finding above)"
+            f.fix = "fix the finding above; this node then gets what it needs"
 
 
 # --- The report -----------------------------------------------------------------------------------
@@ -465,9 +743,8 @@ def diagnose(trace: dict, rules: tuple[Rule, ...] = RULES) -> Report:
             findings.append(result)
         elif isinstance(result, NotChecked):
             not_checked.append(result)
-    # what broke the run first, then the most costly (by the seconds each lost), then the notes
-    order = {"error": 0, "warning": 1, "info": 2}
-    findings.sort(key=lambda f: (order.get(f.severity, 3), -(f.cost_s or 0.0)))
+    _share_costs(findings)
+    _link_failure(findings)
     wall = ev.summary.wall_s
     stages = [(s, t, t / wall if wall else 0.0) for s, t in ev.summary.stage_s.items() if s != "prompt"]
-    return Report(ev.summary, findings, not_checked, stages)
+    return Report(ev.summary, rank(findings), not_checked, stages)

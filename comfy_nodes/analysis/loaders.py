@@ -58,8 +58,8 @@ def loader_gap(prompt: dict, node_id: str | None, path: str, anatomy) -> dict | 
         "path": path,
         "family": anatomy.family,
         "family_label": anatomy.family_label,
-        "components": [{"kind": c.kind, "label": c.label, "tensors": c.tensors, "bytes": c.bytes}
-                       for c in anatomy.components],
+        "components": [{"kind": c.kind, "label": c.label, "prefix": c.prefix, "tensors": c.tensors,
+                        "bytes": c.bytes} for c in anatomy.components],
         "missing": missing,
         "advice": [step.to_dict() for step in anatomy.loading_advice(name)],
         "present_loaders": sorted({str(n.get("class_type")) for n in prompt.values() if isinstance(n, dict)
@@ -67,11 +67,20 @@ def loader_gap(prompt: dict, node_id: str | None, path: str, anatomy) -> dict | 
     }
 
 
+# The loader node classes that give each part, and the kind of part each serves.
+PART_LOADERS = {"CLIPLoader": "text_encoder", "DualCLIPLoader": "text_encoder", "TripleCLIPLoader": "text_encoder",
+                "QuadrupleCLIPLoader": "text_encoder", "VAELoader": "vae"}
+
+
 def fitting_advice(gap: dict) -> list[dict]:
-    """The advice steps the workflow still needs: a loader class the prompt already has for the part
-    (say its CLIPLoader) is kept, unless the step replaces the failing loader itself."""
+    """The loader steps this workflow still needs, and only those: a loader for each part that is missing
+    and that the workflow does not load already; the diffusion-model loader (UNETLoader) only when the file
+    is not a checkpoint (a diffusion model stored without a checkpoint prefix), since a checkpoint loader
+    gives a prefixed checkpoint's model fine and only its missing parts need loaders of their own."""
     present = set(gap.get("present_loaders") or ())
-    missing_kinds = {m["kind"] for m in gap.get("missing") or ()}
+    missing_kinds = {m.get("kind") for m in gap.get("missing") or () if isinstance(m, dict)}
+    model_in_checkpoint = any(isinstance(c, dict) and c.get("kind") == "diffusion_model" and c.get("prefix")
+                              for c in gap.get("components") or ())
     steps = []
     for step in gap.get("advice") or ():
         if not isinstance(step, dict) or not isinstance(step.get("inputs"), dict):
@@ -79,12 +88,12 @@ def fitting_advice(gap: dict) -> list[dict]:
         node = step.get("node")
         if node == gap.get("loader"):
             continue  # the loader in place already is this step
-        serves_missing = (node == "CLIPLoader" and "text_encoder" in missing_kinds) or \
-                         (node == "VAELoader" and "vae" in missing_kinds) or node not in ("CLIPLoader", "VAELoader")
-        if node in present and node in ("CLIPLoader", "VAELoader", "DualCLIPLoader", "TripleCLIPLoader"):
+        if node == "UNETLoader" and model_in_checkpoint:
             continue
-        if serves_missing:
-            steps.append(step)
+        part = PART_LOADERS.get(node)
+        if part is not None and (part not in missing_kinds or node in present):
+            continue
+        steps.append(step)
     return steps
 
 

@@ -165,7 +165,7 @@ def _hook_prompt(inst: Installation, native, recorder: Recorder, guard: HookGuar
 
     @functools.wraps(original)
     async def execute_async(self, prompt, prompt_id, extra_data={}, *args, **kwargs):  # noqa: B006 (mirrors ComfyUI)
-        guard.call("prompt begin", recorder.prompt_begin, prompt, prompt_id, extra_data)
+        guard.call("prompt begin", recorder.prompt_begin, prompt, prompt_id, extra_data, self)
         try:
             return await timed(self, prompt, prompt_id, extra_data, *args, **kwargs)
         finally:

@@ -72,6 +72,7 @@ class Recorder:
         self.anatomy: list[dict] = []  # model files read during the prompt
         self.loader_gaps: list[dict] = []  # analysis.loaders.loader_gap facts
         self.files_read: set[str] = set()
+        self.cache_type: str | None = None  # the executor's cache (CLASSIC, LRU, DEPENDENCY_AWARE = --cache-none)
         self.node_spans = 0
         self._node_stack: list[str] = []
 
@@ -101,9 +102,11 @@ class Recorder:
                 self._submitted.pop(next(iter(self._submitted)))
             self._submitted[str(prompt_id)] = self.native.now_ns()
 
-    def prompt_begin(self, prompt: dict, prompt_id: str, extra_data: dict | None) -> None:
+    def prompt_begin(self, prompt: dict, prompt_id: str, extra_data: dict | None, executor=None) -> None:
         self._reset_prompt()
         self.prompt_id = str(prompt_id)
+        cache_type = getattr(executor, "cache_type", None)
+        self.cache_type = getattr(cache_type, "name", None if cache_type is None else str(cache_type))
         if not self._started:
             self._start_collectors()
         self.prompt = prompt if isinstance(prompt, dict) else {}
@@ -192,7 +195,7 @@ class Recorder:
         self.files_read.add(path)
         if not path.lower().endswith((".safetensors", ".sft")) or len(self.anatomy) >= MAX_ANATOMY:
             return
-        from ..analysis.anatomy import read_anatomy
+        from ..analysis.anatomy import read_anatomy, unreadable_facts
         from ..analysis.loaders import describe_gap, loader_gap
 
         n = self.native
@@ -201,9 +204,9 @@ class Recorder:
         try:
             anatomy, _ = read_anatomy(n, path)
         except n.SafetensorsError as exc:
-            self.anatomy.append({"path": path, "node_id": node_id, "error": str(exc)})
-            n.record(stages.ANATOMY, name_id, path_id, now, now, stages.ERROR, kind=n.EVENT_INSTANT,
-                     args={"error": str(exc)})
+            facts = unreadable_facts(path, exc)
+            self.anatomy.append({"path": path, "node_id": node_id, **facts})
+            n.record(stages.ANATOMY, name_id, path_id, now, now, stages.ERROR, kind=n.EVENT_INSTANT, args=facts)
             return
         facts = anatomy.to_dict()
         self.anatomy.append({"path": path, "node_id": node_id, **facts})
@@ -328,7 +331,8 @@ class Recorder:
             state = getattr(mm, "vram_state", None)
             facts["comfyui"] = {"smart_memory": not getattr(mm, "DISABLE_SMART_MEMORY", False),
                                 "vram_state": getattr(state, "name", None),
-                                "cpu_only": getattr(getattr(mm, "cpu_state", None), "name", None) == "CPU"}
+                                "cpu_only": getattr(getattr(mm, "cpu_state", None), "name", None) == "CPU",
+                                "cache_type": self.cache_type, "options": comfyui_options()}
         return facts
 
     def _metadata(self, gpu_meta: dict | None, nvml_meta: dict | None) -> dict:
@@ -361,6 +365,25 @@ class Recorder:
         if count:
             log_once("hook-error", "a hook failed and was skipped (%s); the prompt was not affected", last)
         return meta
+
+
+# ComfyUI's launch options that change how fast or whether a prompt runs (comfy/cli_args.py), as the
+# command line spells them; the diagnosis names the one responsible.
+COMFYUI_OPTIONS = ("cpu", "lowvram", "novram", "highvram", "normalvram", "gpu_only", "cache_none", "cache_lru",
+                   "cache_classic", "disable_smart_memory", "disable_mmap", "reserve_vram", "cpu_vae",
+                   "force_fp16", "force_fp32", "fp8_e4m3fn_unet", "fp8_e5m2_unet")
+
+
+def comfyui_options() -> dict:
+    """The options ComfyUI was started with, among COMFYUI_OPTIONS, that are not at their default:
+    {"--cache-none": True, "--reserve-vram": 2.0, ...}. Empty outside ComfyUI."""
+    args = getattr(sys.modules.get("comfy.cli_args"), "args", None)
+    out = {}
+    for name in COMFYUI_OPTIONS:
+        value = getattr(args, name, None)
+        if value not in (None, False, 0):
+            out["--" + name.replace("_", "-")] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return out
 
 
 def _executing_node_id() -> str | None:
