@@ -34,13 +34,18 @@ def render(report: Report, fmt: str, trace: dict | None = None) -> str:
     raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
 
 
+def lost(f) -> str:
+    """The seconds a finding cost, in words; nothing for what broke the run (the whole run was lost)."""
+    return format_duration(f.cost_s) if f.cost_s and f.severity != "error" else ""
+
+
 def render_text(report: Report) -> str:
     """The console summary (as printed after each prompt), then the findings."""
     lines = [format_text(report.summary)]
     if not report.findings:
         lines.append("findings: none")
     for i, f in enumerate(report.findings, 1):
-        cost = f" · about {format_duration(f.cost_s)} lost" if f.cost_s else ""
+        cost = f" · about {lost(f)} lost" if lost(f) else ""
         lines += [f"{i}. [{f.severity}] {f.title}{cost}", f"   measured: {f.evidence}", f"   cause: {f.cause}",
                   f"   fix: {f.fix}"]
     if report.not_checked:
@@ -60,7 +65,7 @@ def render_md(report: Report) -> str:
     if not report.findings:
         out.append("None.")
     for i, f in enumerate(report.findings, 1):
-        cost = f" (about {format_duration(f.cost_s)} lost)" if f.cost_s else ""
+        cost = f" (about {lost(f)} lost)" if lost(f) else ""
         out += [f"### {i}. {f.title}{cost}", "", f"- **Measured:** {f.evidence}", f"- **Cause:** {f.cause}",
                 f"- **Fix:** {f.fix}", ""]
     if report.not_checked:
@@ -106,7 +111,7 @@ def render_html(report: Report, trace: dict) -> str:
                    for stage, secs, share in report.stages)
     findings = "".join(
         f'<section class="finding {html.escape(f.severity)}"><h3>{i}. {html.escape(f.title)}'
-        + (f' <span class="cost">about {format_duration(f.cost_s)} lost</span>' if f.cost_s else "") + "</h3>"
+        + (f' <span class="cost">about {lost(f)} lost</span>' if lost(f) else "") + "</h3>"
         f"<p><b>Measured:</b> {html.escape(f.evidence)}</p><p><b>Cause:</b> {html.escape(f.cause)}</p>"
         f"<p><b>Fix:</b> {html.escape(f.fix)}</p></section>"
         for i, f in enumerate(report.findings, 1)) or "<p>None.</p>"
