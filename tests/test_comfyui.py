@@ -507,11 +507,12 @@ def test_report_names_the_missing_clip_vae_and_the_loaders_to_use(tmp_path):
     result, log = run_harness(tmp_path, "diffusion-only")
     assert not result["runs"][0]["success"]
     report, _ = report_of(tmp_path)
-    (finding,) = [f for f in report["findings"] if f["rule"] == "missing-clip-vae"]
-    assert report["findings"][0] is not None and finding["severity"] == "error"
+    finding = report["findings"][0]  # the true cause first, before the failure it causes
+    assert finding["rule"] == "missing-clip-vae" and finding["severity"] == "error"
+    assert report["findings"][1]["rule"] == "node-failed"
     for loader in ("UNETLoader", "CLIPLoader", "VAELoader"):
         assert loader in finding["fix"]
-    assert "The loader cannot give the text encoder or VAE" in log
+    assert "CheckpointLoaderSimple #4 cannot give the text encoder (CLIP) or the VAE" in log
 
 
 def test_report_says_sampling_ran_on_the_cpu(tmp_path):
