@@ -112,9 +112,10 @@ def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) ->
             _hook_prompt(inst, native, recorder, guard, executor)
             add_message = executor.__dict__.get("add_message")
             if add_message is not None and params(add_message)[:4] == ["self", "event", "data", "broadcast"]:
-                inst.replace(executor, "add_message", _tap(add_message, guard, "message tap",
-                                                           lambda self, event, data, *a: recorder.on_message(event,
-                                                                                                             data)),
+                def observe(self, event, data, *args, **kwargs):
+                    recorder.on_message(event, data)
+
+                inst.replace(executor, "add_message", _tap(add_message, guard, "message tap", observe),
                              "PromptExecutor.add_message")
             else:
                 recorder.fallbacks.append("no add_message tap: cached nodes and prompt events not recorded")
@@ -124,7 +125,7 @@ def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) ->
         queue = getattr(execution, "PromptQueue", None)
         put = queue.__dict__.get("put") if queue is not None else None
         if put is not None and params(put)[:2] == ["self", "item"]:
-            inst.replace(queue, "put", _tap(put, guard, "queue tap", lambda self, item, *a: recorder.on_submit(
+            inst.replace(queue, "put", _tap(put, guard, "queue tap", lambda self, item, *a, **k: recorder.on_submit(
                 item[1])), "PromptQueue.put")
     except BaseException:
         inst.uninstall()  # all or nothing: put back what was already replaced
@@ -178,7 +179,7 @@ def _tap(original, guard: HookGuard, label: str, observe):
     """original, after observe(*args) has seen the call (guarded: StageTrace's failure stays its own)."""
     @functools.wraps(original)
     def tapped(*args, **kwargs):
-        guard.call(label, observe, *args)
+        guard.call(label, observe, *args, **kwargs)
         return original(*args, **kwargs)
 
     return tapped
