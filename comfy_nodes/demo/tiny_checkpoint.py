@@ -231,6 +231,32 @@ def write_tiny_diffusion_model_only(path: str | os.PathLike, *, seed: int = 0) -
     return path
 
 
+def write_tiny_sd15_without_vae(path: str | os.PathLike, *, seed: int = 0) -> str:
+    """The tiny checkpoint without its VAE (the ``first_stage_model.*`` keys left out), as some pruned
+    checkpoints ship: CheckpointLoaderSimple loads its UNet and returns ``VAE = None``, so a VAEDecode
+    fed from the loader fails and a VAELoader is what the workflow lacks."""
+    from safetensors.torch import save_file
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_file(tiny_sd15_state_dict(seed=seed, with_vae=False), path,
+              metadata={"format": "pt", "generator": "stagetrace.tiny_sd15_no_vae", "seed": str(seed)})
+    return path
+
+
+def write_partial_download(source: str | os.PathLike, path: str | os.PathLike, fraction: float) -> str:
+    """What an aborted download of ``source`` leaves at ``path``: its first ``fraction`` of bytes (the
+    header intact, the tensor data cut short). Returns the path as str."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be between 0 and 1, not {fraction}")
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    keep = int(os.path.getsize(source) * fraction)
+    with open(source, "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read(keep))
+    return path
+
+
 def clip_l_shapes() -> Shapes:
     """CLIP-L's text model (ViT-L/14), as clip_l.safetensors holds it: ComfyUI builds this encoder
     from a fixed config (768 wide, 12 layers), so a CLIP-L file cannot be tiny."""
