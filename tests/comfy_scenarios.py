@@ -19,8 +19,8 @@ what is fixed in seconds or bytes does not):
   VAEDecode; ComfyUI fails at CLIPTextEncode ("clip input is invalid: None"). Structural.
 * ``missing-vae``: a checkpoint with its UNet and no VAE, a CLIPLoader giving the text encoder; the
   sampler runs, then VAEDecode fails on the loader's VAE output (None). Only a VAELoader is missing.
-* ``slow-disk``: the checkpoint dropped from the page cache and read at 20 MB/s (fixed by the clock,
-  like a slow share), then a 1-step 64x64 sampler.
+* ``slow-disk``: the checkpoint (in fp32: 73 MB) dropped from the page cache and read at 20 MB/s
+  (fixed by the clock, like a slow share: 3.7 s), then a 1-step 64x64 sampler.
 * ``busy-queue``: three prompts put in ComfyUI's PromptQueue at once; the worker takes each only after
   QUEUE_HOLD_S (busy elsewhere), so the last one waits at least 3 x QUEUE_HOLD_S, then runs a
   1-step sampler with every model already loaded. Its trace is judged.
@@ -65,6 +65,7 @@ from comfy_harness import (  # noqa: E402
 from comfy_nodes.demo.harness import CHECKPOINT, DIFFUSION_ONLY, parser, report, tiny_txt2img  # noqa: E402
 
 NO_VAE = "tiny_sd15_no_vae.safetensors"
+FP32 = "tiny_sd15_fp32.safetensors"  # the same model in fp32: 73 MB, twice the bytes for the same CPU work
 QUEUE_HOLD_S = 2.0  # each queued prompt waits this long before the worker takes it
 QUEUED_PROMPTS = 3
 INTERRUPT_STEP, INTERRUPT_OF = 3, 6  # interrupted while step 3 of 6 runs
@@ -141,8 +142,13 @@ def write_model(path: str, name: str) -> str:
     never sees half a file)."""
     from comfy_nodes.demo import tiny_checkpoint as tc
 
+    def fp32(path):
+        import torch
+
+        return tc.write_tiny_sd15_checkpoint(path, dtype=torch.float32)
+
     writers = {CHECKPOINT: tc.write_tiny_sd15_checkpoint, DIFFUSION_ONLY: tc.write_tiny_diffusion_model_only,
-               NO_VAE: tc.write_tiny_sd15_without_vae, CLIP_L: tc.write_clip_l_zeros}
+               NO_VAE: tc.write_tiny_sd15_without_vae, FP32: fp32, CLIP_L: tc.write_clip_l_zeros}
     tmp = f"{path}.{os.getpid()}.tmp"
     writers[name](tmp)
     os.replace(tmp, path)
@@ -151,7 +157,7 @@ def write_model(path: str, name: str) -> str:
 
 def prepare_models(folder: str) -> None:
     """Every file the scenarios share, written once into folder/checkpoints and folder/text_encoders."""
-    for sub, names in (("checkpoints", (CHECKPOINT, DIFFUSION_ONLY, NO_VAE)), ("text_encoders", (CLIP_L,))):
+    for sub, names in (("checkpoints", (CHECKPOINT, DIFFUSION_ONLY, NO_VAE, FP32)), ("text_encoders", (CLIP_L,))):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
         for name in names:
             path = os.path.join(folder, sub, name)
@@ -198,8 +204,8 @@ def missing_vae(h: ScenarioRun):
 
 
 def slow_disk(h: ScenarioRun):
-    path = h.own_checkpoint(CHECKPOINT)
-    prompt = tiny_txt2img(CHECKPOINT, steps=1)
+    path = h.own_checkpoint(FP32)
+    prompt = tiny_txt2img(FP32, steps=1)
     return [h.run(prompt, "slow-disk-1")], "slow-disk-1", {"path": path, "file_bytes": os.path.getsize(path),
                                                            "mb_s": SLOW_READ_MB_S}
 

@@ -9,8 +9,9 @@ and no finding may claim an excluded cause. ``test_accuracy`` prints the figure 
 Two kinds of scenario:
 
 * real ComfyUI runs (tests/comfy_scenarios.py, one fresh process each, StageTrace loaded as a custom
-  node; they skip without COMFYUI_DIR, which tests/run.py sets from ../shared/comfyui/). They run on
-  the CPU, several at once, each built so that its cause dominates whatever the machine's speed;
+  node; they skip, saying why, without a ComfyUI: $COMFYUI_DIR, or ../shared/comfyui/ComfyUI-*.tar.gz
+  unpacked as tests/run.py does it). They run on the CPU, several at once (STAGETRACE_SCENARIO_JOBS),
+  each built so that its cause dominates whatever the machine's speed;
 * recorded runs for what needs a GPU (tests/fixtures/scenarios/*.trace.json, written by
   make_traces.py beside them).
 """
@@ -18,6 +19,7 @@ Two kinds of scenario:
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import importlib.util
 import json
 import os
@@ -35,7 +37,6 @@ from comfy_nodes.record.tracefile import load
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
 RECORDED = os.path.join(TESTS, "fixtures", "scenarios")
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 # real runs at once: each is mostly one busy core; the scenarios hold whatever the machine's speed
 JOBS = int(os.environ.get("STAGETRACE_SCENARIO_JOBS") or max(1, min(4, os.cpu_count() or 1)))
 RUN_TIMEOUT_S = 600
@@ -166,7 +167,7 @@ SCENARIOS = (
         frozenset({"unreadable-file", "interrupted", "slow-read", "queue-wait", "reloaded"}) | GPU_RULES),
     Scenario(
         "slow-disk", "slow-read",
-        f"the checkpoint comes off storage at {MB_S:g} MB/s (a slow share), then 1 step at 64x64",
+        f"the checkpoint (73 MB) comes off storage at {MB_S:g} MB/s (a slow share), then 1 step at 64x64",
         lambda j: {"mb_s": Between(0.75 * MB_S, 1.05 * MB_S), "bytes": j.facts["file_bytes"],
                    "seconds": Between(j.facts["file_bytes"] / (1.05 * MB_S * 1e6),
                                       j.facts["file_bytes"] / (0.75 * MB_S * 1e6)),
@@ -278,10 +279,22 @@ assert set(cs.SCENARIOS) == {s.name for s in SCENARIOS if s.real}
 # --- Running them ----------------------------------------------------------------------------------
 
 
+@functools.cache
+def comfyui_dir() -> str | None:
+    """$COMFYUI_DIR, else the shared ComfyUI archive (../shared/comfyui/ComfyUI-*.tar.gz), unpacked once
+    into build/comfyui/ the way tests/run.py does it."""
+    spec = importlib.util.spec_from_file_location("stagetrace_tests_run", os.path.join(TESTS, "run.py"))
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return run.find_comfyui()
+
+
 def skip_reason() -> str | None:
-    if not COMFYUI_DIR:
-        return ("COMFYUI_DIR is not set: point it at a ComfyUI checkout (tests/run.py sets it from "
-                "../shared/comfyui/ComfyUI-*.tar.gz) to run the real scenarios")
+    if not comfyui_dir():
+        return ("no ComfyUI: set COMFYUI_DIR to a ComfyUI checkout, or put ComfyUI-*.tar.gz in ../shared/comfyui/, "
+                "to run the real scenarios")
+    if importlib.util.find_spec("torch") is None:
+        return "torch is not installed: tests/run.py installs ComfyUI's requirements"
     try:
         from comfy_nodes import _native  # noqa: F401
     except ImportError as exc:
@@ -293,10 +306,12 @@ def run_real(name: str, folder: str, models: str, custom_nodes: str) -> Judged:
     """tests/comfy_scenarios.py --scenario name in a fresh process; the trace of its judged prompt."""
     workdir = os.path.join(folder, name)
     os.makedirs(workdir)
-    cmd = [sys.executable, os.path.join(TESTS, "comfy_scenarios.py"), "--comfyui", COMFYUI_DIR, "--workdir", workdir,
+    cmd = [sys.executable, os.path.join(TESTS, "comfy_scenarios.py"), "--comfyui", comfyui_dir(), "--workdir", workdir,
            "--scenario", name, "--models", models, "--custom-node-dir", custom_nodes]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    # one torch thread each: several run at once, and spinning OpenMP threads would slow them past any ratio
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env=env)
     log = proc.stdout + proc.stderr
     with open(os.path.join(workdir, "log.txt"), "w") as f:
         f.write(log)

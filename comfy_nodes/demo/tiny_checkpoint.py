@@ -1,6 +1,10 @@
 """Generate a tiny, deterministic SD1.5-shaped checkpoint for tests and demos, and the user's case in
 miniature: a diffusion-model-only Qwen-Image file, written without torch.
 
+Variants for the diagnosis scenarios (tests/comfy_scenarios.py): the UNet alone (unprefixed, as a
+diffusion-model-only file), the checkpoint without its VAE, a CLIP-L of zeros, and what an aborted
+download of any file leaves (``write_partial_download``).
+
 The file is accepted by ComfyUI's ``CheckpointLoaderSimple``:
 
 * ``model.diffusion_model.*`` is a one-level UNet (model_channels 320, one
