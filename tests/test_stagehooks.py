@@ -250,3 +250,24 @@ def test_a_step_cut_short_is_kept_with_its_outcome(spans, recorded):
             Sampler(), None, [1.0, 0.0], {}, None, None)
     (step,) = [e for e in recorded.trace_events(1) if e["cat"] == "sample.step"]
     assert step["args"]["outcome"] == "error" and step["args"]["step"] == 1
+
+
+def test_an_interrupt_raised_in_comfyuis_own_callback_cuts_that_step_short(spans, recorded):
+    """ComfyUI's progress hook raises InterruptProcessingException from the sampler's callback at the end of the
+    step during which Cancel was pressed: that step is the interrupted one, not the next (which never began)."""
+    class InterruptProcessingException(Exception):  # ComfyUI's, by name
+        pass
+
+    class Sampler:
+        def sample(self, model_wrap, sigmas, extra_args, callback, noise):
+            for i in range(len(sigmas) - 1):
+                callback({"i": i})
+
+    def progress(info):
+        if info["i"] == 2:  # Cancel pressed during step 3
+            raise InterruptProcessingException
+
+    with pytest.raises(InterruptProcessingException):
+        _sample(spans)(Sampler.sample)(Sampler(), None, [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0], {}, progress, None)
+    steps = [e for e in recorded.trace_events(1) if e["cat"] == "sample.step"]
+    assert [(e["args"]["step"], e["args"]["outcome"]) for e in steps] == [(1, "ok"), (2, "ok"), (3, "interrupted")]

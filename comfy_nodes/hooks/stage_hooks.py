@@ -194,8 +194,9 @@ def _save_after(args: dict, result, exc, node, *call_args, **call_kwargs) -> Non
 
 
 class StepClock:
-    """Step k runs from the previous step's callback (or the loop's start) to callback k: ComfyUI calls
-    it once per step, after the model evaluation. The sigmas are transferred once (they may live on the
+    """Step k runs from the end of the previous step's callback (or the loop's start) to the end of callback
+    k: ComfyUI calls it once per step, after the model evaluation, and its own work there (the preview, the
+    progress update) belongs to the step. The sigmas are transferred once (they may live on the
     GPU), never once per step."""
 
     def __init__(self, native, sigmas) -> None:
@@ -248,8 +249,11 @@ def _sample(spans: Spans):
                 user_callback = callback
 
                 def step_done(*cb_args, **cb_kwargs):
+                    # the step ends after ComfyUI's own callback (its preview, its progress update): an
+                    # interrupt raised there cuts this step short, and the step that never began is not blamed
+                    result = user_callback(*cb_args, **cb_kwargs) if user_callback is not None else None
                     guard.call("sample.step", steps.tick, cb_args[0] if cb_args else None)
-                    return user_callback(*cb_args, **cb_kwargs) if user_callback is not None else None
+                    return result
 
                 callback = step_done
             try:
