@@ -337,7 +337,9 @@ def rule_slow_read(ev: Evidence) -> Finding | NotChecked | None:
         stored = (args.get("storage_read_bytes") or 0) + ((build or {}).get("args", {}).get("storage_read_bytes") or 0)
         if seconds <= 0 or stored < 0.5 * size:  # served from the page cache: not a read of the disk
             continue
-        rate = size / 1e6 / seconds
+        # what the storage delivered: pages evicted and read again (memory pressure) count too, so a fast
+        # disk re-reading a file that does not fit in RAM is not called slow
+        rate = max(size, stored) / 1e6 / seconds
         if rate < SLOW_READ_MB_S and (worst is None or rate < worst[0]):
             worst = (rate, seconds, size, args)
     if worst is None:
@@ -362,12 +364,22 @@ def rule_partial_offload(ev: Evidence) -> Finding | NotChecked | None:
     loads = ev.spans.get("model_load.to_device", [])
     if not loads:
         return NotChecked("partial-offload", TITLES["partial-offload"], "no model was loaded to a device")
+    logged = [e for e in ev.logs if e.get("name") == "loaded_partially"]
+    samplers = ev.spans.get("sample", [])
+    if samplers:  # what was on the device for the steps: loads up to the sampler's end, none the VAE made
+        vae = ev.spans.get("vae_decode", []) + ev.spans.get("vae_encode", [])
+        end = max(e["ts"] + e["dur"] for e in samplers)
+
+        def for_the_steps(e: dict) -> bool:
+            return e["ts"] < end and not any(v["ts"] <= e["ts"] <= v["ts"] + v["dur"] for v in vae)
+
+        loads, logged = [e for e in loads if for_the_steps(e)], [e for e in logged if for_the_steps(e)]
     partial = []
     for e in loads:
         for m in (e.get("args") or {}).get("models") or []:
             if m.get("partial") and m.get("total_bytes"):
                 partial.append(m)
-    if not partial and "loaded_partially" not in ev.log_kinds():
+    if not partial and not logged:
         return None
     m = max(partial, key=lambda x: x["total_bytes"]) if partial else None
     steps = ev.spans.get("sample.step", [])
@@ -560,6 +572,10 @@ def rule_memory_pressure(ev: Evidence) -> Finding | NotChecked | None:
     available = min(a["memory_after"]["available"] for a in facts)
     if swap_growth < 256e6 and low >= 0.05:
         return None
+    # the loading time beyond what a fast read of the files would take: pages evicted and read again
+    load_s = ev.seconds("model_load.read") + ev.seconds("model_load.build")
+    file_bytes = sum((e.get("args") or {}).get("file_bytes") or 0 for e in ev.spans.get("model_load.read", []))
+    cost = max(0.0, load_s - file_bytes / 1e6 / EXPECTED_READ_MB_S) if load_s else None
     evidence = []
     if swap_growth >= 256e6:
         evidence.append(f"swap grew by {format_bytes(swap_growth)} while loading")
@@ -568,7 +584,7 @@ def rule_memory_pressure(ev: Evidence) -> Finding | NotChecked | None:
     title = (f"Swap grew by {format_bytes(swap_growth)} while loading" if swap_growth >= 256e6
              else f"Only {low * 100:.0f} % of system RAM left while loading")
     return Finding("memory-pressure", title, "; ".join(evidence),
-                   None, "system RAM is too small for the model being loaded (with mmap, pages are evicted and "
+                   cost, "system RAM is too small for the model being loaded (with mmap, pages are evicted and "
                    "read again)", "add RAM or swap on a fast disk, use smaller (fp8/GGUF) weights, or close other "
                    "memory-hungry programs", "warning",
                    {"swap_growth_bytes": swap_growth, "available_bytes": available})
@@ -676,7 +692,8 @@ RULES: tuple[Rule, ...] = tuple(Rule(rule_id, TITLES[rule_id], check) for rule_i
 STRUCTURAL = ("unreadable-file", "missing-clip-vae")
 FAILURES = ("node-failed", "interrupted")
 # Findings whose seconds another finding explains: (finding, the one that explains part of its cost).
-OVERLAPS = (("warmup", "slow-read"), ("reloaded", "slow-read"))
+OVERLAPS = (("warmup", "slow-read"), ("reloaded", "slow-read"), ("warmup", "memory-pressure"),
+            ("reloaded", "memory-pressure"))
 
 
 def rank(findings: list[Finding]) -> list[Finding]:
