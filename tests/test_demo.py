@@ -85,8 +85,8 @@ def test_outside_comfyui_shows_the_case_in_miniature(native, outside_comfyui, tm
     assert "type=qwen_image" in out and "VAELoader" in out
     # the report of the recorded prompt, with its findings
     assert "StageTrace · prompt miniature · error" in out
-    assert "[error] The loader cannot give the text encoder or VAE the workflow needs" in out
-    assert "fix: load it with UNETLoader" in out
+    assert "[error] CheckpointLoaderSimple #4 cannot give the text encoder (CLIP) or the VAE" in out
+    assert "fix: replace CheckpointLoaderSimple #4 with UNETLoader" in out
     assert elapsed < 60  # real work on a small file: no sleeping, no busy loops
     (trace_path,) = (tmp_path / "work" / "traces").glob("*.trace.json")
     trace = load(str(trace_path))
@@ -104,7 +104,7 @@ def test_outside_comfyui_shows_the_case_in_miniature(native, outside_comfyui, tm
         assert report_cmd.startswith(f"cd {ROOT} && ")
     report = run_printed(report_cmd, cwd)
     assert report.returncode == 0, report.stderr
-    assert "[error] The loader cannot give the text encoder or VAE" in report.stdout
+    assert "[error] CheckpointLoaderSimple #4 cannot give the text encoder (CLIP) or the VAE" in report.stdout
     inspect = run_printed(inspect_cmd, cwd)
     assert inspect.returncode == 1 and "UNETLoader" in inspect.stdout  # 1: incomplete for text-to-image
 

@@ -82,7 +82,7 @@ def test_installed_demo_outside_comfyui(venv, tmp_path):
                           capture_output=True, text=True, timeout=300, env=user_env(PWD=str(cwd)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("stagetrace demo: no ComfyUI found")
-    assert "[error] The loader cannot give the text encoder or VAE the workflow needs" in proc.stdout
+    assert "[error] CheckpointLoaderSimple #4 cannot give the text encoder (CLIP) or the VAE" in proc.stdout
     commands = printed_commands(proc.stdout)
     assert commands and all(c.startswith(shlex.quote(str(venv / "bin" / "stagetrace")) + " ") for c in commands)
     for command in commands:
