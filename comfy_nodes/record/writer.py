@@ -23,6 +23,7 @@ from ..core.log import log_once, logger
 from .tracefile import SUFFIX, trace_path, write_new
 
 REPORT_SUFFIXES = (".report.html", ".report.json")
+AFTER_PROMPT_GRACE_S = 0.02
 # Only files of this shape are StageTrace's own: retention never touches anything else.
 _OWN_TRACE = re.compile(r"^\d{8}-\d{6}_[A-Za-z0-9_-]+" + re.escape(SUFFIX) + "$")
 
@@ -89,6 +90,11 @@ class TraceWriterThread:
     def _run(self) -> None:
         while True:
             record = self._queue.get()
+            if self._queue.qsize() == 0:
+                # Woken from idle: let ComfyUI finish its own end of the prompt first (the history, the
+                # completion message, the next prompt's start) instead of taking the GIL from it. A backlog
+                # is written straight on.
+                time.sleep(AFTER_PROMPT_GRACE_S)
             try:
                 self.guard.call("trace writer", self.write, record)
             finally:
