@@ -8,6 +8,7 @@ One folder per step of the data flow (README.md, "How it works"):
     analysis/  model-file anatomy, loader gaps, the stage summary, the diagnosis rules
     render/    console text, Markdown, HTML, JSON
     cli/       the ``stagetrace`` command
+    client/    the outside half: workflows as a client sends them, preflight against a server
     demo/      the built-in example and the in-process ComfyUI it drives
     core/      what every step shares: the C core's loader, settings, stages, log, units
 

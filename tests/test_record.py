@@ -169,7 +169,7 @@ def test_no_import_circles_between_modules_or_steps():
 
 def test_a_folder_per_step_of_the_flow():
     folders = {d for d in os.listdir(PACKAGE) if os.path.isfile(os.path.join(PACKAGE, d, "__init__.py"))}
-    assert {"core", "hooks", "record", "gpu", "analysis", "render", "cli", "demo"} <= folders
+    assert {"core", "hooks", "record", "gpu", "analysis", "render", "cli", "client", "demo"} <= folders
     loose = [f for f in os.listdir(PACKAGE) if f.endswith(".py")]
     assert sorted(loose) == ["__init__.py", "__main__.py"]
 

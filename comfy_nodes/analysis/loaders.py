@@ -29,9 +29,20 @@ def consumers_of(prompt: dict, node_id: str, output: int) -> list[dict]:
     return users
 
 
+def file_facts(anatomy, name: str) -> dict:
+    """What a loader check needs of a classified file (an analysis.anatomy.Anatomy), as data: family, the
+    parts it holds, and the loaders it needs under its real name. The same shape comes over StageTrace's
+    anatomy route, so a client can check a server's file without reading it."""
+    return {"family": anatomy.family, "family_label": anatomy.family_label,
+            "components": [{"kind": c.kind, "label": c.label, "prefix": c.prefix, "tensors": c.tensors,
+                            "bytes": c.bytes} for c in anatomy.components],
+            "advice": [step.to_dict() for step in anatomy.loading_advice(name)]}
+
+
 def loader_gap(prompt: dict, node_id: str | None, path: str, anatomy) -> dict | None:
     """The gap between what loader node ``node_id`` will give from the file at path and what the prompt's
-    nodes take from it, or None when there is none (or the node is not a checkpoint loader).
+    nodes take from it, or None when there is none (or the node is not a checkpoint loader). ``anatomy``:
+    an Anatomy, or its ``file_facts`` dict.
 
     The gap: {"loader": class, "node_id", "file", "family", "family_label", "components": [kind, label,
     tensors, bytes of each part the file holds], "missing": [{"kind", "what", "output", "consumers":
@@ -41,27 +52,25 @@ def loader_gap(prompt: dict, node_id: str | None, path: str, anatomy) -> dict | 
     outputs = LOADER_OUTPUTS.get(node.get("class_type")) if isinstance(node, dict) else None
     if not outputs:
         return None
+    name = os.path.basename(path)
+    facts = anatomy if isinstance(anatomy, dict) else file_facts(anatomy, name)
+    kinds = {c.get("kind") for c in facts.get("components") or () if isinstance(c, dict)}
     missing = []
     for output, (kind, what) in outputs.items():
-        if anatomy.of_kind(kind):
+        if kind in kinds:
             continue
         users = consumers_of(prompt, str(node_id), output)
         if users:
             missing.append({"kind": kind, "what": what, "output": output, "consumers": users})
     if not missing:
         return None
-    name = os.path.basename(path)
     return {
         "loader": node["class_type"],
         "node_id": str(node_id),
         "file": name,
         "path": path,
-        "family": anatomy.family,
-        "family_label": anatomy.family_label,
-        "components": [{"kind": c.kind, "label": c.label, "prefix": c.prefix, "tensors": c.tensors,
-                        "bytes": c.bytes} for c in anatomy.components],
+        **facts,
         "missing": missing,
-        "advice": [step.to_dict() for step in anatomy.loading_advice(name)],
         "present_loaders": sorted({str(n.get("class_type")) for n in prompt.values() if isinstance(n, dict)
                                    and str(n.get("class_type", "")).endswith("Loader")}),
     }
