@@ -16,3 +16,7 @@ def native():
     except ImportError as exc:
         pytest.skip(f"C extension not built: run python setup.py build_ext --inplace ({exc})")
     return _native
+
+
+# The real ComfyUI server, one per test session (tests/comfy_server.py).
+from comfy_server import comfy_server  # noqa: E402, F401

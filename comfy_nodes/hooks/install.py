@@ -131,6 +131,14 @@ def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) ->
         inst.uninstall()  # all or nothing: put back what was already replaced
         raise
     setattr(execution, _MARK, inst)
+    try:  # the /stagetrace/ routes (surfaces/routes.py): their failure is named, never ComfyUI's
+        from ..surfaces.routes import register as register_routes
+
+        why_not = register_routes(lambda: output_dir(settings), native)
+    except Exception as exc:  # noqa: BLE001
+        why_not = f"no HTTP routes: {type(exc).__name__}: {exc}"
+    if why_not:
+        recorder.fallbacks.append(why_not)
     atexit.register(recorder.flush, EXIT_FLUSH_S)
     logger.info("StageTrace: profiling every prompt (hooks: %s; NVTX %s)", ", ".join(recorder.hooks),
                 "on" if native.nvtx_enabled() else "off")
