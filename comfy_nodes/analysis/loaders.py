@@ -39,6 +39,19 @@ def file_facts(anatomy, name: str) -> dict:
             "advice": [step.to_dict() for step in anatomy.loading_advice(name)]}
 
 
+def facts_from_anatomy_dict(anatomy: dict, name: str) -> dict | None:
+    """``file_facts`` from an Anatomy's to_dict() (what StageTrace's anatomy route serves), its advice under
+    the file's real name; None for a file the server could not read."""
+    if not isinstance(anatomy, dict) or not isinstance(anatomy.get("components"), list):
+        return None
+    from .anatomy import THIS_FILE
+
+    advice = [dict(step, inputs={k: (name if v == THIS_FILE else v) for k, v in (step.get("inputs") or {}).items()})
+              for step in anatomy.get("loading_advice") or [] if isinstance(step, dict)]
+    return {"family": anatomy.get("family"), "family_label": anatomy.get("family_label"),
+            "components": anatomy["components"], "advice": advice}
+
+
 def loader_gap(prompt: dict, node_id: str | None, path: str, anatomy) -> dict | None:
     """The gap between what loader node ``node_id`` will give from the file at path and what the prompt's
     nodes take from it, or None when there is none (or the node is not a checkpoint loader). ``anatomy``:
