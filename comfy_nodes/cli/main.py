@@ -17,6 +17,12 @@
                                        steps/s and the stage split (exit 0 all ran, 1 some
                                        failed, 2 preflight problems, 3 authentication
                                        required, 130 interrupted)
+    stagetrace load URL[,URL...] WORKFLOW.json (--users N --requests M | --rate R --duration S)
+                 [--slo e2e=120s] [--threshold 'p95(e2e)<120s'] [--json] [auth options]
+                                       many users against a service: success rate, p50/p95/p99
+                                       of queue wait, execution and end to end, images a
+                                       minute, goodput, errors by class, per worker, per stage
+                                       (exit 0 met, 1 a threshold missed, 3 authentication)
 """
 
 from __future__ import annotations
@@ -105,6 +111,37 @@ def _bench(args) -> int:
     return code
 
 
+def _load(args) -> int:
+    import asyncio
+
+    from ..client.load import check_thresholds, load, parse_slo, parse_threshold, table
+    from ..client.server import Credentials
+    from ..client.workflow import WorkflowError, load_workflow
+
+    try:
+        prompt = load_workflow(args.workflow)
+        credentials = Credentials.from_options(args.token, args.header, args.cookie, args.user, args.password)
+        thresholds = [parse_threshold(t) for t in args.threshold]
+        slo = parse_slo(args.slo) if args.slo else None
+        if (args.rate is None) == (args.users is None):
+            raise ValueError("give either --users N --requests M (closed) or --rate R --duration S (open)")
+    except (WorkflowError, ValueError) as exc:
+        print(f"stagetrace load: {exc}", file=sys.stderr)
+        return 2
+    urls = [u for u in args.url.split(",") if u.strip()]
+    code, out = asyncio.run(load(urls, prompt, credentials, users=args.users, requests=args.requests,
+                                 rate=args.rate, duration=args.duration, timeout=args.timeout, slo=slo))
+    if code:
+        print(f"stagetrace load: {out.get('message')}", file=sys.stderr)
+        return code
+    missed = check_thresholds(out, thresholds)
+    out["thresholds_missed"] = missed
+    print(json.dumps(out, indent=2, default=str) if args.json else table(out))
+    for line in missed:
+        print(f"threshold missed: {line}", file=sys.stderr)
+    return 1 if missed else 0
+
+
 def _auth_options(parser) -> None:
     parser.add_argument("--token", help="a token for the server's auth plugin (Authorization: Bearer; ?token= on "
                         "the WebSocket); default $STAGETRACE_TOKEN")
@@ -147,6 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--timeout", type=float, default=1800.0, help="seconds a run may take (default 1800)")
     _auth_options(bench)
     bench.set_defaults(func=_bench)
+    load = sub.add_parser("load", help="load a ComfyUI service with many users and report latency percentiles, "
+                          "throughput, errors and the stage split")
+    load.add_argument("url", help="one server, or several separated by commas (the load is spread over them)")
+    load.add_argument("workflow", help="an API-format workflow")
+    load.add_argument("--users", type=int, help="closed model: users, each waiting for its result")
+    load.add_argument("--requests", type=int, default=1, help="closed model: requests per user (default 1)")
+    load.add_argument("--rate", type=float, help="open model: arrivals a minute, whatever the results")
+    load.add_argument("--duration", type=float, default=60.0, help="open model: seconds of arrivals (default 60)")
+    load.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
+    load.add_argument("--slo", help="goodput under this bound, e.g. e2e=120s (queue, execution, e2e)")
+    load.add_argument("--threshold", action="append", default=[], help="e.g. 'p95(e2e)<120s'; a miss exits 1 "
+                      "(repeatable)")
+    load.add_argument("--json", action="store_true", help="everything measured, as JSON")
+    _auth_options(load)
+    load.set_defaults(func=_load)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     return args.func(args)

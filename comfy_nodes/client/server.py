@@ -163,6 +163,11 @@ class ComfyServer:
             return await self.session.ws_connect(url, headers=self.credentials.request_headers(), heartbeat=30,
                                                  max_msg_size=64 << 20)
         except aiohttp.WSServerHandshakeError as exc:
+            redirected = [str(r.headers.get("Location", "")) for r in exc.history or ()]
+            landed = str(getattr(exc.request_info, "real_url", "") or "")
             if exc.status in (401, 403) or exc.status in (301, 302, 303, 307, 308):
                 raise AuthRequired(url, exc.status, f"{exc.status} on the WebSocket handshake") from None
+            if redirected or "login" in landed.lower():  # sent on to a login page, which is no WebSocket
+                raise AuthRequired(url, 302, f"a redirect to {redirected[0] if redirected else landed} on the "
+                                   "WebSocket handshake") from None
             raise

@@ -1,0 +1,332 @@
+"""``stagetrace load URL[,URL...] WORKFLOW.json``: how a ComfyUI service holds up under many users.
+
+Two models of arrival:
+- closed (``--users N --requests M``): N users, each sending M requests one after the other, each waiting
+  for its result before the next;
+- open (``--rate R --duration T``, R per minute): arrivals on a fixed schedule that do not wait for
+  results, so a slow server cannot hide its latency behind fewer requests.
+
+Every request gets fresh seeds (so ComfyUI's cache does not serve it) and goes to the next worker URL in
+turn. Each worker has one WebSocket for all its prompts; the client follows every prompt to its end and
+records queue wait, execution and end to end; the server's queue depth is sampled once a second. The run
+is bounded in requests, in time and in requests in flight, and stops by itself. With StageTrace on the
+server, each completed prompt's stage split comes from its route.
+
+The report: success rate; p50/p95/p99/max of queue wait, execution and end to end; throughput (images a
+minute); goodput under ``--slo`` (e.g. ``e2e=120s``); the queue depth over time; error classes
+(authentication, validation, http, out of memory, execution error, interrupted, timeout, connection lost);
+the figures per worker; the p50/p95 of each stage. ``--threshold 'p95(e2e)<120s'`` (repeatable) sets the
+exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+import aiohttp
+
+from ..core.units import format_duration
+from .bench import stage_split
+from .server import AUTH_EXIT, AuthRequired, ComfyServer, Credentials, ServerError
+from .workflow import with_fresh_seeds
+
+MAX_IN_FLIGHT = 2000  # requests waiting for their result at once, at most
+METRICS = ("queue_wait_s", "execution_s", "e2e_s")
+ALIASES = {"queue": "queue_wait_s", "queue_wait": "queue_wait_s", "execution": "execution_s", "exec": "execution_s",
+           "e2e": "e2e_s", "end_to_end": "e2e_s"}
+
+
+@dataclass
+class Request:
+    index: int
+    worker: str
+    user: int | None
+    submitted_at: float  # seconds since the run began
+    prompt_id: str | None = None
+    outcome: str = "pending"  # ok, or an error class
+    error: str | None = None
+    queue_wait_s: float | None = None
+    execution_s: float | None = None
+    e2e_s: float | None = None
+    stages_s: dict | None = None
+
+
+class Worker:
+    """One server: its WebSocket routes every prompt's messages to the request waiting for it."""
+
+    def __init__(self, server: ComfyServer):
+        self.server = server
+        self.client_id = f"stagetrace-load-{uuid.uuid4().hex[:12]}"
+        self.waiting: dict[str, tuple[Request, float, asyncio.Future]] = {}
+        self.started: dict[str, float] = {}
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.queue_depth: list[tuple[float, int]] = []
+
+    async def listen(self) -> None:
+        """Route WebSocket messages until it closes; then every request still waiting has lost its connection."""
+        try:
+            async for message in self.ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                try:
+                    event = json.loads(message.data)
+                except ValueError:
+                    continue
+                self.on_event(event.get("type"), event.get("data") or {}, time.monotonic())
+        finally:
+            for _request, _t, future in list(self.waiting.values()):
+                if not future.done():
+                    future.set_result(("connection lost", "the WebSocket closed before the prompt ended"))
+
+    def on_event(self, kind: str, data: dict, now: float) -> None:
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        if prompt_id is None:
+            return
+        if kind == "execution_start":
+            self.started[prompt_id] = now
+            return
+        if kind not in ("execution_success", "execution_error", "execution_interrupted"):
+            return
+        entry = self.waiting.get(prompt_id)
+        if entry is None:
+            return
+        request, submitted, future = entry
+        started = self.started.pop(prompt_id, submitted)
+        request.queue_wait_s, request.execution_s, request.e2e_s = started - submitted, now - started, now - submitted
+        if kind == "execution_success":
+            result = ("ok", None)
+        elif kind == "execution_interrupted":
+            result = ("interrupted", f"interrupted in {data.get('node_type', '?')} #{data.get('node_id', '?')}")
+        else:
+            text = f"{data.get('exception_type', '')}: {data.get('exception_message', '')}"
+            oom = "out of memory" in text.lower() or "outofmemory" in text.lower()
+            result = ("out of memory" if oom else "execution error",
+                      f"{data.get('node_type', '?')} #{data.get('node_id', '?')}: {text.strip()[:300]}")
+        if not future.done():
+            future.set_result(result)
+
+    async def sample_queue(self, started: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                info = await self.server.get_json("/prompt")
+                depth = int(((info or {}).get("exec_info") or {}).get("queue_remaining", 0))
+                self.queue_depth.append((time.monotonic() - started, depth))
+            except (ServerError, aiohttp.ClientError, ValueError, asyncio.TimeoutError):
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+
+
+class LoadRun:
+    def __init__(self, workers: list[Worker], prompt: dict, timeout: float, seed: int | None):
+        self.workers = workers
+        self.prompt = prompt
+        self.timeout = timeout
+        self.rng = random.Random(seed)
+        self.requests: list[Request] = []
+        self.started = time.monotonic()
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.auth: AuthRequired | None = None
+
+    async def one(self, user: int | None) -> Request:
+        """Send one request with fresh seeds to the next worker and wait for its end (bounded)."""
+        async with self.in_flight:
+            worker = self.workers[len(self.requests) % len(self.workers)]
+            now = time.monotonic()
+            request = Request(len(self.requests) + 1, worker.server.url, user, now - self.started)
+            self.requests.append(request)
+            prompt, _ = with_fresh_seeds(self.prompt, self.rng)
+            try:
+                answer = await worker.server.submit(prompt, worker.client_id)
+            except AuthRequired as exc:
+                self.auth = exc
+                request.outcome, request.error = "authentication", str(exc)
+                return request
+            except ServerError as exc:
+                request.outcome = "validation" if exc.status == 400 else "http"
+                request.error = str(exc)
+                return request
+            except (aiohttp.ClientError, OSError) as exc:
+                request.outcome, request.error = "connection lost", f"{type(exc).__name__}: {exc}"
+                return request
+            request.prompt_id = answer.get("prompt_id")
+            future = asyncio.get_running_loop().create_future()
+            worker.waiting[request.prompt_id] = (request, now, future)
+            try:
+                request.outcome, request.error = await asyncio.wait_for(future, self.timeout)
+            except asyncio.TimeoutError:
+                request.outcome, request.error = "timeout", f"no end within {self.timeout:.0f} s"
+            finally:
+                worker.waiting.pop(request.prompt_id, None)
+            return request
+
+    async def closed(self, users: int, requests: int) -> None:
+        async def user(u: int) -> None:
+            for _ in range(requests):
+                if self.auth is not None:
+                    return
+                await self.one(u)
+
+        await asyncio.gather(*(user(u) for u in range(users)))
+
+    async def open(self, per_minute: float, duration: float) -> None:
+        interval = 60.0 / per_minute
+        tasks = []
+        n = 0
+        while self.auth is None:
+            at = self.started + n * interval
+            if at - self.started >= duration:
+                break
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            tasks.append(asyncio.create_task(self.one(None)))
+            n += 1
+        await asyncio.gather(*tasks)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation between closest ranks."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def figures(requests: list[Request], wall_s: float, slo: tuple[str, float] | None) -> dict:
+    ok = [r for r in requests if r.outcome == "ok"]
+    out: dict = {"requests": len(requests), "ok": len(ok),
+                 "success_rate": len(ok) / len(requests) if requests else None,
+                 "images_per_minute": len(ok) / wall_s * 60 if wall_s > 0 else None,
+                 "errors": {}}
+    for r in requests:
+        if r.outcome != "ok":
+            out["errors"][r.outcome] = out["errors"].get(r.outcome, 0) + 1
+    for metric in METRICS:
+        values = [getattr(r, metric) for r in ok if getattr(r, metric) is not None]
+        out[metric] = {"p50": percentile(values, 50), "p95": percentile(values, 95), "p99": percentile(values, 99),
+                       "max": max(values) if values else None}
+    if slo is not None:
+        metric, limit = slo
+        good = [r for r in ok if getattr(r, metric) is not None and getattr(r, metric) <= limit]
+        out["goodput_per_minute"] = len(good) / wall_s * 60 if wall_s > 0 else None
+        out["slo"] = {"metric": metric, "limit_s": limit, "met": len(good)}
+    stages: dict[str, list[float]] = {}
+    for r in ok:
+        for stage, seconds in (r.stages_s or {}).items():
+            stages.setdefault(stage, []).append(seconds)
+    out["stages_s"] = {stage: {"p50": percentile(v, 50), "p95": percentile(v, 95)} for stage, v in stages.items()}
+    return out
+
+
+THRESHOLD = re.compile(r"^\s*(p50|p95|p99|max)\(([a-z0-9_]+)\)\s*(<=|<)\s*([0-9.]+)\s*(ms|s)?\s*$")
+
+
+def parse_threshold(text: str) -> tuple[str, str, str, float]:
+    """'p95(e2e)<120s' -> ("p95", "e2e_s", "<", 120.0); ValueError naming what is wrong."""
+    m = THRESHOLD.match(text)
+    if not m or ALIASES.get(m.group(2), m.group(2)) not in METRICS:
+        raise ValueError(f"--threshold {text!r}: expected e.g. 'p95(e2e)<120s' (p50|p95|p99|max of queue, "
+                         "execution or e2e)")
+    limit = float(m.group(4)) / (1000 if m.group(5) == "ms" else 1)
+    return m.group(1), ALIASES.get(m.group(2), m.group(2)), m.group(3), limit
+
+
+def parse_slo(text: str) -> tuple[str, float]:
+    """'e2e=120s' -> ("e2e_s", 120.0)."""
+    name, sep, value = text.partition("=")
+    metric = ALIASES.get(name.strip(), name.strip())
+    m = re.match(r"^\s*([0-9.]+)\s*(ms|s)?\s*$", value)
+    if not sep or metric not in METRICS or not m:
+        raise ValueError(f"--slo {text!r}: expected e.g. 'e2e=120s' (queue, execution or e2e)")
+    return metric, float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+
+
+def check_thresholds(result: dict, thresholds: list[tuple[str, str, str, float]]) -> list[str]:
+    """The thresholds the run missed, in words."""
+    missed = []
+    for stat, metric, op, limit in thresholds:
+        value = (result.get(metric) or {}).get(stat)
+        if value is None or not (value < limit if op == "<" else value <= limit):
+            missed.append(f"{stat}({metric.removesuffix('_s')}) = {format_duration(value)}, not {op} "
+                          f"{format_duration(limit)}")
+    return missed
+
+
+async def load(urls: list[str], prompt: dict, credentials: Credentials, users: int | None = None,
+               requests: int | None = None, rate: float | None = None, duration: float | None = None,
+               timeout: float = 600.0, slo: tuple[str, float] | None = None,
+               seed: int | None = None) -> tuple[int, dict]:
+    """Run the load; (exit code, everything measured). 0 done, AUTH_EXIT authentication required."""
+    async with aiohttp.ClientSession() as session:
+        workers = [Worker(ComfyServer(url, session, credentials)) for url in urls]
+        out: dict = {"urls": [w.server.url for w in workers]}
+        try:
+            for w in workers:
+                w.ws = await w.server.connect(w.client_id)
+        except AuthRequired as exc:
+            out["message"], out["auth"] = str(exc), {"url": exc.url, "status": exc.status, "asked": exc.asked}
+            return AUTH_EXIT, out
+        run = LoadRun(workers, prompt, timeout, seed)
+        stop = asyncio.Event()
+        background = [asyncio.create_task(w.listen()) for w in workers]
+        background += [asyncio.create_task(w.sample_queue(run.started, stop)) for w in workers]
+        try:
+            if rate is not None:
+                await run.open(rate, duration or 60.0)
+            else:
+                await run.closed(users or 1, requests or 1)
+        finally:
+            wall = time.monotonic() - run.started
+            stop.set()
+            for w in workers:
+                await w.ws.close()
+            await asyncio.gather(*background, return_exceptions=True)
+        if run.auth is not None:
+            out["message"] = str(run.auth)
+            out["auth"] = {"url": run.auth.url, "status": run.auth.status, "asked": run.auth.asked}
+            return AUTH_EXIT, out
+        by_url = {w.server.url: w for w in workers}
+        for r in run.requests:  # the stage split of each completed prompt, from StageTrace's route
+            if r.outcome == "ok" and r.prompt_id:
+                try:
+                    r.stages_s = await stage_split(by_url[r.worker].server, r.prompt_id)
+                except (ServerError, aiohttp.ClientError):
+                    r.stages_s = None
+        out.update(figures(run.requests, wall, slo))
+        out["wall_s"] = wall
+        out["per_worker"] = {w.server.url: figures([r for r in run.requests if r.worker == w.server.url], wall, slo)
+                             for w in workers} if len(workers) > 1 else {}
+        out["queue_depth"] = {w.server.url: w.queue_depth for w in workers}
+        out["requests_detail"] = [asdict(r) for r in run.requests]
+    return 0, out
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['requests']} requests in {format_duration(result['wall_s'])}: {result['ok']} ok "
+             f"({(result['success_rate'] or 0) * 100:.0f} %), {result['images_per_minute'] or 0:.1f} images a minute"]
+    if result.get("slo"):
+        slo = result["slo"]
+        lines.append(f"goodput (e2e within {format_duration(slo['limit_s'])}): {result['goodput_per_minute']:.1f} "
+                     f"a minute ({slo['met']} requests)")
+    lines.append(f"{'':14}{'p50':>11}{'p95':>11}{'p99':>11}{'max':>11}")
+    for metric, label in (("queue_wait_s", "queue wait"), ("execution_s", "execution"), ("e2e_s", "end to end")):
+        s = result.get(metric) or {}
+        lines.append(f"{label:14}" + "".join(f"{format_duration(s.get(k)):>11}" for k in ("p50", "p95", "p99", "max")))
+    for stage, s in (result.get("stages_s") or {}).items():
+        if stage != "prompt":
+            lines.append(f"  {stage:12}{format_duration(s['p50']):>11}{format_duration(s['p95']):>11}")
+    if result["errors"]:
+        lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())))
+    for url, w in (result.get("per_worker") or {}).items():
+        lines.append(f"{url}: {w['requests']} requests, {w['ok']} ok, p95 end to end "
+                     f"{format_duration((w.get('e2e_s') or {}).get('p95'))}")
+    return "\n".join(lines)
