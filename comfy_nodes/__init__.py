@@ -7,6 +7,7 @@ One folder per step of the data flow (README.md, "How it works"):
     gpu/       CUPTI rounds, NVML samples, device memory: the GPU tracks
     analysis/  model-file anatomy, loader gaps, the stage summary, the diagnosis rules
     render/    console text, Markdown, HTML, JSON
+    surfaces/  StageTrace's read-only HTTP routes inside ComfyUI (/stagetrace/...)
     cli/       the ``stagetrace`` command
     client/    the outside half: workflows as a client sends them, preflight against a server
     demo/      the built-in example and the in-process ComfyUI it drives
