@@ -43,9 +43,31 @@ BASIC_USER, BASIC_PASSWORD = "stagetrace", "pw-" + uuid.uuid4().hex[:8]
 
 ZERO_CONDITIONING_NODE = f'''\
 import sys
+import time
 sys.path.insert(0, {ROOT!r})
 from comfy_nodes.demo.harness import zero_conditioning_node
-NODE_CLASS_MAPPINGS = {{"HarnessZeroConditioning": zero_conditioning_node()}}
+
+
+class HarnessSleep:
+    """An output node that takes a fixed time whatever the machine's speed (the load tests' server capacity);
+    its seed input changes with every request, so ComfyUI's cache never serves it."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {{"required": {{"seconds": ("FLOAT", {{"default": 0.25, "min": 0.0, "max": 60.0}}),
+                               "seed": ("INT", {{"default": 0, "min": 0, "max": 2**53}})}}}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "sleep"
+    OUTPUT_NODE = True
+    CATEGORY = "harness"
+
+    def sleep(self, seconds, seed):
+        time.sleep(seconds)
+        return {{}}
+
+
+NODE_CLASS_MAPPINGS = {{"HarnessZeroConditioning": zero_conditioning_node(), "HarnessSleep": HarnessSleep}}
 '''
 
 
