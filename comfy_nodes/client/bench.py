@@ -107,11 +107,11 @@ async def follow(ws: aiohttp.ClientWebSocketResponse, prompt_id: str, submitted:
             return
 
 
-async def stage_split(server: ComfyServer, prompt_id: str) -> dict[str, float] | None:
+async def stage_split(server: ComfyServer, prompt_id: str, wait_s: float = STAGE_WAIT_S) -> dict[str, float] | None:
     """The run's seconds per stage from StageTrace's route, once its writer thread has published them;
     "prompt" is the whole execution as the server measured it."""
-    deadline = time.monotonic() + STAGE_WAIT_S
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + wait_s
+    while True:
         report = await server.get_json(f"/stagetrace/prompts/{prompt_id}", missing_ok=True)
         if isinstance(report, dict):
             stages = {s["stage"]: s["seconds"] for s in report.get("stages") or [] if isinstance(s, dict)
@@ -119,8 +119,9 @@ async def stage_split(server: ComfyServer, prompt_id: str) -> dict[str, float] |
             if isinstance(report.get("wall_s"), (int, float)):
                 stages["prompt"] = report["wall_s"]  # the whole execution, seen from inside
             return stages
+        if time.monotonic() >= deadline:
+            return None
         await asyncio.sleep(0.1)
-    return None
 
 
 def summarize_runs(runs: list[Run]) -> dict:

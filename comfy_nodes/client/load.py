@@ -191,6 +191,31 @@ class LoadRun:
         await asyncio.gather(*tasks)
 
 
+SPLIT_CONCURRENCY = 16
+SPLIT_GRACE_S = 5.0  # for StageTrace's writer thread to publish the last prompts
+
+
+async def split_by_stage(requests: list[Request], servers: dict[str, ComfyServer]) -> None:
+    """The stage split of each completed prompt, from StageTrace's route: a few at a time; the last prompt of
+    each server waits (bounded) for the writer thread, the others are asked once (a prompt StageTrace
+    dropped under load has none)."""
+    done = [r for r in requests if r.outcome == "ok" and r.prompt_id]
+    last = {r.worker: r for r in done}
+    gate = asyncio.Semaphore(SPLIT_CONCURRENCY)
+
+    async def split(r: Request) -> None:
+        async with gate:
+            try:
+                r.stages_s = await stage_split(servers[r.worker], r.prompt_id,
+                                               SPLIT_GRACE_S if last.get(r.worker) is r else 0.0)
+            except (ServerError, aiohttp.ClientError, asyncio.TimeoutError):
+                r.stages_s = None
+
+    for r in last.values():  # first the last ones, with the grace: then the writer is done with the rest
+        await split(r)
+    await asyncio.gather(*(split(r) for r in done if last.get(r.worker) is not r))
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (0..100) by linear interpolation between closest ranks."""
     if not values:
@@ -294,13 +319,7 @@ async def load(urls: list[str], prompt: dict, credentials: Credentials, users: i
             out["message"] = str(run.auth)
             out["auth"] = {"url": run.auth.url, "status": run.auth.status, "asked": run.auth.asked}
             return AUTH_EXIT, out
-        by_url = {w.server.url: w for w in workers}
-        for r in run.requests:  # the stage split of each completed prompt, from StageTrace's route
-            if r.outcome == "ok" and r.prompt_id:
-                try:
-                    r.stages_s = await stage_split(by_url[r.worker].server, r.prompt_id)
-                except (ServerError, aiohttp.ClientError):
-                    r.stages_s = None
+        await split_by_stage(run.requests, {w.server.url: w.server for w in workers})
         out.update(figures(run.requests, wall, slo))
         out["wall_s"] = wall
         out["per_worker"] = {w.server.url: figures([r for r in run.requests if r.worker == w.server.url], wall, slo)
