@@ -2,13 +2,14 @@
 where the time went inside each run.
 
 Before any run, the preflight (client/preflight.py) checks the workflow against the server's /object_info
-and StageTrace's anatomy route: a workflow that cannot run is not run. Each run is submitted over HTTP with
-this client's id and followed over the WebSocket (execution_start, executing, progress, executed,
-execution_cached, execution_success / _error / _interrupted): queue wait (submit -> start), execution
-(start -> end), end to end, and the denoising rate from the progress messages. With StageTrace on the
-server, its route gives each run's stage split (loading, text encoding, sampling, VAE decode...); without
-it, node times come from the WebSocket, and the output says so. The first ``--warmup`` runs (cold: models
-are loaded) are reported apart from the warm ones. Ctrl-C stops cleanly: what was measured is printed, and
+and StageTrace's anatomy route: a workflow that cannot run is not run. Each run is submitted over HTTP
+with fresh seeds (the same prompt again would be served from ComfyUI's cache) and this client's id, and
+followed over the WebSocket (execution_start, executing, progress, executed, execution_cached,
+execution_success / _error / _interrupted): queue wait (submit -> start), execution (start -> end), end
+to end, and the denoising rate from the progress messages. With StageTrace on the server, its route gives
+each run's stage split (loading, text encoding, sampling, VAE decode...); without it, node times come from
+the WebSocket, and the output says so. The first ``--warmup`` runs (cold: models are loaded) are reported
+apart from the warm ones. Ctrl-C stops cleanly: what was measured is printed, and
 this client's prompts still queued on the server are cancelled.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import statistics
 import time
 import uuid
@@ -27,6 +29,7 @@ from ..analysis.loaders import facts_from_anatomy_dict
 from ..core.units import format_duration
 from .preflight import combo_options, describe, input_spec, preflight
 from .server import AUTH_EXIT, AuthRequired, ComfyServer, Credentials, ServerError
+from .workflow import with_fresh_seeds
 
 DONE = ("execution_success", "execution_error", "execution_interrupted")
 STAGE_WAIT_S = 5.0  # how long StageTrace's writer thread may take to publish a run's summary
@@ -171,10 +174,11 @@ def table(runs: list[Run], summary: dict, stagetrace: bool) -> str:
 
 
 async def bench(url: str, prompt: dict, runs: int, warmup: int, credentials: Credentials, timeout: float,
-                progress: bool = True) -> tuple[int, dict]:
+                progress: bool = True, seed: int | None = None) -> tuple[int, dict]:
     """Run the benchmark; (exit code, everything measured). Exit codes: 0 every run succeeded, 1 some did not,
     2 the preflight found problems (nothing was run), AUTH_EXIT authentication required."""
     client_id = f"stagetrace-bench-{uuid.uuid4().hex[:12]}"
+    rng = random.Random(seed)
     results: list[Run] = []
     pending: list[str] = []
     out: dict = {"url": url, "runs": [], "preflight": []}
@@ -213,8 +217,8 @@ async def bench(url: str, prompt: dict, runs: int, warmup: int, credentials: Cre
                 for i in range(warmup + runs):
                     run = Run(index=i + 1, cold=i < warmup)
                     submitted = time.monotonic()
-                    try:
-                        answer = await server.submit(prompt, client_id)
+                    try:  # fresh seeds: ComfyUI's cache would serve the same prompt without running it
+                        answer = await server.submit(with_fresh_seeds(prompt, rng)[0], client_id)
                     except ServerError as exc:
                         run.outcome, run.error = "rejected", str(exc)
                         results.append(run)

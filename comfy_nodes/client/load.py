@@ -336,13 +336,13 @@ def table(result: dict) -> str:
         slo = result["slo"]
         lines.append(f"goodput (e2e within {format_duration(slo['limit_s'])}): {result['goodput_per_minute']:.1f} "
                      f"a minute ({slo['met']} requests)")
-    lines.append(f"{'':14}{'p50':>11}{'p95':>11}{'p99':>11}{'max':>11}")
+    lines.append(f"{'':22}{'p50':>11}{'p95':>11}{'p99':>11}{'max':>11}")
     for metric, label in (("queue_wait_s", "queue wait"), ("execution_s", "execution"), ("e2e_s", "end to end")):
         s = result.get(metric) or {}
-        lines.append(f"{label:14}" + "".join(f"{format_duration(s.get(k)):>11}" for k in ("p50", "p95", "p99", "max")))
+        lines.append(f"{label:22}" + "".join(f"{format_duration(s.get(k)):>11}" for k in ("p50", "p95", "p99", "max")))
     for stage, s in (result.get("stages_s") or {}).items():
         if stage != "prompt":
-            lines.append(f"  {stage:12}{format_duration(s['p50']):>11}{format_duration(s['p95']):>11}")
+            lines.append(f"  {stage:20}{format_duration(s['p50']):>11}{format_duration(s['p95']):>11}")
     if result["errors"]:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())))
     for url, w in (result.get("per_worker") or {}).items():
