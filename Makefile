@@ -19,6 +19,8 @@ bench: build
 	$(PYTHON) benchmarks/bench_report.py
 	$(PYTHON) benchmarks/bench_spans.py
 	$(PYTHON) benchmarks/bench_prompt.py
+	$(PYTHON) benchmarks/bench_routes.py
+	$(PYTHON) benchmarks/bench_load.py
 
 # The libFuzzer target under ASan/UBSan for FUZZ_SECONDS (the tests run it for 20 s).
 FUZZ_SECONDS ?= 300
