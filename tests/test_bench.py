@@ -10,6 +10,7 @@ import sys
 
 import pytest
 from comfy_server import BASIC_PASSWORD, BASIC_USER
+from workflows import seed_workflow
 
 from comfy_nodes.client.bench import bench
 from comfy_nodes.client.server import AUTH_EXIT, Credentials
@@ -52,14 +53,7 @@ def test_three_runs_split_their_execution_time_by_stage(comfy_server):
 
 def test_the_seed_workflow_is_stopped_by_the_preflight_and_never_run(comfy_server):
     before = comfy_server.get_json("/history")
-    seed = {
-        "1": {"class_type": "CheckpointLoaderSimple",
-              "inputs": {"ckpt_name": "Qwen-Image-Edit-2509-FP8/diffusion_pytorch_model.safetensors"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
-        "3": {"class_type": "QwenT2IWrapper", "inputs": {"model": ["1", 0], "positive": ["2", 0], "seed": 42}},
-        "4": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
-        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "qwen"}},
-    }
+    seed = seed_workflow()
     code, out = run_bench(comfy_server, seed)
     assert code == 2 and out["runs"] == []
     assert sorted(p["kind"] for p in out["preflight"]) == ["missing-model", "unknown-node", "wrong-loader"]

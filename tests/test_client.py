@@ -7,6 +7,7 @@ import os
 import random
 
 import pytest
+from workflows import seed_workflow
 
 from comfy_nodes.client.preflight import describe, looks_like_diffusion_model, preflight
 from comfy_nodes.client.workflow import WorkflowError, api_prompt, load_workflow, with_fresh_seeds
@@ -20,20 +21,6 @@ def object_info():
         data = json.load(f)
     # every class the server lists; the entries the tests use in full
     return {name: data["object_info"].get(name, {"input": {}}) for name in data["class_names"]}
-
-
-def seed_workflow():
-    """The workflow of the team StageTrace is for, as its script had it: a node class ComfyUI does not have,
-    and a checkpoint path that was an estimate (a diffusers diffusion-model file) in CheckpointLoaderSimple
-    feeding CLIPTextEncode and VAEDecode."""
-    return {
-        "1": {"class_type": "CheckpointLoaderSimple",
-              "inputs": {"ckpt_name": "Qwen-Image-Edit-2509-FP8/diffusion_pytorch_model.safetensors"}},
-        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
-        "3": {"class_type": "QwenT2IWrapper", "inputs": {"model": ["1", 0], "positive": ["2", 0], "seed": 42}},
-        "4": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["1", 2]}},
-        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "qwen"}},
-    }
 
 
 def test_the_seed_workflow_gets_all_three_problems(object_info):

@@ -9,8 +9,9 @@ gets an error that says how to export the API format.
 from __future__ import annotations
 
 import copy
-import json
 import random
+
+from ..core.jsonfile import read_json
 
 SEED_INPUTS = ("seed", "noise_seed")
 MAX_SEED = 2**53 - 1  # the largest seed ComfyUI's widgets hand out (JSON-safe)
@@ -23,19 +24,7 @@ class WorkflowError(ValueError):
 def load_workflow(path: str) -> dict:
     """The API-format prompt in the JSON file at path. WorkflowError, naming the file and the byte offset or
     field, for anything else."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise WorkflowError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise WorkflowError(f"{path}: byte offset {exc.start}: not UTF-8") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkflowError(f"{path}: byte offset {len(text[: exc.pos].encode())}: invalid JSON: {exc.msg}") from None
+    value = read_json(path, WorkflowError)
     return api_prompt(value, path)
 
 

@@ -3,10 +3,11 @@ name the file and the byte offset or field."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
+
+from ..core.jsonfile import read_json
 
 SUFFIX = ".trace.json"
 
@@ -32,20 +33,7 @@ def trace_path(output_dir: str, prompt_id: str, when: float | None = None) -> st
 
 def load(path: str) -> dict:
     """The parsed trace; TraceError for anything that is not a StageTrace/Chrome trace."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"{path}: byte offset {exc.start}: not UTF-8") from None
-    try:
-        trace = json.loads(text)
-    except json.JSONDecodeError as exc:
-        offset = len(text[: exc.pos].encode("utf-8"))
-        raise TraceError(f"{path}: byte offset {offset}: invalid JSON: {exc.msg}") from None
+    trace = read_json(path, TraceError)
     if isinstance(trace, list):  # the bare-array form of the format
         trace = {"traceEvents": trace}
     if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):

@@ -1,0 +1,23 @@
+"""Reading a JSON file a user gave, with errors that name the file and the byte offset."""
+
+from __future__ import annotations
+
+import json
+
+
+def read_json(path: str, error: type[Exception]):
+    """The parsed JSON in the file at path; ``error(message)`` naming the file and where, when it cannot be
+    read, is not UTF-8 (the byte offset of the first bad byte) or is not JSON (the byte offset of the fault)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: byte offset {exc.start}: not UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: byte offset {len(text[: exc.pos].encode('utf-8'))}: invalid JSON: {exc.msg}") from None
