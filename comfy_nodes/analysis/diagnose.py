@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from ..analysis.summary import Summary, summarize
+from ..analysis.summary import Summary, first_line, summarize
 from ..core.units import format_bytes, format_duration, format_share
 from .loaders import advice_text, describe_gap, fitting_advice, valid_gaps
 
@@ -144,10 +144,6 @@ def _name(path: object) -> str:
     return str(path).replace("\\\\", "/").rsplit("/", 1)[-1]
 
 
-def _first_line(text: object) -> str:
-    lines = str(text or "").strip().splitlines()
-    return lines[0] if lines else ""
-
 
 # --- What broke the prompt ------------------------------------------------------------------------
 
@@ -259,7 +255,7 @@ def rule_node_failed(ev: Evidence) -> Finding | NotChecked | None:
     if error is None:
         return None
     node_id, cls = str(error.get("node_id", "?")), str(error.get("node_type", "?"))
-    etype, message = str(error.get("exception_type", "error")), _first_line(error.get("exception_message"))
+    etype, message = str(error.get("exception_type", "error")), first_line(error.get("exception_message") or "")
     stage, args = _failing_stage(ev, node_id, "error")
     event = next(e for e in reversed(ev.messages) if e.get("name") == "execution_error")
     before = _ran_before(ev, event["ts"])

@@ -38,7 +38,8 @@ class Summary:
     gpu: str | None = None  # one line: what the GPU did, or why there are no GPU figures
 
 
-def _first_line(text: object) -> str:
+def first_line(text: object) -> str:
+    """The first non-blank line of a message (ComfyUI's exception messages run on for lines)."""
     lines = str(text).strip().splitlines()
     return lines[0] if lines else ""
 
@@ -69,7 +70,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         if ph == "i" and ev.get("name") == "execution_error":
             failures.append(
                 f"failed: {args.get('node_type', '?')} #{args.get('node_id', '?')}: "
-                f"{args.get('exception_type', 'error')}: {_first_line(args.get('exception_message', ''))}".rstrip()
+                f"{args.get('exception_type', 'error')}: {first_line(args.get('exception_message', ''))}".rstrip()
             )
         elif ph == "i" and ev.get("name") == "execution_interrupted":
             failures.append(f"interrupted at: {args.get('node_type', '?')} #{args.get('node_id', '?')}")
