@@ -182,6 +182,7 @@ async def bench(url: str, prompt: dict, runs: int, warmup: int, credentials: Cre
     results: list[Run] = []
     pending: list[str] = []
     out: dict = {"url": url, "runs": [], "preflight": []}
+    stagetrace = False  # whether the server has StageTrace's routes; known after the first request
     async with aiohttp.ClientSession() as session:
         server = ComfyServer(url, session, credentials)
         try:
@@ -256,7 +257,7 @@ async def bench(url: str, prompt: dict, runs: int, warmup: int, credentials: Cre
         finally:
             out["runs"] = [asdict(r) for r in results]
             out["summary"] = summarize_runs(results)
-            out["stagetrace"] = locals().get("stagetrace", False)
+            out["stagetrace"] = stagetrace
             out["table"] = table(results, out["summary"], out["stagetrace"])
     if out.get("interrupted"):
         return 130, out
