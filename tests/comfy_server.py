@@ -22,9 +22,7 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -41,7 +39,10 @@ CHECKPOINT = "tiny_sd15.safetensors"
 LOGIN_TOKEN = "st-test-token-" + uuid.uuid4().hex[:8]
 BASIC_USER, BASIC_PASSWORD = "stagetrace", "pw-" + uuid.uuid4().hex[:8]
 
+FAKE_GPU_UTIL, FAKE_GPU_USED = 87, 21 << 30  # what the fake NVML device reads: 87 %, 21 GiB used of 24
+
 ZERO_CONDITIONING_NODE = f'''\
+import os
 import sys
 import time
 sys.path.insert(0, {ROOT!r})
@@ -63,11 +64,26 @@ class HarnessSleep:
     CATEGORY = "harness"
 
     def sleep(self, seconds, seed):
-        time.sleep(seconds)
+        import comfy.model_management
+
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:  # in slices, so that ComfyUI's interrupt stops it, as it stops a sampler
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            time.sleep(min(0.02, max(0.0, end - time.monotonic())))
         return {{}}
 
 
 NODE_CLASS_MAPPINGS = {{"HarnessZeroConditioning": zero_conditioning_node(), "HarnessSleep": HarnessSleep}}
+
+# A server started with a fake NVML (STAGETRACE_NVML_LIB = tests/nvml/fake_nvml.c built: a TEST DOUBLE at the
+# hardware boundary, as there is no GPU here) scripts its one device's readings here, in the server's process,
+# where StageTrace's NVML sampler loads the same library.
+if os.environ.get("STAGETRACE_TEST_FAKE_GPU") and os.environ.get("STAGETRACE_NVML_LIB"):
+    import ctypes
+
+    _fake = ctypes.CDLL(os.environ["STAGETRACE_NVML_LIB"])
+    _fake.fake_nvml_set_device(0, b"NVIDIA GeForce RTX 3090 (test double)", {FAKE_GPU_UTIL}, 30,
+                               ctypes.c_ulonglong({FAKE_GPU_USED}), ctypes.c_ulonglong(24 << 30), 66, 310000)
 '''
 
 
@@ -91,16 +107,18 @@ def skip_reason() -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    from comfy_nodes.demo.serve import free_port as free
+
+    return free()
 
 
 class ComfyServer:
     """One running ComfyUI: its URL, folders, and helpers to talk to it."""
 
-    def __init__(self, comfyui: str, base: str):
+    def __init__(self, comfyui: str, base: str, env: dict | None = None, stagetrace: bool = True):
         self.comfyui = comfyui
+        self.extra_env = dict(env or {})
+        self.stagetrace = stagetrace  # False: a plain ComfyUI, with the test nodes only
         self.base = base
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
@@ -121,7 +139,8 @@ class ComfyServer:
 
         custom = os.path.join(self.base, "custom_nodes")
         os.makedirs(os.path.join(custom, "stagetrace_test_nodes"))
-        os.symlink(ROOT, os.path.join(custom, "stagetrace"))
+        if self.stagetrace:
+            os.symlink(ROOT, os.path.join(custom, "stagetrace"))
         for name in ("login_like", "basic_auth"):
             os.symlink(os.path.join(AUTH_NODES, name), os.path.join(custom, name))
         with open(os.path.join(custom, "stagetrace_test_nodes", "__init__.py"), "w") as f:
@@ -131,27 +150,18 @@ class ComfyServer:
         open(self.auth_file, "w").close()
 
     def start(self) -> None:
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", HOST, "--port", str(self.port),
-               "--base-directory", self.base, "--disable-auto-launch", "--disable-api-nodes",
-               "--database-url", "sqlite:///:memory:", "--preview-method", "none"]
+        from comfy_nodes.demo.serve import server_command, wait_until_up
+
         env = {k: v for k, v in os.environ.items() if not k.startswith("STAGETRACE_")}
         env.update(PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2", STAGETRACE_SUMMARY="0",
                    STAGETRACE_TEST_AUTH_FILE=self.auth_file, STAGETRACE_TEST_LOGIN_TOKEN=LOGIN_TOKEN,
                    STAGETRACE_TEST_BASIC_AUTH=f"{BASIC_USER}:{BASIC_PASSWORD}")
+        env.update(self.extra_env)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=self.comfyui, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(server_command(self.port, self.base), cwd=self.comfyui, env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited ({self.proc.returncode}) while starting:\n{self.log_tail()}")
-            try:
-                if self.get("/system_stats", timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.25)
-        raise RuntimeError(f"ComfyUI did not answer /system_stats within {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        wait_until_up(self.proc, self.url, START_TIMEOUT_S, self.log_tail)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -240,14 +250,15 @@ class ComfyServer:
                 f.write("")
 
 
-@pytest.fixture(scope="session")
-def comfy_server():
-    """One real ComfyUI server (with StageTrace) for the whole test session; skips without one."""
+@contextlib.contextmanager
+def running_server(env: dict | None = None, stagetrace: bool = True):
+    """A real ComfyUI server (with StageTrace, unless stagetrace is False, and the test nodes) in a temporary
+    folder, for the block; env adds settings to its environment. Skips without a ComfyUI."""
     reason = skip_reason()
     if reason:
         pytest.skip(reason)
     base = tempfile.mkdtemp(prefix="stagetrace-server-")
-    server = ComfyServer(find_comfyui(), base)
+    server = ComfyServer(find_comfyui(), base, env, stagetrace)
     try:
         server.prepare()
         server.start()
@@ -255,3 +266,10 @@ def comfy_server():
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def comfy_server():
+    """One real ComfyUI server (with StageTrace) for the whole test session; skips without one."""
+    with running_server() as server:
+        yield server

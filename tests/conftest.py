@@ -18,5 +18,23 @@ def native():
     return _native
 
 
+@pytest.fixture(scope="session")
+def fake_nvml(tmp_path_factory):
+    """tests/nvml/fake_nvml.c built as a stand-in for libnvidia-ml (a TEST DOUBLE at the hardware boundary:
+    there is no GPU here); skips without nvml.h or gcc."""
+    import shutil
+    import subprocess
+
+    from setup import find_nvml_include
+
+    include = find_nvml_include()
+    if include is None or shutil.which("gcc") is None:
+        pytest.skip("nvml.h (pip install nvidia-nvml-dev-cu12) or gcc is missing")
+    lib = str(tmp_path_factory.mktemp("nvml") / "libfake_nvml.so")
+    subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-fPIC", "-shared", f"-I{include}",
+                    os.path.join(ROOT, "tests", "nvml", "fake_nvml.c"), "-o", lib, "-lpthread"], check=True)
+    return lib
+
+
 # The real ComfyUI server, one per test session (tests/comfy_server.py).
 from comfy_server import comfy_server  # noqa: E402, F401

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from setup import find_cupti_include, find_nvml_include  # noqa: E402
+from setup import find_cupti_include  # noqa: E402
 
 # CUPTI's copy kinds (cupti_activity.h: CUpti_ActivityMemcpyKind)
 HTOD, DTOH, HTOA, DTOD, HTOH, PTOP = 1, 2, 3, 8, 9, 10
@@ -423,17 +423,6 @@ def test_no_cuda_in_use_means_no_facts_and_no_samples(native):
 
 
 # --- NVML: counter tracks and device facts (tests/nvml/fake_nvml.c: TEST DOUBLE of libnvidia-ml) ---
-
-
-@pytest.fixture(scope="module")
-def fake_nvml(tmp_path_factory):
-    include = find_nvml_include()
-    if include is None or shutil.which("gcc") is None:
-        pytest.skip("nvml.h (pip install nvidia-nvml-dev-cu12) or gcc is missing")
-    lib = str(tmp_path_factory.mktemp("nvml") / "libfake_nvml.so")
-    subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-fPIC", "-shared", f"-I{include}",
-                    os.path.join(ROOT, "tests", "nvml", "fake_nvml.c"), "-o", lib, "-lpthread"], check=True)
-    return lib
 
 
 def test_nvml_sampler_gives_counter_tracks_and_device_facts(native, fake_nvml):

@@ -6,23 +6,28 @@
     stagetrace inspect FILE... [--json] [--models-dir DIR]
                                        what a model file holds and lacks (exit 0
                                        complete, 1 incomplete, 2 unreadable)
-    stagetrace demo [--comfyui DIR]    profile a real tiny workflow on the CPU in the
+    stagetrace demo [--comfyui DIR] [--workdir DIR] [--serve [--port P]]
+                                       profile a real tiny workflow on the CPU in the
                                        ComfyUI StageTrace sits in (or DIR, or
                                        $COMFYUI_DIR); outside one, the user's case
-                                       in miniature
+                                       in miniature; --serve: that ComfyUI as a
+                                       server with the tiny workflow, to bench
     stagetrace bench URL WORKFLOW.json [-n 5] [--warmup 1] [--json] [--timeout S]
+                 [--report FILE.html|FILE.md] [--overwrite]
                  [--token T] [--header 'N: v'] [--cookie n=v] [--user U --password P]
                                        run a workflow on a ComfyUI server N times after a
                                        preflight; queue wait, execution, end to end,
-                                       steps/s and the stage split (exit 0 all ran, 1 some
-                                       failed, 2 preflight problems, 3 authentication
-                                       required, 130 interrupted)
+                                       steps/s, the stage split and the GPU (exit 0 all ran,
+                                       1 some failed, 2 preflight problems or bad options,
+                                       3 authentication required, 130 interrupted)
     stagetrace load URL[,URL...] WORKFLOW.json (--users N --requests M | --rate R --duration S)
-                 [--slo e2e=120s] [--threshold 'p95(e2e)<120s'] [--json] [auth options]
+                 [--slo e2e=120s] [--threshold 'p95(e2e)<120s'] [--json] [--report FILE]
+                 [auth options]
                                        many users against a service: success rate, p50/p95/p99
                                        of queue wait, execution and end to end, images a
                                        minute, goodput, errors by class, per worker, per stage
-                                       (exit 0 met, 1 a threshold missed, 3 authentication)
+                                       (exit 0 met, 1 a threshold missed, 2 bad options or no
+                                       server reached, 3 authentication, 130 interrupted)
 """
 
 from __future__ import annotations
@@ -73,31 +78,99 @@ def _inspect(args) -> int:
 def _demo(args) -> int:
     from ..demo import run as demo
 
-    return demo.run(comfyui_dir=args.comfyui, workdir=args.workdir)
+    return demo.run(comfyui_dir=args.comfyui, workdir=args.workdir, serve=args.serve, port=args.port)
 
 
-def _bench(args) -> int:
+def _report_paths(paths: list[str], overwrite: bool) -> list[tuple[str, str]]:
+    """(path, format) of each --report file, checked before anything runs: a known suffix, a folder that
+    exists, and no file already there unless --overwrite (nothing the user had is overwritten by surprise)."""
+    import os
+
+    from ..render.runreport import report_format
+
+    checked = []
+    for path in paths:
+        fmt = report_format(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"--report {path}: the folder {folder} does not exist")
+        if os.path.lexists(path) and not overwrite:
+            raise ValueError(f"--report {path}: the file exists; give another name, or --overwrite to replace it")
+        checked.append((path, fmt))
+    return checked
+
+
+def _write_reports(render, out: dict, targets: list[tuple[str, str]], command: str) -> int:
+    """Render and write each report file whole (or not at all); 0, or 2 when one could not be written."""
+    from ..render.runreport import write_report
+
+    status = 0
+    for path, fmt in targets:
+        try:
+            write_report(path, render(out, fmt))
+            print(f"report: {path}", file=sys.stderr)
+        except (OSError, ValueError) as exc:
+            print(f"stagetrace {command}: could not write the report {path}: {exc}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def _run_interruptible(coroutine_function):
+    """Run the command's coroutine; Ctrl-C (SIGINT) cancels it, and the command cleans up and reports what it
+    measured instead of dying with a traceback."""
     import asyncio
     import signal
 
-    from ..client.bench import bench
+    async def run():
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGINT, task.cancel)
+        except (NotImplementedError, RuntimeError):  # no signal handlers on this platform: KeyboardInterrupt
+            pass
+        try:
+            return await coroutine_function()
+        finally:
+            try:
+                loop.remove_signal_handler(signal.SIGINT)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+    return asyncio.run(run())
+
+
+def _client_inputs(args, command: str):
+    """The workflow, the credentials and the report files of bench and load, or a message for exit 2."""
     from ..client.server import Credentials
     from ..client.workflow import WorkflowError, load_workflow
 
     try:
         prompt = load_workflow(args.workflow)
         credentials = Credentials.from_options(args.token, args.header, args.cookie, args.user, args.password)
+        targets = _report_paths(args.report, args.overwrite)
     except (WorkflowError, ValueError) as exc:
-        print(f"stagetrace bench: {exc}", file=sys.stderr)
+        print(f"stagetrace {command}: {exc}", file=sys.stderr)
+        return None
+    return prompt, credentials, targets
+
+
+def _bench(args) -> int:
+    import os
+
+    from ..client.bench import bench
+    from ..client.server import AUTH_EXIT
+    from ..render.runreport import bench_report
+
+    inputs = _client_inputs(args, "bench")
+    if inputs is None:
         return 2
-
-    async def run():
-        task = asyncio.current_task()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, task.cancel)  # Ctrl-C: stop cleanly
-        return await bench(args.url, prompt, args.runs, args.warmup, credentials, args.timeout,
-                           progress=not args.json and sys.stderr.isatty())
-
-    code, out = asyncio.run(run())
+    prompt, credentials, targets = inputs
+    if args.runs < 1 or args.warmup < 0:
+        print("stagetrace bench: -n must be at least 1 and --warmup at least 0", file=sys.stderr)
+        return 2
+    code, out = _run_interruptible(lambda: bench(args.url, prompt, args.runs, args.warmup, credentials, args.timeout,
+                                                 progress=not args.json and sys.stderr.isatty()))
+    out["workflow"] = os.path.basename(args.workflow)
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if k != "table"}, indent=2, default=str))
     else:
@@ -106,40 +179,50 @@ def _bench(args) -> int:
         if out.get("runs"):
             print(out["table"])
         if out.get("interrupted"):
-            print(f"interrupted: {len(out['runs'])} run(s) measured; cancelled on the server: "
+            done = sum(1 for r in out["runs"] if r["outcome"] == "ok")
+            print(f"interrupted: {done} run(s) measured; cancelled on the server: "
                   f"{', '.join(out.get('cancelled') or []) or 'nothing'}")
+    if code != AUTH_EXIT and (out.get("runs") or out.get("preflight")):
+        code = _write_reports(bench_report, out, targets, "bench") or code
     return code
 
 
 def _load(args) -> int:
-    import asyncio
+    import os
 
     from ..client.load import check_thresholds, load, parse_slo, parse_threshold, table
-    from ..client.server import Credentials
-    from ..client.workflow import WorkflowError, load_workflow
+    from ..render.runreport import load_report
 
+    inputs = _client_inputs(args, "load")
+    if inputs is None:
+        return 2
+    prompt, credentials, targets = inputs
     try:
-        prompt = load_workflow(args.workflow)
-        credentials = Credentials.from_options(args.token, args.header, args.cookie, args.user, args.password)
         thresholds = [parse_threshold(t) for t in args.threshold]
         slo = parse_slo(args.slo) if args.slo else None
         if (args.rate is None) == (args.users is None):
             raise ValueError("give either --users N --requests M (closed) or --rate R --duration S (open)")
-    except (WorkflowError, ValueError) as exc:
+        if (args.users is not None and (args.users < 1 or args.requests < 1)) or (
+                args.rate is not None and args.rate <= 0) or (args.duration is not None and args.duration <= 0):
+            raise ValueError("--users, --requests, --rate and --duration must be positive")
+    except ValueError as exc:
         print(f"stagetrace load: {exc}", file=sys.stderr)
         return 2
-    urls = [u for u in args.url.split(",") if u.strip()]
-    code, out = asyncio.run(load(urls, prompt, credentials, users=args.users, requests=args.requests,
-                                 rate=args.rate, duration=args.duration, timeout=args.timeout, slo=slo))
-    if code:
+    urls = [u.strip() for u in args.url.split(",") if u.strip()]
+    code, out = _run_interruptible(lambda: load(urls, prompt, credentials, users=args.users, requests=args.requests,
+                                                rate=args.rate, duration=args.duration, timeout=args.timeout,
+                                                slo=slo, progress=not args.json and sys.stderr.isatty()))
+    if code not in (0, 130):
         print(f"stagetrace load: {out.get('message')}", file=sys.stderr)
         return code
+    out["workflow"] = os.path.basename(args.workflow)
     missed = check_thresholds(out, thresholds)
     out["thresholds_missed"] = missed
     print(json.dumps(out, indent=2, default=str) if args.json else table(out))
     for line in missed:
         print(f"threshold missed: {line}", file=sys.stderr)
-    return 1 if missed else 0
+    status = _write_reports(load_report, out, targets, "load")
+    return code or status or (1 if missed else 0)
 
 
 def _auth_options(parser) -> None:
@@ -151,6 +234,10 @@ def _auth_options(parser) -> None:
                         "session (repeatable; default $STAGETRACE_COOKIE)")
     parser.add_argument("--user", help="basic-auth user (default $STAGETRACE_USER)")
     parser.add_argument("--password", help="basic-auth password (default $STAGETRACE_PASSWORD)")
+    parser.add_argument("--report", action="append", default=[], metavar="FILE",
+                        help="also write a one-page report: FILE.html (self-contained, with plots) or FILE.md "
+                        "(repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a --report file that exists")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--comfyui", default=None,
                       help="the ComfyUI to run (default: $COMFYUI_DIR, else the ComfyUI StageTrace is installed in)")
     demo.add_argument("--workdir", default=None, help="where models, images and traces go (default: a new temp dir)")
+    demo.add_argument("--serve", action="store_true", help="instead, serve the example from that ComfyUI on "
+                      "loopback (the tiny checkpoint and tiny_workflow.json in the work folder) for bench and load, "
+                      "until Ctrl-C")
+    demo.add_argument("--port", type=int, default=None, help="with --serve: the port (default: a free one)")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser("bench", help="run a workflow on a ComfyUI server several times, after a preflight, "
                            "and say where each run's time went")
@@ -191,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--users", type=int, help="closed model: users, each waiting for its result")
     load.add_argument("--requests", type=int, default=1, help="closed model: requests per user (default 1)")
     load.add_argument("--rate", type=float, help="open model: arrivals a minute, whatever the results")
-    load.add_argument("--duration", type=float, default=60.0, help="open model: seconds of arrivals (default 60)")
+    load.add_argument("--duration", type=float, default=None, help="open model: seconds of arrivals (default 60); "
+                      "closed model: no request starts after it (default: no bound)")
     load.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take (default 600)")
     load.add_argument("--slo", help="goodput under this bound, e.g. e2e=120s (queue, execution, e2e)")
     load.add_argument("--threshold", action="append", default=[], help="e.g. 'p95(e2e)<120s'; a miss exits 1 "

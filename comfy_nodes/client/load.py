@@ -14,7 +14,8 @@ server, each completed prompt's stage split comes from its route.
 
 The report: success rate; p50/p95/p99/max of queue wait, execution and end to end; throughput (images a
 minute); goodput under ``--slo`` (e.g. ``e2e=120s``); the queue depth over time; error classes
-(authentication, validation, http, out of memory, execution error, interrupted, timeout, connection lost);
+(authentication, validation, http 4xx / 5xx, out of memory, execution error, interrupted, timeout, connection
+lost);
 the figures per worker; the p50/p95 of each stage. ``--threshold 'p95(e2e)<120s'`` (repeatable) sets the
 exit code.
 """
@@ -66,7 +67,34 @@ class Worker:
         self.waiting: dict[str, tuple[Request, float, asyncio.Future]] = {}
         self.started: dict[str, float] = {}
         self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.listener: asyncio.Task | None = None
+        self.stagetrace: bool | None = None  # whether the server has StageTrace's routes (its stage split)
+        self.reconnecting = asyncio.Lock()
+        self.last_try = 0.0
         self.queue_depth: list[tuple[float, int]] = []
+
+    async def connect(self) -> None:
+        if self.stagetrace is None:
+            self.stagetrace = await self.server.has_stagetrace()
+        self.ws = await self.server.connect(self.client_id)
+        self.listener = asyncio.create_task(self.listen())
+
+    async def ensure_connected(self) -> None:
+        """Before a submit: when the WebSocket was lost (a worker restarted, a balancer dropped it), connect
+        again, at most once a second; the prompt's end could not be seen without it."""
+        if self.ws is not None and not self.ws.closed:
+            return
+        async with self.reconnecting:
+            if (self.ws is not None and not self.ws.closed) or time.monotonic() - self.last_try < 1.0:
+                return
+            self.last_try = time.monotonic()
+            await self.connect()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.listener is not None:
+            await asyncio.gather(self.listener, return_exceptions=True)
 
     async def listen(self) -> None:
         """Route WebSocket messages until it closes; then every request still waiting has lost its connection."""
@@ -135,6 +163,8 @@ class LoadRun:
         self.started = time.monotonic()
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.auth: AuthRequired | None = None
+        self.done = self.failed = 0
+        self.bar = None  # a tqdm bar: requests ended, with ok / failed / in flight
 
     async def one(self, user: int | None) -> Request:
         """Send one request with fresh seeds to the next worker and wait for its end (bounded)."""
@@ -145,33 +175,49 @@ class LoadRun:
             self.requests.append(request)
             prompt, _ = with_fresh_seeds(self.prompt, self.rng)
             try:
+                await worker.ensure_connected()
                 answer = await worker.server.submit(prompt, worker.client_id)
             except AuthRequired as exc:
                 self.auth = exc
                 request.outcome, request.error = "authentication", str(exc)
-                return request
+                return self.ended(request)
             except ServerError as exc:
-                request.outcome = "validation" if exc.status == 400 else "http"
+                request.outcome = "validation" if exc.status == 400 else f"http {exc.status // 100}xx"
                 request.error = str(exc)
-                return request
-            except (aiohttp.ClientError, OSError) as exc:
+                return self.ended(request)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
                 request.outcome, request.error = "connection lost", f"{type(exc).__name__}: {exc}"
-                return request
+                return self.ended(request)
             request.prompt_id = answer.get("prompt_id")
             future = asyncio.get_running_loop().create_future()
             worker.waiting[request.prompt_id] = (request, now, future)
             try:
                 request.outcome, request.error = await asyncio.wait_for(future, self.timeout)
             except asyncio.TimeoutError:
-                request.outcome, request.error = "timeout", f"no end within {self.timeout:.0f} s"
+                request.outcome, request.error = "timeout", f"no end within {format_duration(self.timeout)}"
+                worker.waiting.pop(request.prompt_id, None)
+                try:  # the client gave up: the prompt must not run on and slow down the requests after it
+                    await asyncio.wait_for(worker.server.cancel([request.prompt_id]), 5.0)
+                except (ServerError, AuthRequired, aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                    pass
             finally:
                 worker.waiting.pop(request.prompt_id, None)
-            return request
+            return self.ended(request)
 
-    async def closed(self, users: int, requests: int) -> None:
+    def ended(self, request: Request) -> Request:
+        self.done += 1
+        self.failed += request.outcome != "ok"
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{self.done - self.failed} ok, {self.failed} failed, "
+                                     f"{len(self.requests) - self.done} in flight", refresh=False)
+            self.bar.update(1)
+        return request
+
+    async def closed(self, users: int, requests: int, duration: float | None = None) -> None:
+        """users at once, each sending requests one after the other; with a duration, no request starts after it."""
         async def user(u: int) -> None:
             for _ in range(requests):
-                if self.auth is not None:
+                if self.auth is not None or (duration is not None and time.monotonic() - self.started >= duration):
                     return
                 await self.one(u)
 
@@ -199,7 +245,7 @@ async def split_by_stage(requests: list[Request], servers: dict[str, ComfyServer
     """The stage split of each completed prompt, from StageTrace's route: a few at a time; the last prompt of
     each server waits (bounded) for the writer thread, the others are asked once (a prompt StageTrace
     dropped under load has none)."""
-    done = [r for r in requests if r.outcome == "ok" and r.prompt_id]
+    done = [r for r in requests if r.outcome == "ok" and r.prompt_id and r.worker in servers]
     last = {r.worker: r for r in done}
     gate = asyncio.Semaphore(SPLIT_CONCURRENCY)
 
@@ -289,49 +335,104 @@ def check_thresholds(result: dict, thresholds: list[tuple[str, str, str, float]]
 async def load(urls: list[str], prompt: dict, credentials: Credentials, users: int | None = None,
                requests: int | None = None, rate: float | None = None, duration: float | None = None,
                timeout: float = 600.0, slo: tuple[str, float] | None = None,
-               seed: int | None = None) -> tuple[int, dict]:
-    """Run the load; (exit code, everything measured). 0 done, AUTH_EXIT authentication required."""
+               seed: int | None = None, progress=False) -> tuple[int, dict]:
+    """Run the load; (exit code, everything measured). 0 done, 2 no worker could be reached, AUTH_EXIT
+    authentication required, 130 interrupted (what was measured is kept, this client's prompts still on the
+    servers are cancelled). A worker lost during the run counts its requests as "connection lost".
+    progress: False, True (a bar on stderr) or a file to draw it on."""
+    from .bench import _progress_bar
+
+    mode = ({"model": "open", "rate_per_min": rate, "duration_s": duration or 60.0} if rate is not None else
+            {"model": "closed", "users": users or 1, "requests": requests or 1, "duration_s": duration})
     async with aiohttp.ClientSession() as session:
         workers = [Worker(ComfyServer(url, session, credentials)) for url in urls]
-        out: dict = {"urls": [w.server.url for w in workers]}
-        try:
-            for w in workers:
-                w.ws = await w.server.connect(w.client_id)
-        except AuthRequired as exc:
-            out["message"], out["auth"] = str(exc), {"url": exc.url, "status": exc.status, "asked": exc.asked}
-            return AUTH_EXIT, out
+        out: dict = {"urls": [w.server.url for w in workers], "mode": mode}
+        unreachable = []
+        for w in workers:
+            try:
+                await w.connect()
+            except AuthRequired as exc:
+                out["message"], out["auth"] = str(exc), {"url": exc.url, "status": exc.status, "asked": exc.asked}
+                await asyncio.gather(*(x.close() for x in workers), return_exceptions=True)
+                return AUTH_EXIT, out
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                unreachable.append(f"{w.server.url}: {type(exc).__name__}: {exc}")
+        if len(unreachable) == len(workers):
+            out["message"] = "no server could be reached: " + "; ".join(unreachable)
+            return 2, out
+        out["unreachable_at_start"] = unreachable
         run = LoadRun(workers, prompt, timeout, seed)
+        total = (users or 1) * (requests or 1) if rate is None else max(1, int(rate * (duration or 60.0) / 60.0))
+        run.bar = _progress_bar(total, progress, unit="req")
         stop = asyncio.Event()
-        background = [asyncio.create_task(w.listen()) for w in workers]
-        background += [asyncio.create_task(w.sample_queue(run.started, stop)) for w in workers]
+        samplers = [asyncio.create_task(w.sample_queue(run.started, stop)) for w in workers]
+        arrivals = asyncio.create_task(run.open(rate, duration or 60.0) if rate is not None else
+                                       run.closed(users or 1, requests or 1, duration))
         try:
-            if rate is not None:
-                await run.open(rate, duration or 60.0)
-            else:
-                await run.closed(users or 1, requests or 1)
+            await asyncio.shield(arrivals)
+        except asyncio.CancelledError:  # Ctrl-C: stop the arrivals, keep what was measured
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            arrivals.cancel()
+            await asyncio.gather(arrivals, return_exceptions=True)
+            out["interrupted"] = True
+            out["cancelled"] = await cancel_pending(run.requests, workers)
         finally:
             wall = time.monotonic() - run.started
             stop.set()
-            for w in workers:
-                await w.ws.close()
-            await asyncio.gather(*background, return_exceptions=True)
+            if run.bar is not None:
+                run.bar.close()
+            await asyncio.gather(*(w.close() for w in workers), return_exceptions=True)
+            await asyncio.gather(*samplers, return_exceptions=True)
         if run.auth is not None:
             out["message"] = str(run.auth)
             out["auth"] = {"url": run.auth.url, "status": run.auth.status, "asked": run.auth.asked}
             return AUTH_EXIT, out
-        await split_by_stage(run.requests, {w.server.url: w.server for w in workers})
-        out.update(figures(run.requests, wall, slo))
+        measured = [r for r in run.requests if r.outcome not in ("pending", "cancelled")]
+        await split_by_stage(measured, {w.server.url: w.server for w in workers if w.stagetrace})
+        out.update(figures(measured, wall, slo))
         out["wall_s"] = wall
-        out["per_worker"] = {w.server.url: figures([r for r in run.requests if r.worker == w.server.url], wall, slo)
+        out["per_worker"] = {w.server.url: figures([r for r in measured if r.worker == w.server.url], wall, slo)
                              for w in workers} if len(workers) > 1 else {}
         out["queue_depth"] = {w.server.url: w.queue_depth for w in workers}
+        out["stagetrace"] = {w.server.url: bool(w.stagetrace) for w in workers}
         out["requests_detail"] = [asdict(r) for r in run.requests]
-    return 0, out
+    return (130 if out.get("interrupted") else 0), out
+
+
+async def cancel_pending(requests: list[Request], workers: list[Worker]) -> list[str]:
+    """Mark the requests that had not ended as cancelled, and take their prompts off the servers."""
+    by_worker: dict[str, list[str]] = {}
+    for r in requests:
+        if r.outcome == "pending":
+            r.outcome = "cancelled"
+            if r.prompt_id:
+                by_worker.setdefault(r.worker, []).append(r.prompt_id)
+    cancelled: list[str] = []
+    for w in workers:
+        if by_worker.get(w.server.url):
+            try:
+                cancelled += await asyncio.wait_for(w.server.cancel(by_worker[w.server.url]), 10.0)
+            except (ServerError, AuthRequired, aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                pass  # that server is gone or refuses: nothing of ours runs there that we could stop
+    return cancelled
 
 
 def table(result: dict) -> str:
-    lines = [f"{result['requests']} requests in {format_duration(result['wall_s'])}: {result['ok']} ok "
+    mode = result.get("mode") or {}
+    how = (f"open model, {mode['rate_per_min']:g} arrivals a minute for {format_duration(mode['duration_s'])}"
+           if mode.get("model") == "open" else
+           f"closed model, {mode.get('users', '?')} users x {mode.get('requests', '?')} requests" +
+           (f", none started after {format_duration(mode['duration_s'])}" if mode.get("duration_s") else ""))
+    lines = [f"{result['requests']} requests in {format_duration(result['wall_s'])} ({how}): {result['ok']} ok "
              f"({(result['success_rate'] or 0) * 100:.0f} %), {result['images_per_minute'] or 0:.1f} images a minute"]
+    if result.get("interrupted"):
+        not_ended = sum(1 for r in result.get("requests_detail") or () if r.get("outcome") == "cancelled")
+        lines.append(f"interrupted: {not_ended} request(s) had not ended and are left out; cancelled on the "
+                     f"servers: {len(result.get('cancelled') or [])} prompt(s)")
+    for line in result.get("unreachable_at_start") or ():
+        lines.append(f"unreachable at the start: {line}")
     if result.get("slo"):
         slo = result["slo"]
         lines.append(f"goodput (e2e within {format_duration(slo['limit_s'])}): {result['goodput_per_minute']:.1f} "
@@ -343,9 +444,16 @@ def table(result: dict) -> str:
     for stage, s in (result.get("stages_s") or {}).items():
         if stage != "prompt":
             lines.append(f"  {stage:20}{format_duration(s['p50']):>11}{format_duration(s['p95']):>11}")
+    without = [url for url, has in (result.get("stagetrace") or {}).items() if not has]
+    if without:
+        lines.append("no stage split from " + ", ".join(without) + ": no StageTrace there (install it in the "
+                     "server's custom_nodes)")
     if result["errors"]:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())))
     for url, w in (result.get("per_worker") or {}).items():
-        lines.append(f"{url}: {w['requests']} requests, {w['ok']} ok, p95 end to end "
-                     f"{format_duration((w.get('e2e_s') or {}).get('p95'))}")
+        e2e = w.get("e2e_s") or {}
+        lines.append(f"{url}: {w['requests']} requests, {w['ok']} ok, {w['images_per_minute'] or 0:.1f} images a "
+                     f"minute, end to end p50 {format_duration(e2e.get('p50'))}, p95 {format_duration(e2e.get('p95'))}"
+                     + (", errors: " + ", ".join(f"{k} {v}" for k, v in sorted(w["errors"].items()))
+                        if w.get("errors") else ""))
     return "\n".join(lines)

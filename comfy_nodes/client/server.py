@@ -143,11 +143,23 @@ class ComfyServer:
             raise ServerError(self.url + "/prompt", status, body.decode(errors="replace"))
         return json.loads(body)
 
-    async def cancel(self, prompt_ids: list[str]) -> None:
-        """Drop these prompts from the server's queue, and interrupt the one running (if it is one of them)."""
-        if prompt_ids:
-            await self.request("POST", "/queue", json={"delete": list(prompt_ids)})
-            await self.request("POST", "/interrupt")
+    async def cancel(self, prompt_ids: list[str]) -> list[str]:
+        """Drop these prompts from the server's queue and interrupt the one of them that is running; nobody
+        else's prompt is touched (the interrupt names its prompt, and is sent only when the server's queue shows
+        that prompt running). Returns the ids that were still queued or running."""
+        ours = set(prompt_ids)
+        if not ours:
+            return []
+        queue = await self.get_json("/queue")
+        running = [item[1] for item in queue.get("queue_running") or () if isinstance(item, list) and len(item) > 1
+                   and item[1] in ours]
+        pending = [item[1] for item in queue.get("queue_pending") or () if isinstance(item, list) and len(item) > 1
+                   and item[1] in ours]
+        if pending:
+            await self.request("POST", "/queue", json={"delete": pending})
+        for prompt_id in running:
+            await self.request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        return running + pending
 
     def websocket_url(self, client_id: str) -> str:
         base = self.url.replace("https://", "wss://", 1).replace("http://", "ws://", 1)

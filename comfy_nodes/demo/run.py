@@ -34,7 +34,10 @@ HARNESS = f"{TOP}.demo.harness"
 TRACE_SUFFIX = ".trace.json"
 
 
-def run(comfyui_dir: str | None = None, workdir: str | None = None) -> int:
+def run(comfyui_dir: str | None = None, workdir: str | None = None, serve: bool = False,
+        port: int | None = None) -> int:
+    """The demo: a tiny workflow profiled in a ComfyUI (or the miniature outside one); with serve, that ComfyUI
+    as a server for ``stagetrace bench`` and ``load`` (demo/serve.py)."""
     if native_loader._native is None:
         print(f"stagetrace demo: {native_loader.LOAD_ERROR}", file=sys.stderr)
         return 1
@@ -46,7 +49,15 @@ def run(comfyui_dir: str | None = None, workdir: str | None = None) -> int:
             print(f"stagetrace demo: {comfyui_dir} is not a ComfyUI folder (main.py, execution.py and comfy/)",
                   file=sys.stderr)
             return 2
+        if serve:
+            from .serve import serve as serve_demo
+
+            return serve_demo(comfyui_dir, workdir, port)
         return _run_comfyui(comfyui_dir, workdir)
+    if serve:
+        print("stagetrace demo --serve: no ComfyUI found to serve the example (--comfyui DIR or COMFYUI_DIR names "
+              "one)", file=sys.stderr)
+        return 2
     print("stagetrace demo: no ComfyUI found (StageTrace is not inside ComfyUI/custom_nodes; --comfyui DIR or "
           "COMFYUI_DIR names one), so here is the user's case in miniature instead.")
     return _run_miniature(workdir)
