@@ -271,20 +271,22 @@ def gpu_summary(samples: list[dict]) -> dict:
 
 
 def gpu_line(gpu: dict) -> str | None:
-    """The GPU during the runs, in one line for the console table."""
+    """The GPU during the runs, in one line for the console table (the whole story is in gpu["note"])."""
     summary = gpu.get("summary") or {}
     if not gpu.get("samples"):
         return f"GPU: {gpu.get('note')}" if gpu.get("note") else None
-    parts = []
-    if summary.get("util_mean_pct") is not None:
-        parts.append(f"utilisation mean {summary['util_mean_pct']:.0f} %, max {summary['util_max_pct']:.0f} %")
+    n = f"{summary['samples']} samples from " + ("StageTrace's NVML sampler" if gpu["source"] == "stagetrace"
+                                                else "/system_stats")
+    peak = ""
     if summary.get("mem_peak_bytes") is not None:
         of = f" of {format_bytes(summary['mem_total_bytes'])}" if summary.get("mem_total_bytes") else ""
-        parts.append(f"memory peak {format_bytes(summary['mem_peak_bytes'])}{of}")
-    source = "StageTrace's NVML sampler" if gpu["source"] == "stagetrace" else "/system_stats"
-    what = "the server's system memory" if gpu.get("on_cpu") else "GPU"
-    return f"{what} during the runs ({summary['samples']} samples from {source}): " + "; ".join(parts) + (
-        f" ({gpu['note']})" if gpu.get("note") and gpu["source"] != "stagetrace" else "")
+        peak = f"{format_bytes(summary['mem_peak_bytes'])}{of}"
+    if summary.get("util_mean_pct") is not None:
+        return (f"GPU during the runs ({n}): utilisation mean {summary['util_mean_pct']:.0f} %, max "
+                f"{summary['util_max_pct']:.0f} %" + (f"; memory peak {peak}" if peak else ""))
+    if gpu.get("on_cpu"):
+        return f"no GPU: the server runs on the CPU; system memory in use peaked at {peak} ({n})"
+    return f"GPU memory peaked at {peak} ({n}; no utilisation: {gpu.get('note')})"
 
 
 async def bench(url: str, prompt: dict, runs: int, warmup: int, credentials: Credentials, timeout: float,
