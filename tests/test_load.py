@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from comfy_nodes.client.load import check_thresholds, load, parse_slo, parse_threshold, percentile
+from comfy_nodes.client.load import check_thresholds, load, parse_slo, parse_threshold, percentile, table
 from comfy_nodes.client.server import AUTH_EXIT, Credentials
 from comfy_nodes.demo.harness import tiny_txt2img
 
@@ -44,6 +44,7 @@ def test_an_open_model_faster_than_the_server_grows_its_queue(comfy_server):
     assert waits[-1] > waits[0] + 4.0  # arrivals did not wait: the last one queued behind the rest (~6 s)
     depth = [d for _, d in out["queue_depth"][comfy_server.url]]
     assert max(depth) >= 10 and depth.index(max(depth)) > 0  # the queue grew while the arrivals came
+    assert f"server queue: peak {max(depth)} prompts at" in table(out)
 
 
 def test_execution_errors_are_counted_with_their_node(comfy_server):

@@ -444,6 +444,11 @@ def table(result: dict) -> str:
     for stage, s in (result.get("stages_s") or {}).items():
         if stage != "prompt":
             lines.append(f"  {stage:20}{format_duration(s['p50']):>11}{format_duration(s['p95']):>11}")
+    for url, depth in (result.get("queue_depth") or {}).items():
+        if depth:
+            t_peak, peak = max(depth, key=lambda p: p[1])
+            lines.append(f"server queue{' of ' + url if len(result['queue_depth']) > 1 else ''}: peak {peak} prompts "
+                         f"at {format_duration(t_peak)}, {depth[-1][1]} at the end ({len(depth)} samples)")
     without = [url for url, has in (result.get("stagetrace") or {}).items() if not has]
     if without:
         lines.append("no stage split from " + ", ".join(without) + ": no StageTrace there (install it in the "
