@@ -5,7 +5,8 @@
 NVTX headers come from NVIDIA's nvidia-nvtx wheels (torch's CUDA builds
 already install one) or a CUDA toolkit; when none is present the small
 nvidia-nvtx-cu12 wheel is installed for its headers. Without any, the
-extension builds without NVTX ranges.
+extension builds without NVTX ranges. requirements.txt (prometheus_client, for
+the metrics route) is installed when it is missing.
 
 CUPTI's headers (for GPU activity) come from NVIDIA's wheels too: torch's CUDA
 13 build installs cupti.h and cuda.h; the header they include from
@@ -46,6 +47,10 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "nvidia-cuda-crt>=13,<14"], check=False)
     if setup.find_nvml_include() is None and not os.environ.get("STAGETRACE_NO_WHEELS"):
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "nvidia-nvml-dev-cu12"], check=False)
+    if importlib.util.find_spec("prometheus_client") is None and not os.environ.get("STAGETRACE_NO_WHEELS"):
+        # requirements.txt: the metrics route (ComfyUI-Manager installs it too; without it the route says so)
+        requirements = os.path.join(ROOT, "requirements.txt")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-r", requirements], check=False)
     build = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT)
     if build.returncode != 0:
         print("StageTrace: the C extension did not build; ComfyUI still starts, without profiling.")

@@ -41,6 +41,29 @@ static PyObject *optional_u64(int valid, unsigned long long v)
     return valid ? PyLong_FromUnsignedLongLong(v) : Py_NewRef(Py_None);
 }
 
+/* Append samples[0..n) to list as (t_ns, device, gpu %, memory %, used, total, temperature, power mW)
+ * tuples, None for what a sample lacks. Returns 0, or -1 with an exception set. */
+static int append_samples(PyObject *list, const st_nvml_sample *samples, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const st_nvml_sample *x = &samples[i];
+        PyObject *item = Py_BuildValue(
+            "(KINNNNNN)", (unsigned long long)x->t_ns, (unsigned)x->device,
+            optional_u64(x->valid & ST_NVML_HAS_UTILIZATION, x->gpu_util_pct),
+            optional_u64(x->valid & ST_NVML_HAS_UTILIZATION, x->mem_util_pct),
+            optional_u64(x->valid & ST_NVML_HAS_MEMORY, x->mem_used_bytes),
+            optional_u64(x->valid & ST_NVML_HAS_MEMORY, x->mem_total_bytes),
+            optional_u64(x->valid & ST_NVML_HAS_TEMPERATURE, x->temperature_c),
+            optional_u64(x->valid & ST_NVML_HAS_POWER, x->power_mw));
+        if (!item || PyList_Append(list, item) < 0) {
+            Py_XDECREF(item);
+            return -1;
+        }
+        Py_DECREF(item);
+    }
+    return 0;
+}
+
 static PyObject *mod_nvml_drain(PyObject *m, PyObject *unused)
 {
     (void)m;
@@ -49,23 +72,22 @@ static PyObject *mod_nvml_drain(PyObject *m, PyObject *unused)
     st_nvml_sample chunk[256];
     size_t n;
     while (list && (n = st_nvml_drain(chunk, 256)) > 0) {
-        for (size_t i = 0; i < n; i++) {
-            const st_nvml_sample *x = &chunk[i];
-            PyObject *item = Py_BuildValue(
-                "(KINNNNNN)", (unsigned long long)x->t_ns, (unsigned)x->device,
-                optional_u64(x->valid & ST_NVML_HAS_UTILIZATION, x->gpu_util_pct),
-                optional_u64(x->valid & ST_NVML_HAS_UTILIZATION, x->mem_util_pct),
-                optional_u64(x->valid & ST_NVML_HAS_MEMORY, x->mem_used_bytes),
-                optional_u64(x->valid & ST_NVML_HAS_MEMORY, x->mem_total_bytes),
-                optional_u64(x->valid & ST_NVML_HAS_TEMPERATURE, x->temperature_c),
-                optional_u64(x->valid & ST_NVML_HAS_POWER, x->power_mw));
-            if (!item || PyList_Append(list, item) < 0) {
-                Py_XDECREF(item);
-                Py_CLEAR(list);
-                break;
-            }
-            Py_DECREF(item);
+        if (append_samples(list, chunk, n) < 0) {
+            Py_CLEAR(list);
         }
+    }
+    return list;
+}
+
+static PyObject *mod_nvml_latest(PyObject *m, PyObject *unused)
+{
+    (void)m;
+    (void)unused;
+    PyObject *list = PyList_New(0);
+    st_nvml_sample newest[ST_NVML_MAX_DEVICES];
+    size_t n = st_nvml_latest(newest, ST_NVML_MAX_DEVICES);
+    if (list && append_samples(list, newest, n) < 0) {
+        Py_CLEAR(list);
     }
     return list;
 }
@@ -110,6 +132,8 @@ PyMethodDef bind_nvml_methods[] = {
     {"nvml_drain", mod_nvml_drain, METH_NOARGS,
      "Buffered samples: [(t_ns, device, gpu_util_pct, mem_util_pct, mem_used, mem_total,\n"
      "temperature_c, power_mw)], None where NVML could not say."},
+    {"nvml_latest", mod_nvml_latest, METH_NOARGS,
+     "The newest sample of each device, as nvml_drain's tuples, without draining (for metrics)."},
     {"nvml_info", mod_nvml_info, METH_NOARGS, "Sampler state, devices, driver version, drops, errors."},
     {NULL},
 };

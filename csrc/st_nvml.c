@@ -33,6 +33,8 @@ typedef struct ring_state {
 static pthread_mutex_t lifecycle_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t ring_lock = PTHREAD_MUTEX_INITIALIZER;
 static ring_state ring;       /* guarded by ring_lock */
+static st_nvml_sample latest[ST_NVML_MAX_DEVICES]; /* ring_lock: each device's newest sample */
+static uint8_t has_latest[ST_NVML_MAX_DEVICES];    /* ring_lock: 1 once latest[i] holds one */
 static uint64_t error_count;  /* guarded by ring_lock */
 static char last_error[192];  /* guarded by ring_lock */
 static unsigned device_count; /* lifecycle_lock; fixed while the sampler runs */
@@ -68,6 +70,20 @@ size_t st_nvml_drain(st_nvml_sample *out, size_t max)
         memcpy(out + first, ring.slots, (n - first) * sizeof *out);
         ring.head = (ring.head + n) % ring.cap;
         ring.len -= n;
+    }
+    pthread_mutex_unlock(&ring_lock);
+    return n;
+}
+
+size_t st_nvml_latest(st_nvml_sample *out, size_t max)
+{
+    /* lock order: ring_lock only */
+    pthread_mutex_lock(&ring_lock);
+    size_t n = 0;
+    for (size_t i = 0; i < ST_NVML_MAX_DEVICES && n < max; i++) {
+        if (has_latest[i]) {
+            out[n++] = latest[i];
+        }
     }
     pthread_mutex_unlock(&ring_lock);
     return n;
@@ -426,6 +442,12 @@ static void next_deadline(struct timespec *next, unsigned period_ms)
  * ring_lock. */
 static void ring_append(const st_nvml_sample *samples, size_t n)
 {
+    for (size_t i = 0; i < n; i++) { /* the newest of each device, kept whether the ring has room or not */
+        if (samples[i].device < ST_NVML_MAX_DEVICES) {
+            latest[samples[i].device] = samples[i];
+            has_latest[samples[i].device] = 1;
+        }
+    }
     for (size_t i = 0; i < n; i++) {
         if (ring.len == ring.cap) {
             ring.dropped += n - i;

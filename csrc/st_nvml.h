@@ -86,6 +86,13 @@ int st_nvml_running(void);
  * stop. Can't fail. */
 size_t st_nvml_drain(st_nvml_sample *out, size_t max);
 
+/* Copy the newest sample of each device sampled since the process began (at
+ * most max, by device index) into out, without draining the ring: what a
+ * metrics scrape shows between prompts. Samples from before a stop stay until
+ * a newer one replaces them. Takes the ring mutex (lock order: ring mutex
+ * only). Can't fail. */
+size_t st_nvml_latest(st_nvml_sample *out, size_t max);
+
 /* Samples buffered now (what drain would return with no limit). Can't fail. */
 size_t st_nvml_pending(void);
 

@@ -440,7 +440,8 @@ def test_nvml_sampler_gives_counter_tracks_and_device_facts(native, fake_nvml):
         time.sleep(0.3)
         n.drain()
         meta = sampler.round_end()  # the samples become counter events in the C recorder
-        out({{"t0": t0, "events": n.drain().events(1), "meta": meta, "devices": merge_devices([], meta)}})
+        out({{"t0": t0, "events": n.drain().events(1), "meta": meta, "devices": merge_devices([], meta),
+             "latest": n.nvml_latest(), "pending": n.nvml_info()["pending"]}})
     """, STAGETRACE_NVML_LIB=fake_nvml)
     events, meta = result["events"], result["meta"]
     assert meta["sampler"] == "nvml" and meta["dropped"] == 0 and 8 <= meta["samples"] <= 20
@@ -450,6 +451,10 @@ def test_nvml_sampler_gives_counter_tracks_and_device_facts(native, fake_nvml):
     (used,) = {e["args"]["used"] for e in events if e["name"] == "GPU 0 memory used (MB)"}
     assert used == (23 << 30) / 1e6
     assert {e["args"]["power"] for e in events if e["name"] == "GPU 0 power (W)"} == {350.0}
+    # the newest sample stays readable after the drain (what a metrics scrape shows between prompts)
+    ((t_ns, device, gpu, memory, used, total, temperature, power),) = result["latest"]
+    assert (device, gpu, memory, used, total, temperature, power) == (0, 0, 3, 23 << 30, 24 << 30, 71, 350000)
+    assert t_ns >= result["t0"]
     (device,) = result["devices"]
     assert device["name"] == "NVIDIA GeForce RTX 3090" and device["compute_capability"] == "8.6"
     assert device["fp8_compute"] is False and device["driver_version"] == "580.95.05"

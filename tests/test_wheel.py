@@ -37,8 +37,9 @@ def wheel(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory):
-    """A fresh venv with the wheel installed (no dependencies: it has none) and this Python's
-    site-packages visible after its own."""
+    """A fresh venv with the wheel installed without its dependencies (aiohttp, tqdm, prometheus_client: this
+    machine has no index to fetch them from in a test) and this Python's site-packages, which has them, visible
+    after its own."""
     home = tmp_path_factory.mktemp("venv") / "v"
     subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, timeout=300)
     python = home / "bin" / "python"

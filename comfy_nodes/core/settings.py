@@ -24,6 +24,13 @@
 | STAGETRACE_WRITER_QUEUE  | 64                               | prompts waiting for the writer thread;    |
 |                          |                                  | past this whole prompts are dropped and   |
 |                          |                                  | counted (the worker never waits)          |
+| STAGETRACE_METRICS       | 1                                | 0: no Prometheus metrics (the route says  |
+|                          |                                  | so with a 503)                            |
+| STAGETRACE_METRICS_PORT  | 0                                | N: also serve /metrics on its own port,   |
+|                          |                                  | outside ComfyUI's auth (0: no such port)  |
+| STAGETRACE_METRICS_ADDR  | 127.0.0.1                        | the address that port listens on          |
+| STAGETRACE_METRICS_NODE_CLASSES | (ComfyUI's core loaders,  | node classes with their own node_class    |
+|                          | samplers, encoders, decoders)    | label (comma-separated); others: "other"  |
 """
 
 from __future__ import annotations
@@ -89,6 +96,10 @@ class Settings:
     keep_days: float = 30.0
     keep_mb: float = 2000.0
     writer_queue: int = 64
+    metrics: bool = True
+    metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
+    metrics_node_classes: tuple[str, ...] | None = None  # None: metrics.DEFAULT_NODE_CLASSES
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -107,4 +118,17 @@ class Settings:
             keep_days=_positive_float("STAGETRACE_KEEP_DAYS", 30.0),
             keep_mb=_positive_float("STAGETRACE_KEEP_MB", 2000.0),
             writer_queue=_positive_int("STAGETRACE_WRITER_QUEUE", 64),
+            metrics=_flag("STAGETRACE_METRICS", True),
+            metrics_port=_number("STAGETRACE_METRICS_PORT", 0, int, "an integer", lambda n: 0 <= n <= 65535,
+                                 "a port number (0 to 65535)"),
+            metrics_addr=(os.environ.get("STAGETRACE_METRICS_ADDR") or "127.0.0.1").strip(),
+            metrics_node_classes=_names("STAGETRACE_METRICS_NODE_CLASSES"),
         )
+
+
+def _names(name: str) -> tuple[str, ...] | None:
+    """A comma-separated list of names; None when unset or empty."""
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return None
+    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))

@@ -82,9 +82,11 @@ def setup(settings: Settings | None = None) -> Installation | None:
         settings = settings or Settings.from_env()
         if settings.disabled:
             logger.info("StageTrace: disabled by STAGETRACE_DISABLE")
+            _unavailable("StageTrace is disabled in this ComfyUI (STAGETRACE_DISABLE is set)")
             return None
         if native_loader._native is None:
             log_once("native", "%s. ComfyUI runs normally, without profiling.", native_loader.LOAD_ERROR)
+            _unavailable(f"StageTrace is not running in this ComfyUI: {native_loader.LOAD_ERROR}")
             return None
         execution = sys.modules.get("execution")
         if execution is None:
@@ -131,10 +133,11 @@ def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) ->
         inst.uninstall()  # all or nothing: put back what was already replaced
         raise
     setattr(execution, _MARK, inst)
+    metrics, metrics_why = _metrics(native, settings, recorder)
     try:  # the /stagetrace/ routes (surfaces/routes.py): their failure is named, never ComfyUI's
         from ..surfaces.routes import register as register_routes
 
-        why_not = register_routes(lambda: output_dir(settings), native)
+        why_not = register_routes(lambda: output_dir(settings), native, metrics, metrics_why)
     except Exception as exc:  # noqa: BLE001
         why_not = f"no HTTP routes: {type(exc).__name__}: {exc}"
     if why_not:
@@ -143,6 +146,45 @@ def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) ->
     logger.info("StageTrace: profiling every prompt (hooks: %s; NVTX %s)", ", ".join(recorder.hooks),
                 "on" if native.nvtx_enabled() else "off")
     return inst
+
+
+def _unavailable(why: str) -> None:
+    try:
+        from ..surfaces.routes import register_unavailable
+
+        register_unavailable(why)
+    except Exception as exc:  # noqa: BLE001 - never break the host
+        log_once("routes", "could not register its HTTP routes (%s: %s)", type(exc).__name__, exc)
+
+
+def _metrics(native, settings: Settings, recorder: Recorder):
+    """The Prometheus metrics (surfaces/metrics.py), counted by the writer thread after each prompt, with
+    their own port when STAGETRACE_METRICS_PORT asks for one and the middleware that counts the prompts
+    ComfyUI refuses at validation; (None, why) when they are off or prometheus_client is missing."""
+    if not settings.metrics:
+        return None, "StageTrace's metrics are off (STAGETRACE_METRICS=0)"
+    from ..surfaces import metrics as metrics_module
+
+    why = metrics_module.available()
+    if why is not None:
+        log_once("metrics", "no Prometheus metrics: %s", why)
+        recorder.fallbacks.append(f"no metrics: {why}")
+        return None, why
+    try:
+        from ..record.recorder import VERSION
+
+        metrics = metrics_module.Metrics(settings.metrics_node_classes, queue=metrics_module.comfy_queue,
+                                         gpu=native.nvml_latest, version=VERSION,
+                                         dropped_prompts=lambda: recorder.writer.dropped_prompts)
+    except Exception as exc:  # noqa: BLE001 - never break the host
+        log_once("metrics", "no Prometheus metrics (%s: %s)", type(exc).__name__, exc)
+        return None, f"the metrics could not be set up: {type(exc).__name__}: {exc}"
+    recorder.writer.metrics = metrics
+    for problem in (metrics_module.count_validation_errors(metrics),
+                    metrics_module.serve_port(metrics, settings.metrics_addr, settings.metrics_port)):
+        if problem:
+            recorder.fallbacks.append(problem)
+    return metrics, None
 
 
 def _hook_nodes(inst: Installation, native, recorder: Recorder, guard: HookGuard, execution) -> None:

@@ -3,9 +3,10 @@
 The worker hands over one ``PromptRecord`` (the drained C event batch and the prompt's metadata) and
 goes on: ComfyUI updates /history, sends the completion message and starts the next prompt while this
 thread writes the trace with the C trace writer, builds the report from the same recorded events in
-memory (never by reading the file back), prints the console summary, writes the report files beside
-the trace, and applies the retention bound. The queue is bounded: when it is full a whole prompt is
-dropped and counted (``dropped_prompts`` in the next trace), the worker never waits.
+memory (never by reading the file back), counts it in the Prometheus metrics, prints the console summary,
+writes the report files beside the trace, and applies the retention bound. The queue is bounded: when it
+is full a whole prompt is dropped and counted (``dropped_prompts`` in the next trace), the worker never
+waits.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class TraceWriterThread:
         self.last_trace: str | None = None
         self.last_report = None
         self.last_summary = None
+        self.metrics = None  # surfaces.metrics.Metrics: each prompt is counted after its trace is written
         self._queue: queue.Queue[PromptRecord] = queue.Queue(maxsize=settings.writer_queue)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -115,7 +117,7 @@ class TraceWriterThread:
             writer.abort()  # no-op after commit; removes the temporary file otherwise
         self.last_trace = path
         self.written += 1
-        if self.settings.summary or self.settings.report:
+        if self.settings.summary or self.settings.report or self.metrics is not None:
             self.guard.call("report", self._report, record, path)
         self.guard.call("retention", prune, directory, self.settings.keep_traces, self.settings.keep_days * 86400.0,
                         self.settings.keep_mb * 1e6, keep=path)
@@ -129,6 +131,8 @@ class TraceWriterThread:
         report = diagnose(trace)
         report.summary.trace_path = path
         self.last_summary, self.last_report = report.summary, report
+        if self.metrics is not None:
+            self.guard.call("metrics", self.metrics.observe, trace, report)
         if self.settings.summary:
             logger.info("%s", render(report, "text"))
         if self.settings.report:

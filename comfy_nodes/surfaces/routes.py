@@ -10,6 +10,7 @@ appends one to ``PromptServer.instance.app.middlewares``.
     GET /stagetrace/prompts/{prompt_id}/report.html its HTML report
     GET /stagetrace/anatomy/{folder}/{name}         a model file's anatomy (header only)
     GET /stagetrace/gpu?since=&until=               GPU samples recorded in a time range (epoch seconds)
+    GET /stagetrace/metrics                         Prometheus metrics (surfaces/metrics.py)
 
 What they read: StageTrace's own files in its trace folder (by name: ``<stamp>_<id>.trace.json`` and
 the report files beside it, never a symlink), and ComfyUI's registered model folders (a name resolved
@@ -254,9 +255,11 @@ def _number(request, name: str, default: float | None) -> float | None:
 class Routes:
     """The handlers, over one TraceStore and ComfyUI's folder_paths."""
 
-    def __init__(self, store: TraceStore, native):
+    def __init__(self, store: TraceStore, native, metrics=None, metrics_why: str | None = None):
         self.store = store
         self.native = native
+        self.metrics = metrics  # surfaces.metrics.Metrics, or None (and why not)
+        self.metrics_why = metrics_why
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -372,6 +375,18 @@ class Routes:
             raise RouteError(400, "since must not be after until")
         return _json(await self._off_loop(self._gpu, since, until))
 
+    # --- Prometheus metrics ------------------------------------------------------------------
+
+    async def prometheus(self, request):
+        """The metrics in Prometheus' text format (surfaces/metrics.py); 503 saying why when there are none.
+        Answered on the loop: the exposition of a bounded registry takes about a millisecond."""
+        from aiohttp import web
+
+        if self.metrics is None:
+            raise RouteError(503, self.metrics_why or "StageTrace's metrics are off")
+        body, content_type = self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
     async def not_found(self, request):
         raise RouteError(404, f"no such StageTrace route: {request.path}")
 
@@ -383,6 +398,7 @@ class Routes:
             (PREFIX + "/prompts/{prompt_id}/report.html", self.report_html),
             (PREFIX + "/anatomy/{folder}/{name:.+}", self.anatomy),
             (PREFIX + "/gpu", self.gpu),
+            (PREFIX + "/metrics", self.prometheus),
             (PREFIX + "/{rest:.*}", self.not_found),
         ]
 
@@ -426,24 +442,46 @@ def _brief(report: dict) -> dict:
 _REGISTERED = "_stagetrace_routes"  # attribute on the PromptServer instance
 
 
-def register(output_dir: Callable[[], str], native) -> str | None:
+def prompt_server():
+    """ComfyUI's PromptServer instance, or None in a process without one."""
+    server = sys.modules.get("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None)
+
+
+def register(output_dir: Callable[[], str], native, metrics=None, metrics_why: str | None = None) -> str | None:
     """Add the routes to ``server.PromptServer.instance.routes`` when ComfyUI has a server (not in an
     in-process run without one). Returns None unless registering failed; then why, for the trace's
     fallbacks. Never raises."""
     try:
-        server = sys.modules.get("server")
-        prompt_server = getattr(getattr(server, "PromptServer", None), "instance", None)
-        if prompt_server is None:
+        instance = prompt_server()
+        if instance is None:
             return None  # no HTTP server in this process: nothing to serve
-        if getattr(prompt_server, _REGISTERED, None) is not None:
+        if getattr(instance, _REGISTERED, None) is not None:
             return None
-        route_table = prompt_server.routes
-        routes = Routes(TraceStore(output_dir, native), native)
+        route_table = instance.routes
+        routes = Routes(TraceStore(output_dir, native), native, metrics, metrics_why)
         for path, handler in routes.table():
             route_table.get(path)(guarded(handler))
-        setattr(prompt_server, _REGISTERED, routes)
+        setattr(instance, _REGISTERED, routes)
         logger.info("StageTrace: HTTP routes under %s/", PREFIX)
         return None
     except Exception as exc:  # noqa: BLE001 - never break ComfyUI
         log_once("routes", "could not register its HTTP routes (%s: %s)", type(exc).__name__, exc)
         return f"no HTTP routes: {type(exc).__name__}: {exc}"
+
+
+def register_unavailable(why: str) -> None:
+    """StageTrace does not run (disabled, or its C extension is not built): every /stagetrace/ route answers
+    503 with why, so a scraper or client sees a clear status instead of a 404. Never raises."""
+    try:
+        instance = prompt_server()
+        if instance is None or getattr(instance, _REGISTERED, None) is not None:
+            return
+
+        async def unavailable(request):
+            return _error(503, why)
+
+        instance.routes.get(PREFIX + "/{rest:.*}")(unavailable)
+        setattr(instance, _REGISTERED, why)
+    except Exception as exc:  # noqa: BLE001 - never break ComfyUI
+        log_once("routes", "could not register its HTTP routes (%s: %s)", type(exc).__name__, exc)

@@ -1,0 +1,261 @@
+"""StageTrace's Prometheus metrics (surfaces/metrics.py) from real ComfyUI servers started by the tests on
+loopback: what a prompt adds to each series, failures by outcome and class, the route behind ComfyUI's auth,
+a scrape during a prompt, the metrics port, a ComfyUI where StageTrace is disabled or not built; and two
+workers scraped by a real Prometheus (Debian's package), queried through its HTTP API with PromQL."""
+
+import json
+import os
+import shutil
+import threading
+import time
+import urllib.request
+
+import pytest
+from comfy_server import FAKE_GPU_USED, FAKE_GPU_UTIL, ROOT, running_server
+
+from comfy_nodes.demo.harness import tiny_txt2img
+
+pytest.importorskip("prometheus_client", reason="prometheus_client is not installed (tests/requirements.txt)")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+
+def scrape(server, path="/stagetrace/metrics", headers=None) -> dict[tuple, float]:
+    """{(sample name, sorted labels): value} of one scrape."""
+    status, headers_out, body = server.get(path, headers)
+    assert status == 200, body[:500]
+    assert headers_out["content-type"].startswith("text/plain; version=0.0.4")
+    return parse(body.decode())
+
+
+def parse(text: str) -> dict[tuple, float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def delta(before: dict, after: dict, name: str, **labels) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def run_and_wait(server, prompt: dict) -> str:
+    prompt_id = server.run_prompt(prompt)
+    server.wait_trace(prompt_id)  # the writer thread counts the prompt after writing its trace
+    return prompt_id
+
+
+def sleep_workflow(seconds: float, seed: int = 0) -> dict:
+    return {"1": {"class_type": "HarnessSleep", "inputs": {"seconds": seconds, "seed": seed}}}
+
+
+# --- one worker ---------------------------------------------------------------------------------------------
+
+
+def test_a_prompt_adds_to_its_outcome_its_stages_its_nodes_and_its_findings(comfy_server):
+    before = scrape(comfy_server)
+    prompt_id = run_and_wait(comfy_server, tiny_txt2img("tiny_sd15.safetensors", seed=501, steps=3))
+    after = scrape(comfy_server)
+    report = comfy_server.get_json(f"/stagetrace/prompts/{prompt_id}")[1]
+    assert delta(before, after, "stagetrace_prompts_total", outcome="success") == 1
+    assert delta(before, after, "stagetrace_prompt_execution_seconds_count", outcome="success") == 1
+    assert delta(before, after, "stagetrace_prompt_execution_seconds_sum", outcome="success") == pytest.approx(
+        report["wall_s"], rel=1e-6)
+    assert delta(before, after, "stagetrace_prompt_queue_wait_seconds_count") == 1
+    assert delta(before, after, "stagetrace_stage_seconds_count", stage="sample") == 1
+    assert delta(before, after, "stagetrace_stage_seconds_count", stage="sample.step") == 3  # one per step
+    assert delta(before, after, "stagetrace_stage_seconds_count", stage="vae_decode") == 1
+    stages = {s["stage"]: s["seconds"] for s in report["stages"]}
+    assert delta(before, after, "stagetrace_stage_seconds_sum", stage="sample") == pytest.approx(stages["sample"],
+                                                                                                 rel=1e-6)
+    assert delta(before, after, "stagetrace_node_seconds_count", node_class="KSampler") == 1
+    assert delta(before, after, "stagetrace_node_seconds_count", node_class="other") == 2  # the test's own nodes
+    for finding in report["findings"]:
+        assert delta(before, after, "stagetrace_findings_total", rule=finding["rule"]) >= 1
+    # every series is bounded: no prompt id, file or seed ever becomes a label value
+    labels = {v for (_name, pairs) in after for _k, v in pairs}
+    assert prompt_id not in labels and "tiny_sd15.safetensors" not in labels
+    assert value(after, "stagetrace_build_info", version="0.1.0") == 1
+    assert ("stagetrace_queue_pending", ()) in after and ("stagetrace_queue_running", ()) in after
+
+
+def test_failed_refused_and_interrupted_prompts_are_counted_by_outcome_and_class(comfy_server):
+    before = scrape(comfy_server)
+    broken = tiny_txt2img("tiny_sd15.safetensors", seed=502, steps=1)
+    broken["6"] = {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["4", 1]}}  # no CLIP in it
+    run_and_wait(comfy_server, broken)
+    body = json.dumps({"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}}).encode()
+    status, _, _ = comfy_server.request("POST", "/prompt", body, {"Content-Type": "application/json"})
+    assert status == 400  # refused at validation: it never runs
+    prompt = json.dumps({"prompt": sleep_workflow(5.0, seed=503), "client_id": "metrics-test"}).encode()
+    status, _, raw = comfy_server.request("POST", "/prompt", prompt, {"Content-Type": "application/json"})
+    interrupted = json.loads(raw)["prompt_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not comfy_server.get_json("/queue")[1]["queue_running"]:
+        time.sleep(0.02)
+    comfy_server.request("POST", "/interrupt", b"{}", {"Content-Type": "application/json"})
+    comfy_server.wait_trace(interrupted)
+    after = scrape(comfy_server)
+    assert delta(before, after, "stagetrace_prompts_total", outcome="error") == 1
+    assert delta(before, after, "stagetrace_prompts_total", outcome="interrupted") == 1
+    assert delta(before, after, "stagetrace_errors_total", **{"class": "other"}) == 1
+    assert delta(before, after, "stagetrace_errors_total", **{"class": "validation"}) == 1
+    assert delta(before, after, "stagetrace_prompt_execution_seconds_count", outcome="interrupted") == 1
+    assert delta(before, after, "stagetrace_findings_total", rule="interrupted") == 1
+
+
+def test_the_route_sits_behind_comfyuis_auth(comfy_server):
+    with comfy_server.auth("login"):
+        status, headers, _ = comfy_server.get("/stagetrace/metrics")
+        assert status == 302 and "/login" in headers["location"]
+        samples = scrape(comfy_server, headers={"Authorization": f"Bearer {comfy_server.login_token}"})
+        assert value(samples, "stagetrace_build_info", version="0.1.0") == 1
+
+
+def test_a_scrape_during_a_prompt_returns_promptly(comfy_server):
+    """The worker holds the GIL while it samples; the scrape must still answer quickly."""
+    done = threading.Event()
+    latencies = []
+
+    def run():
+        try:
+            run_and_wait(comfy_server, tiny_txt2img("tiny_sd15.safetensors", seed=504, steps=40))
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    while not done.is_set():
+        t0 = time.perf_counter()
+        status, _, _ = comfy_server.get("/stagetrace/metrics")
+        latencies.append(time.perf_counter() - t0)
+        assert status == 200
+        time.sleep(0.05)
+    thread.join()
+    latencies.sort()
+    print(f"scrape during a prompt: {len(latencies)} scrapes, median {latencies[len(latencies) // 2] * 1e3:.1f} ms, "
+          f"max {latencies[-1] * 1e3:.1f} ms")
+    assert len(latencies) >= 5 and latencies[-1] < 2.0
+
+
+# --- StageTrace off or not built: ComfyUI runs on, the route says why ---------------------------------------
+
+
+def test_with_stagetrace_disabled_comfyui_runs_and_the_route_says_so():
+    with running_server({"STAGETRACE_DISABLE": "1"}) as server:
+        status, _, body = server.get("/stagetrace/metrics")
+        assert status == 503 and "disabled" in json.loads(body)["error"]
+        prompt_id = server.run_prompt(sleep_workflow(0.01))
+        assert server.get_json(f"/history/{prompt_id}")[1][prompt_id]["status"]["status_str"] == "success"
+
+
+def test_with_the_extension_not_built_comfyui_runs_and_the_route_says_so(tmp_path):
+    """A checkout without the compiled C core, as a fresh clone is before its build."""
+    checkout = tmp_path / "StageTrace"
+    shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(".git", "build", "tests", "benchmarks", "*.so",
+                                                                     "__pycache__", "*.egg-info", "docs", "csrc"))
+    with running_server(stagetrace=False) as server:
+        server.stop()
+        os.symlink(checkout, os.path.join(server.base, "custom_nodes", "StageTrace"))
+        server.start()
+        status, _, body = server.get("/stagetrace/metrics")
+        error = json.loads(body)["error"]
+        assert status == 503 and "not running" in error and "build" in error
+        prompt_id = server.run_prompt(sleep_workflow(0.01))
+        assert server.get_json(f"/history/{prompt_id}")[1][prompt_id]["status"]["status_str"] == "success"
+
+
+def test_metrics_off_or_prometheus_client_missing_answer_503():
+    with running_server({"STAGETRACE_METRICS": "0"}) as server:
+        status, _, body = server.get("/stagetrace/metrics")
+        assert status == 503 and "STAGETRACE_METRICS=0" in json.loads(body)["error"]
+        assert server.get_json("/stagetrace/prompts")[0] == 200  # the other routes serve on
+
+
+# --- a fleet: two workers scraped by a real Prometheus ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fleet(fake_nvml):
+    """Two real workers: A serves the metrics at /stagetrace/metrics; B (with a fake NVML GPU, a TEST DOUBLE at
+    the hardware boundary) also on its own STAGETRACE_METRICS_PORT."""
+    from comfy_nodes.demo.serve import free_port
+
+    port = free_port()
+    with running_server() as a, running_server({"STAGETRACE_NVML_LIB": fake_nvml, "STAGETRACE_TEST_FAKE_GPU": "1",
+                                                "STAGETRACE_METRICS_PORT": str(port)}) as b:
+        b.metrics_port = port
+        yield a, b
+
+
+def test_the_metrics_port_serves_the_same_registry_outside_comfyuis_auth(fleet):
+    _, b = fleet
+    with b.auth("basic"):
+        assert b.get("/stagetrace/metrics")[0] == 401  # ComfyUI's route is behind the auth plugin
+        with urllib.request.urlopen(f"http://127.0.0.1:{b.metrics_port}/metrics", timeout=10) as answer:
+            samples = parse(answer.read().decode())
+    assert value(samples, "stagetrace_build_info", version="0.1.0") == 1
+
+
+def test_prometheus_scrapes_two_workers_and_promql_matches_the_traces(fleet):
+    from prom_server import running_prometheus
+
+    a, b = fleet
+    runs = {a: [], b: []}
+    for i in range(2):
+        runs[a].append(run_and_wait(a, tiny_txt2img("tiny_sd15.safetensors", seed=600 + i, steps=2)))
+    for i in range(3):
+        runs[b].append(run_and_wait(b, tiny_txt2img("tiny_sd15.safetensors", seed=700 + i, steps=2)))
+    traces = {server: [server.get_json(f"/stagetrace/prompts/{p}")[1] for p in ids] for server, ids in runs.items()}
+    a_target, b_target = a.url.removeprefix("http://"), f"127.0.0.1:{b.metrics_port}"
+    extra = {"job_name": "comfyui-port", "metrics_path": "/metrics", "static_configs": [{"targets": [b_target]}]}
+    with running_prometheus([a_target], metrics_path="/stagetrace/metrics", scrape_interval="1s",
+                            extra_scrape=extra) as prom:
+        expr = 'sum by (instance) (stagetrace_prompts_total{outcome="success"})'
+        result = prom.wait_for(expr, lambda r: len(r) == 2, timeout=60)
+        counts = {r["metric"]["instance"]: float(r["value"][1]) for r in result}
+        assert counts == {a_target: 2.0, b_target: 3.0}
+        # per-stage histogram counts match the traces
+        for server, target in ((a, a_target), (b, b_target)):
+            got = prom.query(f'stagetrace_stage_seconds_count{{stage="sample", instance="{target}"}}')
+            assert float(got[0]["value"][1]) == len(traces[server])
+            got = prom.query(f'stagetrace_stage_seconds_sum{{stage="sample", instance="{target}"}}')
+            expected = sum(next(s["seconds"] for s in t["stages"] if s["stage"] == "sample") for t in traces[server])
+            assert float(got[0]["value"][1]) == pytest.approx(expected, rel=1e-6)
+        # histogram_quantile lands in the bucket of the traces' own median, fleet-wide
+        walls = sorted(t["wall_s"] for ts in traces.values() for t in ts)
+        from comfy_nodes.surfaces.metrics import BUCKETS
+
+        q = float(prom.query('histogram_quantile(0.5, sum by (le) (stagetrace_prompt_execution_seconds_bucket'
+                             '{outcome="success"}))')[0]["value"][1])
+        median = walls[len(walls) // 2]
+        upper = next(bound for bound in BUCKETS if bound >= median)
+        lower = max([0.0] + [bound for bound in BUCKETS if bound < median])
+        assert lower <= q <= upper, (q, walls)
+        # the fake GPU's figures reach Prometheus through the NVML sampler
+        util = prom.query(f'stagetrace_gpu_utilization_ratio{{instance="{b_target}"}}')
+        assert float(util[0]["value"][1]) == pytest.approx(FAKE_GPU_UTIL / 100)
+        used = prom.query(f'stagetrace_gpu_memory_used_bytes{{instance="{b_target}"}}')
+        assert float(used[0]["value"][1]) == FAKE_GPU_USED
+        dashboard_and_rules_evaluate(prom)
+
+
+def dashboard_and_rules_evaluate(prom) -> None:
+    """Every PromQL expression of the shipped dashboard and rules evaluates against this Prometheus and its
+    real data."""
+    import re
+
+    import yaml
+
+    exprs = []
+    with open(os.path.join(ROOT, "deploy", "grafana", "stagetrace-dashboard.json")) as f:
+        for panel in json.load(f)["panels"]:
+            exprs += [t["expr"] for t in panel.get("targets") or () if t.get("expr")]
+    with open(os.path.join(ROOT, "deploy", "prometheus", "rules.yml")) as f:
+        exprs += [rule["expr"] for group in yaml.safe_load(f)["groups"] for rule in group["rules"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        expr = re.sub(r"\$\{?instance\}?", ".*", expr)
+        expr = re.sub(r"\$__(rate_)?interval", "1m", expr).replace("$__range", "1h")
+        prom.query(expr)  # raises with Prometheus' error text when it does not parse or evaluate
