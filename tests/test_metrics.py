@@ -211,16 +211,16 @@ def test_prometheus_scrapes_two_workers_and_promql_matches_the_traces(fleet):
     a_target, b_target = a.url.removeprefix("http://"), f"127.0.0.1:{b.metrics_port}"
     extra = {"job_name": "comfyui-port", "metrics_path": "/metrics", "static_configs": [{"targets": [b_target]}]}
     with running_prometheus([a_target], metrics_path="/stagetrace/metrics", scrape_interval="1s",
-                            extra_scrape=extra) as prom:
+                            extra_jobs=[extra]) as prom:
         expr = 'sum by (instance) (stagetrace_prompts_total{outcome="success"})'
         result = prom.wait_for(expr, lambda r: len(r) == 2, timeout=60)
         counts = {r["metric"]["instance"]: float(r["value"][1]) for r in result}
         assert counts == {a_target: 2.0, b_target: 3.0}
         # per-stage histogram counts match the traces
         for server, target in ((a, a_target), (b, b_target)):
-            got = prom.query(f'stagetrace_stage_seconds_count{{stage="sample", instance="{target}"}}')
+            got = prom.query(f'stagetrace_stage_seconds_count{{stage="sample", instance="{target}"}}')["result"]
             assert float(got[0]["value"][1]) == len(traces[server])
-            got = prom.query(f'stagetrace_stage_seconds_sum{{stage="sample", instance="{target}"}}')
+            got = prom.query(f'stagetrace_stage_seconds_sum{{stage="sample", instance="{target}"}}')["result"]
             expected = sum(next(s["seconds"] for s in t["stages"] if s["stage"] == "sample") for t in traces[server])
             assert float(got[0]["value"][1]) == pytest.approx(expected, rel=1e-6)
         # histogram_quantile lands in the bucket of the traces' own median, fleet-wide
@@ -228,17 +228,40 @@ def test_prometheus_scrapes_two_workers_and_promql_matches_the_traces(fleet):
         from comfy_nodes.surfaces.metrics import BUCKETS
 
         q = float(prom.query('histogram_quantile(0.5, sum by (le) (stagetrace_prompt_execution_seconds_bucket'
-                             '{outcome="success"}))')[0]["value"][1])
+                             '{outcome="success"}))')["result"][0]["value"][1])
         median = walls[len(walls) // 2]
         upper = next(bound for bound in BUCKETS if bound >= median)
         lower = max([0.0] + [bound for bound in BUCKETS if bound < median])
         assert lower <= q <= upper, (q, walls)
         # the fake GPU's figures reach Prometheus through the NVML sampler
-        util = prom.query(f'stagetrace_gpu_utilization_ratio{{instance="{b_target}"}}')
+        util = prom.query(f'stagetrace_gpu_utilization_ratio{{instance="{b_target}"}}')["result"]
         assert float(util[0]["value"][1]) == pytest.approx(FAKE_GPU_UTIL / 100)
-        used = prom.query(f'stagetrace_gpu_memory_used_bytes{{instance="{b_target}"}}')
+        used = prom.query(f'stagetrace_gpu_memory_used_bytes{{instance="{b_target}"}}')["result"]
         assert float(used[0]["value"][1]) == FAKE_GPU_USED
         dashboard_and_rules_evaluate(prom)
+        load_reads_the_server_side_back(prom, a, b, a_target, b_target)
+
+
+def load_reads_the_server_side_back(prom, a, b, a_target, b_target) -> None:
+    """`stagetrace load --prometheus`: the fleet's server-side figures of the run, beside the client's."""
+    import asyncio
+
+    from comfy_nodes.client.load import load, table
+    from comfy_nodes.client.server import Credentials
+
+    # a baseline first: Prometheus has scraped both workers a few times before the run begins
+    prom.wait_for("min(count_over_time(stagetrace_build_info[1m])) >= 3", timeout=30)
+    code, out = asyncio.run(load([a.url, b.url], sleep_workflow(0.2), Credentials(), users=2, requests=2,
+                                 timeout=60, seed=99, prometheus=prom.url))
+    assert code == 0 and out["ok"] == 4
+    side = out["server_side"]
+    assert "error" not in side, side
+    assert side["prompts_seen"] == 4 and side["no_baseline"] == []  # it waited for the run's last prompts
+    assert {i: row["prompts"] for i, row in side["instances"].items()} == {a_target: 2, b_target: 2}
+    # the server's execution of a 0.2 s sleep lies in the histogram's bucket around it, below the client's e2e
+    assert 0.1 <= side["fleet"]["execution_s"]["p50"] <= 0.25
+    assert side["fleet"]["e2e_s"]["p95"] <= 1.0 and out["e2e_s"]["p50"] >= 0.2
+    assert "server side, from each worker's StageTrace via Prometheus (4 prompts" in table(out)
 
 
 def dashboard_and_rules_evaluate(prom) -> None:

@@ -22,7 +22,7 @@
                                        3 authentication required, 130 interrupted)
     stagetrace load URL[,URL...] WORKFLOW.json (--users N --requests M | --rate R --duration S)
                  [--slo e2e=120s] [--threshold 'p95(e2e)<120s'] [--json] [--report FILE]
-                 [auth options]
+                 [--prometheus URL] [auth options]
                                        many users against a service: success rate, p50/p95/p99
                                        of queue wait, execution and end to end, images a
                                        minute, goodput, errors by class, per worker, per stage
@@ -211,7 +211,8 @@ def _load(args) -> int:
     urls = [u.strip() for u in args.url.split(",") if u.strip()]
     code, out = _run_interruptible(lambda: load(urls, prompt, credentials, users=args.users, requests=args.requests,
                                                 rate=args.rate, duration=args.duration, timeout=args.timeout,
-                                                slo=slo, progress=not args.json and sys.stderr.isatty()))
+                                                slo=slo, progress=not args.json and sys.stderr.isatty(),
+                                                prometheus=args.prometheus))
     if code not in (0, 130):
         print(f"stagetrace load: {out.get('message')}", file=sys.stderr)
         return code
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     load.add_argument("--threshold", action="append", default=[], help="e.g. 'p95(e2e)<120s'; a miss exits 1 "
                       "(repeatable)")
     load.add_argument("--json", action="store_true", help="everything measured, as JSON")
+    load.add_argument("--prometheus", metavar="URL", help="a Prometheus that scrapes the workers' StageTrace "
+                      "metrics: put the fleet's server-side p50/p95 (queue, execution, end to end, each stage) "
+                      "beside the client's")
     _auth_options(load)
     load.set_defaults(func=_load)
     args = parser.parse_args(argv)

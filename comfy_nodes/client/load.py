@@ -335,11 +335,12 @@ def check_thresholds(result: dict, thresholds: list[tuple[str, str, str, float]]
 async def load(urls: list[str], prompt: dict, credentials: Credentials, users: int | None = None,
                requests: int | None = None, rate: float | None = None, duration: float | None = None,
                timeout: float = 600.0, slo: tuple[str, float] | None = None,
-               seed: int | None = None, progress=False) -> tuple[int, dict]:
+               seed: int | None = None, progress=False, prometheus: str | None = None) -> tuple[int, dict]:
     """Run the load; (exit code, everything measured). 0 done, 2 no worker could be reached, AUTH_EXIT
     authentication required, 130 interrupted (what was measured is kept, this client's prompts still on the
     servers are cancelled). A worker lost during the run counts its requests as "connection lost".
-    progress: False, True (a bar on stderr) or a file to draw it on."""
+    progress: False, True (a bar on stderr) or a file to draw it on. prometheus: a Prometheus that scrapes the
+    workers' StageTrace metrics, to read the server side of the run back from (client/prom.py)."""
     from .bench import _progress_bar
 
     mode = ({"model": "open", "rate_per_min": rate, "duration_s": duration or 60.0} if rate is not None else
@@ -362,6 +363,7 @@ async def load(urls: list[str], prompt: dict, credentials: Credentials, users: i
             return 2, out
         out["unreachable_at_start"] = unreachable
         run = LoadRun(workers, prompt, timeout, seed)
+        started_epoch = time.time()
         total = (users or 1) * (requests or 1) if rate is None else max(1, int(rate * (duration or 60.0) / 60.0))
         run.bar = _progress_bar(total, progress, unit="req")
         stop = asyncio.Event()
@@ -398,6 +400,11 @@ async def load(urls: list[str], prompt: dict, credentials: Credentials, users: i
         out["queue_depth"] = {w.server.url: w.queue_depth for w in workers}
         out["stagetrace"] = {w.server.url: bool(w.stagetrace) for w in workers}
         out["requests_detail"] = [asdict(r) for r in run.requests]
+    if prometheus:
+        from .prom import server_side
+
+        executed = sum(1 for r in measured if r.outcome in ("ok", "execution error", "out of memory", "interrupted"))
+        out["server_side"] = await server_side(prometheus, started_epoch, executed)
     return (130 if out.get("interrupted") else 0), out
 
 
@@ -455,6 +462,10 @@ def table(result: dict) -> str:
                      "server's custom_nodes)")
     if result["errors"]:
         lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in sorted(result["errors"].items())))
+    if result.get("server_side"):
+        from .prom import lines as server_lines
+
+        lines += server_lines(result["server_side"])
     for url, w in (result.get("per_worker") or {}).items():
         e2e = w.get("e2e_s") or {}
         lines.append(f"{url}: {w['requests']} requests, {w['ok']} ok, {w['images_per_minute'] or 0:.1f} images a "
