@@ -626,6 +626,41 @@ def _load_stages(out: dict) -> list[Block]:
             Block("table", Table(["stage", "p50", "p95"], rows, "lrr", swatch=colours))]
 
 
+def _server_side(out: dict) -> list[Block]:
+    """The fleet's own figures for the run, read back from Prometheus (``load --prometheus``)."""
+    side = out.get("server_side") if isinstance(out.get("server_side"), dict) else None
+    if side is None:
+        return []
+    blocks = [_h2("Server side (Prometheus)")]
+    if side.get("error"):
+        return blocks + [_p(f"Prometheus {side.get('prometheus')} could not answer: {side['error']}")]
+    blocks.append(_p(f"From each worker's StageTrace histograms, via Prometheus {side.get('prometheus')}: "
+                     f"{side.get('prompts_seen')} prompts in the run's {side.get('window_s')} s."))
+    fleet = side.get("fleet") if isinstance(side.get("fleet"), dict) else {}
+    rows = []
+    for metric, label in (("queue_wait_s", "queue wait"), ("execution_s", "execution"), ("e2e_s", "end to end")):
+        figures = fleet.get(metric) if isinstance(fleet.get(metric), dict) else {}
+        rows.append([label, format_duration(_number(figures.get("p50"))), format_duration(_number(figures.get("p95")))])
+    stages = side.get("stages_s") if isinstance(side.get("stages_s"), dict) else {}
+    for stage in _stage_order(stages):
+        figures = stages[stage] if isinstance(stages[stage], dict) else {}
+        rows.append([stage, format_duration(_number(figures.get("p50"))), format_duration(_number(figures.get("p95")))])
+    blocks.append(Block("table", Table(["fleet", "p50", "p95"], rows, "lrr")))
+    instances = side.get("instances") if isinstance(side.get("instances"), dict) else {}
+    if instances:
+        rows = []
+        for instance, row in sorted(instances.items()):
+            row = row if isinstance(row, dict) else {}
+            e2e = row.get("e2e_s") if isinstance(row.get("e2e_s"), dict) else {}
+            rows.append([str(instance), str(row.get("prompts", "-")), format_duration(_number(e2e.get("p50"))),
+                         format_duration(_number(e2e.get("p95")))])
+        blocks.append(Block("table", Table(["instance", "prompts", "end to end p50", "p95"], rows, "lrrr")))
+    if side.get("no_baseline"):
+        blocks.append(_note("Prometheus had not scraped " + ", ".join(map(str, side["no_baseline"])) +
+                            " before the run began: their counts include earlier prompts."))
+    return blocks
+
+
 def _load_errors(out: dict, detail: list[dict]) -> list[Block]:
     errors = out.get("errors") if isinstance(out.get("errors"), dict) else {}
     if not errors:
@@ -730,6 +765,7 @@ def _load_blocks(out: dict, html_page: bool) -> list[Block]:
     blocks.append(_tiles(out))
     blocks += [_h2("Latency"), Block("table", _percentile_table(out))]
     blocks += _load_stages(out)
+    blocks += _server_side(out)
     blocks += _load_errors(out, detail)
     blocks += _per_worker(out)
     blocks += _thresholds(out)
