@@ -139,6 +139,55 @@ def test_a_scrape_during_a_prompt_returns_promptly(comfy_server):
     assert len(latencies) >= 5 and latencies[-1] < 2.0
 
 
+# --- recorded GPU runs (tests/fixtures/scenarios: real-shaped traces of GPU prompts) -------------------------
+
+
+def scenario(name: str) -> dict:
+    from comfy_nodes.record.tracefile import load
+
+    return load(os.path.join(ROOT, "tests", "fixtures", "scenarios", f"{name}.trace.json"))
+
+
+def copies(trace: dict, direction: str) -> int:
+    return sum((e["args"].get("copies") or {}).get(direction, {}).get("bytes", 0) for e in trace["traceEvents"]
+               if e.get("cat") == "gpu" and e.get("ph") == "X")
+
+
+def test_gpu_prompts_count_their_copies_tiled_fallbacks_unloads_and_findings():
+    from comfy_nodes.analysis.diagnose import diagnose
+    from comfy_nodes.surfaces.metrics import Metrics
+
+    metrics = Metrics(version="test")
+    before = parse(metrics.exposition()[0].decode())
+    tiled, offload = scenario("vae-tiled"), scenario("partial-offload")
+    for trace in (tiled, offload):
+        metrics.observe(trace, diagnose(trace))
+    after = parse(metrics.exposition()[0].decode())
+    assert delta(before, after, "stagetrace_copy_bytes_total", direction="host_to_device") == copies(
+        tiled, "htod") + copies(offload, "htod") > 0
+    assert delta(before, after, "stagetrace_copy_bytes_total", direction="device_to_host") == copies(
+        tiled, "dtoh") + copies(offload, "dtoh") > 0
+    assert delta(before, after, "stagetrace_vae_tiled_fallbacks_total") == 1  # the span and the log line: one
+    assert delta(before, after, "stagetrace_models_unloaded_total") >= 1
+    assert delta(before, after, "stagetrace_models_loaded_total") == 4  # two to_device spans each
+    assert delta(before, after, "stagetrace_findings_total", rule="vae-tiled") == 1
+    assert delta(before, after, "stagetrace_findings_total", rule="partial-offload") == 1
+    assert delta(before, after, "stagetrace_stage_seconds_count", stage="sample.step") == sum(
+        1 for t in (tiled, offload) for e in t["traceEvents"] if e.get("cat") == "sample.step" and e.get("ph") == "X")
+
+
+def test_error_classes_come_from_the_exception_and_the_failing_node():
+    from comfy_nodes.surfaces.metrics import error_class
+
+    assert error_class({"exception_type": "torch.OutOfMemoryError", "exception_message": "CUDA out of memory. "
+                        "Tried to allocate 2.00 GiB"}, False) == "out_of_memory"
+    assert error_class({"exception_type": "RuntimeError", "exception_message": "Error(s) in loading state_dict",
+                        "node_type": "CheckpointLoaderSimple"}, False) == "model_load"
+    assert error_class({"exception_type": "FileNotFoundError", "node_type": "KSampler"}, True) == "model_load"
+    assert error_class({"exception_type": "AttributeError", "node_type": "CLIPTextEncode"}, False) == "other"
+    assert error_class(None, False) == "other"
+
+
 # --- StageTrace off or not built: ComfyUI runs on, the route says why ---------------------------------------
 
 
