@@ -46,6 +46,13 @@ def test_a_full_writer_queue_drops_whole_prompts_and_never_blocks(native, tmp_pa
 
     native.drain()
     rec = Recorder(native, settings(tmp_path, writer_queue=1), slow_output_dir, HookGuard())
+    metrics = None
+    try:
+        from comfy_nodes.surfaces.metrics import Metrics
+
+        rec.writer.metrics = metrics = Metrics(version="test", dropped_prompts=lambda: rec.writer.dropped_prompts)
+    except ImportError:  # prometheus_client missing: the rest of the test stands
+        pass
     one_prompt(native, rec, "p-1")
     assert entered.wait(10)  # the writer thread holds p-1
     started = time.perf_counter()
@@ -60,6 +67,11 @@ def test_a_full_writer_queue_drops_whole_prompts_and_never_blocks(native, tmp_pa
     one_prompt(native, rec, "p-4")
     assert rec.flush(30)
     assert load(rec.last_trace)["otherData"]["dropped_prompts"] == 1  # the next trace says so
+    if metrics is not None:  # the dropped prompt ran: the metrics still count it, by outcome
+        text = metrics.exposition()[0].decode()
+        assert 'stagetrace_prompts_total{outcome="success"} 4.0' in text
+        assert 'stagetrace_prompt_execution_seconds_count{outcome="success"} 3.0' in text
+        assert "stagetrace_dropped_prompts_total 1.0" in text
 
 
 def test_the_report_is_built_from_the_recorded_events(native, tmp_path):

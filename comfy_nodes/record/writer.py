@@ -66,6 +66,8 @@ class TraceWriterThread:
             return True
         except queue.Full:
             self.dropped_prompts += 1
+            if self.metrics is not None:  # still counted by outcome: the prompt ran, only its trace is lost
+                self.guard.call("metrics", self.metrics.count_unrecorded, record.metadata.get("outcome"))
             log_once("writer-full", "the trace writer is behind (%d prompts queued): prompt %s was not written; "
                      "dropped prompts are counted in the next trace", self._queue.qsize(), record.prompt_id)
             return False

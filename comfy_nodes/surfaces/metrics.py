@@ -200,6 +200,10 @@ class Metrics:
         if dropped:
             self.dropped_events.inc(dropped)
 
+    def count_unrecorded(self, outcome: str | None) -> None:
+        """A prompt whose trace the writer dropped (it was behind): counted by outcome, nothing more is known."""
+        self.prompts.labels(OUTCOMES.get(outcome or "", "error")).inc()
+
     def validation_error(self) -> None:
         """A prompt ComfyUI refused at validation (POST /prompt answered 400): it never ran."""
         self.errors.labels("validation").inc()
