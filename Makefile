@@ -21,6 +21,7 @@ bench: build
 	$(PYTHON) benchmarks/bench_prompt.py
 	$(PYTHON) benchmarks/bench_routes.py
 	$(PYTHON) benchmarks/bench_load.py
+	$(PYTHON) benchmarks/bench_metrics.py
 
 # The libFuzzer target under ASan/UBSan for FUZZ_SECONDS (the tests run it for 20 s).
 FUZZ_SECONDS ?= 300
