@@ -129,6 +129,19 @@ class Metrics:
         for rule in sorted(self.rules):
             self.findings.labels(rule)
         r.register(_Live(queue, gpu, dropped_prompts))
+        # the children the per-event loop feeds, looked up once (labels() takes a lock and builds a key)
+        self._step = self.stage.labels("sample.step")
+        self._nodes: dict[str, object] = {}  # node class -> its histogram child; bounded by node_classes + 1
+
+    def _node(self, name: str):
+        """The node histogram's child for a class: a configured class's own, else "other"'s (cached: bounded by
+        the configured classes, whatever class names the workflows use)."""
+        if name not in self.node_classes:
+            name = OTHER
+        child = self._nodes.get(name)
+        if child is None:
+            child = self._nodes[name] = self.node.labels(name)
+        return child
 
     # --- a prompt ---------------------------------------------------------------------------------
 
@@ -158,10 +171,10 @@ class Metrics:
             if ev.get("ph") == "X":
                 dur = ev.get("dur")
                 if cat == "node" and isinstance(dur, (int, float)):
-                    name = str(ev.get("name"))
-                    self.node.labels(name if name in self.node_classes else OTHER).observe(dur / 1e6)
+                    if args.get("outcome") != "cached":  # served from ComfyUI's cache: it did not run
+                        self._node(str(ev.get("name"))).observe(dur / 1e6)
                 elif cat == "sample.step" and isinstance(dur, (int, float)):
-                    self.stage.labels("sample.step").observe(dur / 1e6)
+                    self._step.observe(dur / 1e6)
                 elif cat == "model_load.read":
                     read += _int(args.get("file_bytes"))
                 elif cat == "model_load.to_device":

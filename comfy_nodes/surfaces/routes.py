@@ -379,12 +379,13 @@ class Routes:
 
     async def prometheus(self, request):
         """The metrics in Prometheus' text format (surfaces/metrics.py); 503 saying why when there are none.
-        Answered on the loop: the exposition of a bounded registry takes about a millisecond."""
+        Written on the loop's executor: with 50 node classes the exposition takes about 13 ms, which ComfyUI's
+        event loop should not wait through."""
         from aiohttp import web
 
         if self.metrics is None:
             raise RouteError(503, self.metrics_why or "StageTrace's metrics are off")
-        body, content_type = self.metrics.exposition()
+        body, content_type = await self._off_loop(self.metrics.exposition)
         return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
     async def not_found(self, request):
