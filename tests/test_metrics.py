@@ -66,7 +66,7 @@ def test_a_prompt_adds_to_its_outcome_its_stages_its_nodes_and_its_findings(comf
     assert delta(before, after, "stagetrace_stage_seconds_count", stage="sample") == 1
     assert delta(before, after, "stagetrace_stage_seconds_count", stage="sample.step") == 3  # one per step
     assert delta(before, after, "stagetrace_stage_seconds_count", stage="vae_decode") == 1
-    stages = {s["stage"]: s["seconds"] for s in report["stages"]}
+    stages = report["stages_inclusive"]  # the metrics observe each stage's whole time
     assert delta(before, after, "stagetrace_stage_seconds_sum", stage="sample") == pytest.approx(stages["sample"],
                                                                                                  rel=1e-6)
     assert delta(before, after, "stagetrace_node_seconds_count", node_class="KSampler") == 1
@@ -291,9 +291,9 @@ def test_prometheus_scrapes_two_workers_and_promql_matches_the_traces(fleet):
         # per-stage histogram counts match the traces
         for server, target in ((a, a_target), (b, b_target)):
             got = prom.query(f'stagetrace_stage_seconds_count{{stage="sample", instance="{target}"}}')["result"]
-            assert float(got[0]["value"][1]) == sum(1 for t in traces[server] if t["stages"].get("sample"))
+            assert float(got[0]["value"][1]) == sum(1 for t in traces[server] if t["stages_inclusive"].get("sample"))
             got = prom.query(f'stagetrace_stage_seconds_sum{{stage="sample", instance="{target}"}}')["result"]
-            expected = sum(t["stages"].get("sample", 0.0) for t in traces[server])
+            expected = sum(t["stages_inclusive"].get("sample", 0.0) for t in traces[server])
             assert float(got[0]["value"][1]) == pytest.approx(expected, rel=1e-6)
         # histogram_quantile lands in the bucket of the traces' own median, fleet-wide
         walls = sorted(t["wall_s"] for ts in traces.values() for t in ts)

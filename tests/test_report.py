@@ -163,3 +163,63 @@ def test_a_failing_report_leaves_the_trace_whole(native, tmp_path, monkeypatch, 
     assert load(rec.last_trace)["otherData"]["prompt_id"] == "p-2"  # the trace is complete
     assert not list(tmp_path.glob("*.report.*"))  # and no half report beside it
     assert guard.failures == {"report": 1} and "ZeroDivisionError" in guard.last["report"]
+
+
+# --- each stage's own time, and the console line --------------------------------------------------------------
+
+
+def test_each_stage_owns_its_own_time_and_the_shares_add_to_the_whole():
+    from comfy_nodes.analysis.summary import exclusive_times
+
+    spans = {"prompt": [(0, 100)], "node": [(10, 50), (60, 90)], "sample": [(20, 45)],
+             "sample.step": [(21, 30), (31, 44)], "vae_decode": [(61, 80)], "model_load.build": [(11, 19)],
+             "model_load.read": [(12, 15)]}
+    own = {k: round(v * 1e6, 6) for k, v in exclusive_times(spans).items()}
+    assert own == {"prompt": 30, "node": 18, "model_load.read": 3, "model_load.build": 5, "sample": 3,
+                   "sample.step": 22, "vae_decode": 19}
+    assert sum(own.values()) == 100  # the union of every span
+
+
+@pytest.mark.parametrize("name", ["step-rate", "partial-offload", "vae-tiled", "memory-pressure"])
+def test_a_recorded_runs_stage_shares_add_to_100_percent(name):
+    from comfy_nodes.analysis.diagnose import diagnose
+    from comfy_nodes.render.report import render
+
+    trace = load(os.path.join(os.path.dirname(__file__), "fixtures", "scenarios", f"{name}.trace.json"))
+    report = diagnose(trace)
+    assert sum(share for _, _, share in report.stages) == pytest.approx(1.0, abs=1e-6)
+    assert sum(seconds for _, seconds, _ in report.stages) == pytest.approx(report.summary.wall_s, rel=1e-6)
+    text = render(report, "text")
+    assert "(outside nodes)" in text or "prompt" not in report.summary.exclusive_s
+    inclusive = report.to_dict()["stages_inclusive"]
+    assert inclusive["sample"] >= report.summary.exclusive_s.get("sample", 0.0)  # steps are inside sampling
+
+
+def test_the_console_gets_one_line_per_prompt_and_the_whole_summary_when_it_failed(native, tmp_path, caplog):
+    import logging
+
+    settings = Settings(disabled=False, output_dir=str(tmp_path), nvtx=False, summary=True, buffer_events=1024)
+    for prompt_id, fails in (("p-ok", False), ("p-bad", True)):
+        native.drain()
+        rec = Recorder(native, settings, lambda: str(tmp_path), HookGuard())
+        rec.prompt_begin({"1": {"class_type": "Loader"}}, prompt_id, {})
+        node = native.Wrapper(lambda: ("SUCCESS", None, None), stages.NODE, "node", namer=lambda: ("Loader", "1"))
+
+        def run(fails=fails, prompt_id=prompt_id):
+            node()
+            if fails:  # as ComfyUI reports a node that raised, before the prompt ends
+                rec.on_message("execution_error", {"prompt_id": prompt_id, "node_id": "1", "node_type": "Loader",
+                                                   "exception_type": "RuntimeError", "exception_message": "boom"})
+
+        native.Wrapper(run, stages.PROMPT, "prompt", detail=prompt_id)()
+        with caplog.at_level(logging.INFO, logger="stagetrace"):
+            caplog.clear()
+            rec.prompt_end()
+            assert rec.flush(30)
+        printed = [r.getMessage() for r in caplog.records if "prompt " + prompt_id in r.getMessage()]
+        assert len(printed) == 1
+        if fails:
+            assert "stage (its own time)" in printed[0] and "failed: Loader #1" in printed[0]  # the whole summary
+        else:
+            assert "\n" not in printed[0] and printed[0].startswith("StageTrace · prompt p-ok · ok in ")
+            assert rec.last_trace in printed[0]

@@ -36,6 +36,37 @@ class Summary:
     dropped: int = 0
     trace_path: str | None = None
     gpu: str | None = None  # one line: what the GPU did, or why there are no GPU figures
+    # each stage's own time: a moment belongs to the innermost stage running then, so these add up to the
+    # union of all spans (the wall time). "prompt": outside every node; "node": in a node, outside any stage.
+    exclusive_s: dict[str, float] = field(default_factory=dict)
+
+
+# How deep a stage sits: the innermost (highest) one running at a moment owns it. A stage of another
+# version's vocabulary counts as a stage inside a node.
+DEPTH = {"prompt": 0, "node": 1, "model_load.read": 3, "sample.step": 3}
+# Words for the exclusive rows that are not a stage of their own.
+EXCLUSIVE_LABELS = {"prompt": "outside nodes", "node": "in nodes, outside stages"}
+
+
+def exclusive_times(spans: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """Seconds each stage owns (µs intervals in): a sweep over every span boundary, giving each stretch to
+    the deepest stage running then (DEPTH; ties to the vocabulary's order)."""
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    rank = {stage: (DEPTH.get(stage, 2), order.get(stage, len(order))) for stage in spans}
+    edges = sorted((t, delta, stage) for stage, intervals in spans.items() for b, e in intervals if e > b
+                   for t, delta in ((b, 1), (e, -1)))
+    active: dict[str, int] = defaultdict(int)
+    owned: dict[str, float] = defaultdict(float)
+    last = None
+    for t, delta, stage in edges:
+        if last is not None and t > last:
+            running = [s for s, n in active.items() if n > 0]
+            if running:
+                owned[max(running, key=rank.__getitem__)] += t - last
+        active[stage] += delta
+        last = t
+    ordered = sorted(owned, key=lambda s: order.get(s, len(order)))
+    return {stage: owned[stage] / 1e6 for stage in ordered if owned[stage] > 0}
 
 
 def first_line(text: object) -> str:
@@ -123,6 +154,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         dropped=int(other.get("dropped_events", 0) or 0),
         trace_path=trace_path,
         gpu=_gpu_line(other.get("gpu"), gpu_windows, wall),
+        exclusive_s=exclusive_times(spans),
     )
 
 

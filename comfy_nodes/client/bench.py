@@ -118,8 +118,11 @@ async def stage_split(server: ComfyServer, prompt_id: str, wait_s: float = STAGE
     while True:
         report = await server.get_json(f"/stagetrace/prompts/{prompt_id}", missing_ok=True)
         if isinstance(report, dict):
-            stages = {s["stage"]: s["seconds"] for s in report.get("stages") or [] if isinstance(s, dict)
-                      and "stage" in s}
+            inclusive = report.get("stages_inclusive")  # each stage's whole time (older servers: "stages")
+            stages = ({k: v for k, v in inclusive.items() if k != "prompt" and isinstance(v, (int, float))}
+                      if isinstance(inclusive, dict) else
+                      {s["stage"]: s["seconds"] for s in report.get("stages") or [] if isinstance(s, dict)
+                       and "stage" in s})
             if isinstance(report.get("wall_s"), (int, float)):
                 stages["prompt"] = report["wall_s"]  # the whole execution, seen from inside
             return stages

@@ -5,7 +5,9 @@
 | STAGETRACE_DISABLE       | 0                                | 1: install no hooks at all (off switch)   |
 | STAGETRACE_OUTPUT_DIR    | <ComfyUI output>/stagetrace      | where traces are written                  |
 | STAGETRACE_NVTX          | 1                                | 0: no NVTX ranges                         |
-| STAGETRACE_SUMMARY       | 1                                | 0: no console summary after each prompt   |
+| STAGETRACE_SUMMARY       | 1                                | 1: one console line a prompt (the full    |
+|                          |                                  | summary when it failed); full: the full   |
+|                          |                                  | summary every time; 0: nothing            |
 | STAGETRACE_REPORT        | 1                                | 0: no report files (.report.html/.json)   |
 |                          |                                  | beside each trace                         |
 | STAGETRACE_BUFFER_EVENTS | 65536                            | events each thread's buffer holds         |
@@ -96,6 +98,7 @@ class Settings:
     keep_days: float = 30.0
     keep_mb: float = 2000.0
     writer_queue: int = 64
+    summary_full: bool = False  # STAGETRACE_SUMMARY=full: the whole summary after every prompt
     metrics: bool = True
     metrics_port: int = 0
     metrics_addr: str = "127.0.0.1"
@@ -108,6 +111,7 @@ class Settings:
             output_dir=os.environ.get("STAGETRACE_OUTPUT_DIR") or None,
             nvtx=_flag("STAGETRACE_NVTX", True),
             summary=_flag("STAGETRACE_SUMMARY", True),
+            summary_full=(os.environ.get("STAGETRACE_SUMMARY") or "").strip().lower() == "full",
             buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
             gpu=_flag("STAGETRACE_GPU", True),
             report=_flag("STAGETRACE_REPORT", True),

@@ -135,8 +135,15 @@ class TraceWriterThread:
         self.last_summary, self.last_report = report.summary, report
         if self.metrics is not None:
             self.guard.call("metrics", self.metrics.observe, trace, report)
-        if self.settings.summary:
-            logger.info("%s", render(report, "text"))
+        if self.settings.summary:  # one line; the whole summary when asked for, or when the prompt failed
+            if self.settings.summary_full or report.summary.outcome != "ok" or report.summary.failures:
+                logger.info("%s", render(report, "text"))
+            else:
+                from ..render.text import format_line
+
+                first = report.findings[0] if report.findings else None
+                logger.info("%s", format_line(report.summary, f"{first.title} (stagetrace report for more)"
+                                              if first else None))
         if self.settings.report:
             stem = path[: -len(SUFFIX)]
             for fmt, suffix in (("html", ".report.html"), ("json", ".report.json")):

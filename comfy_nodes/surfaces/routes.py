@@ -435,6 +435,8 @@ def _brief(report: dict) -> dict:
     return {"prompt_id": report.get("prompt_id"), "outcome": report.get("outcome"), "wall_s": report.get("wall_s"),
             "queue_wait_s": summary.get("queue_wait_s"),
             "stages": {s.get("stage"): s.get("seconds") for s in report.get("stages") or [] if isinstance(s, dict)},
+            "stages_inclusive": report.get("stages_inclusive") if isinstance(report.get("stages_inclusive"), dict)
+            else None,
             "findings": [{"title": f.get("title"), "severity": f.get("severity")}
                          for f in report.get("findings") or [] if isinstance(f, dict)],
             "url": f"{PREFIX}/prompts/{report.get('prompt_id')}"}
