@@ -734,11 +734,12 @@ class Report:
     summary: Summary
     findings: list[Finding]
     not_checked: list[NotChecked]
-    stages: list[tuple[str, float, float]]  # (stage, seconds, share of wall)
+    stages: list[tuple[str, float, float]]  # (stage, exclusive seconds, share of wall): the shares add to 100 %
 
     def to_dict(self) -> dict:
         return {"prompt_id": self.summary.prompt_id, "outcome": self.summary.outcome, "wall_s": self.summary.wall_s,
                 "stages": [{"stage": s, "seconds": t, "share": f} for s, t, f in self.stages],
+                "stages_inclusive": dict(self.summary.stage_s),
                 "findings": [f.to_dict() for f in self.findings],
                 "not_checked": [asdict(n) for n in self.not_checked],
                 "summary": asdict(self.summary)}
@@ -759,5 +760,6 @@ def diagnose(trace: dict, rules: tuple[Rule, ...] = RULES) -> Report:
     _share_costs(findings)
     _link_failure(findings)
     wall = ev.summary.wall_s
-    stages = [(s, t, t / wall if wall else 0.0) for s, t in ev.summary.stage_s.items() if s != "prompt"]
+    # each stage's own (exclusive) time, so the shares add up to the prompt's wall time
+    stages = [(s, t, t / wall if wall else 0.0) for s, t in ev.summary.exclusive_s.items()]
     return Report(ev.summary, rank(findings), not_checked, stages)
