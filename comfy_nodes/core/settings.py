@@ -26,6 +26,7 @@
 | STAGETRACE_WRITER_QUEUE  | 64                               | prompts waiting for the writer thread;    |
 |                          |                                  | past this whole prompts are dropped and   |
 |                          |                                  | counted (the worker never waits)          |
+| STAGETRACE_LIVE          | 1                                | 0: no live progress messages to the page  |
 | STAGETRACE_METRICS       | 1                                | 0: no Prometheus metrics (the route says  |
 |                          |                                  | so with a 503)                            |
 | STAGETRACE_METRICS_PORT  | 0                                | N: also serve /metrics on its own port,   |
@@ -33,6 +34,11 @@
 | STAGETRACE_METRICS_ADDR  | 127.0.0.1                        | the address that port listens on          |
 | STAGETRACE_METRICS_NODE_CLASSES | (ComfyUI's core loaders,  | node classes with their own node_class    |
 |                          | samplers, encoders, decoders)    | label (comma-separated); others: "other"  |
+| STAGETRACE_HISTORY       | 1                                | 0: no run history (history.sqlite3 in the |
+|                          |                                  | trace folder: the regression finding,     |
+|                          |                                  | `stagetrace history`, the history routes) |
+| STAGETRACE_HISTORY_KEEP  | 10000                            | runs the history keeps; the oldest go     |
+| STAGETRACE_HISTORY_DAYS  | 90                               | runs older than this leave the history    |
 """
 
 from __future__ import annotations
@@ -99,10 +105,14 @@ class Settings:
     keep_mb: float = 2000.0
     writer_queue: int = 64
     summary_full: bool = False  # STAGETRACE_SUMMARY=full: the whole summary after every prompt
+    live: bool = True  # stagetrace.live WebSocket messages to the page that queued the prompt
     metrics: bool = True
     metrics_port: int = 0
     metrics_addr: str = "127.0.0.1"
     metrics_node_classes: tuple[str, ...] | None = None  # None: metrics.DEFAULT_NODE_CLASSES
+    history: bool = True
+    history_keep: int = 10_000
+    history_days: float = 90.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -112,6 +122,7 @@ class Settings:
             nvtx=_flag("STAGETRACE_NVTX", True),
             summary=_flag("STAGETRACE_SUMMARY", True),
             summary_full=(os.environ.get("STAGETRACE_SUMMARY") or "").strip().lower() == "full",
+            live=_flag("STAGETRACE_LIVE", True),
             buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
             gpu=_flag("STAGETRACE_GPU", True),
             report=_flag("STAGETRACE_REPORT", True),
@@ -127,6 +138,9 @@ class Settings:
                                  "a port number (0 to 65535)"),
             metrics_addr=(os.environ.get("STAGETRACE_METRICS_ADDR") or "127.0.0.1").strip(),
             metrics_node_classes=_names("STAGETRACE_METRICS_NODE_CLASSES"),
+            history=_flag("STAGETRACE_HISTORY", True),
+            history_keep=_positive_int("STAGETRACE_HISTORY_KEEP", 10_000),
+            history_days=_positive_float("STAGETRACE_HISTORY_DAYS", 90.0),
         )
 
 

@@ -104,6 +104,9 @@ def setup(settings: Settings | None = None) -> Installation | None:
 
 def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) -> Installation:
     native.set_buffer_capacity(settings.buffer_events)
+    from ..record.live import LIVE
+
+    LIVE.enabled = settings.live
     native.nvtx_set_enabled(settings.nvtx)
     recorder = Recorder(native, settings, lambda: output_dir(settings), guard, log_tap=LogTap(native, guard))
     inst = Installation(recorder)

@@ -22,10 +22,12 @@ import threading
 from collections.abc import Callable
 
 from ..core import stages
+from ..record.live import LIVE
 from . import facts
 from .guard import HookGuard
 from .params import params
 
+STAGE_NAMES = stages.STAGES  # a stage's index -> its name
 READ = stages.STAGES.index("model_load.read")
 BUILD = stages.STAGES.index("model_load.build")
 TO_DEVICE = stages.STAGES.index("model_load.to_device")
@@ -72,6 +74,7 @@ class Spans:
     def _open(self, stage, name, before, call_args, call_kwargs) -> tuple[int, dict]:
         args = before(*call_args, **call_kwargs) if before is not None else {}
         text = name(*call_args, **call_kwargs) if callable(name) else name
+        LIVE.stage_opened(STAGE_NAMES[stage])
         return self.native.stage_begin(stage, text), args
 
     def close(self, label: str, opened: tuple[int, dict] | None, after: After | None, result: object,
@@ -219,6 +222,7 @@ class StepClock:
         token, self.token = self.token, 0
         self.native.stage_end(token, {"step": i + 1, "of": self.total,
                                       "sigma": self.sigmas[i] if 0 <= i < len(self.sigmas) else None})
+        LIVE.step_done(i + 1, self.total)
         self.index = i + 1
         self.token = self._begin()
 

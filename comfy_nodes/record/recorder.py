@@ -23,6 +23,7 @@ from ..core import stages
 from ..core.log import log_once, logger
 from ..gpu.memory import TorchMemory, device_facts, merge_devices
 from ..gpu.tracks import record_kernels, record_windows
+from .live import LIVE
 from .writer import PromptRecord, TraceWriterThread
 
 VERSION = "0.1.0"
@@ -75,6 +76,8 @@ class Recorder:
         self.cache_type: str | None = None  # the executor's cache (CLASSIC, LRU, DEPENDENCY_AWARE = --cache-none)
         self.node_spans = 0
         self._node_stack: list[str] = []
+        self.client_id: str | None = None  # the page that queued the prompt (live messages go there)
+        self.workflow_id: str | None = None  # the graph's identity, whatever the seeds and texts (history)
 
     def _start_collectors(self) -> None:
         """With the first prompt, not on import: CUPTI, the NVML thread, the log tap. One that fails for a
@@ -110,6 +113,10 @@ class Recorder:
         if not self._started:
             self._start_collectors()
         self.prompt = prompt if isinstance(prompt, dict) else {}
+        client_id = extra_data.get("client_id") if isinstance(extra_data, dict) else None
+        self.client_id = client_id if isinstance(client_id, str) else None
+        self.workflow_id = self.guard.call("workflow id", _workflow_id, self.prompt)
+        self.guard.call("live", LIVE.begin, self.prompt_id, self.client_id)
         if self.gpu is not None:
             self.guard.call("GPU round", self.gpu.round_begin)
         if self.nvml is not None:
@@ -155,6 +162,8 @@ class Recorder:
         self.executed_nodes.add(node_id)
         self._node_stack.append(node_id)
         self.guard.call("GPU memory", self.memory.sample, self.native.now_ns(), node_id, "start")
+        if hint is None:
+            self.guard.call("live", LIVE.node, node_id, str(class_type))
         return class_type, node_id, hint
 
     def node_outcome(self, result) -> int:
@@ -262,7 +271,7 @@ class Recorder:
         self._self_check()
         batch = self.native.drain()
         metadata = self._metadata(gpu_meta, nvml_meta)
-        self.writer.submit(PromptRecord(self.prompt_id, time.time(), batch, metadata, os.getpid()))
+        self.writer.submit(PromptRecord(self.prompt_id, time.time(), batch, metadata, os.getpid(), self.client_id))
         self._reset_prompt()  # nothing of this prompt leaks into the next one, even if its prompt_begin fails
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -348,6 +357,7 @@ class Recorder:
             "prompt_id": self.prompt_id,
             "outcome": stages.OUTCOMES[self.outcome],
             "queue_wait_s": None if self.queue_wait_ns is None else self.queue_wait_ns / 1e9,
+            "workflow_id": self.workflow_id,
             "hooks": list(self.hooks),
             "fallbacks": list(self.fallbacks),
             "dropped_events": n.dropped(),
@@ -396,3 +406,12 @@ def _is_interrupt(exc: object) -> bool:
     mm = sys.modules.get("comfy.model_management")
     interrupt = getattr(mm, "InterruptProcessingException", None)
     return isinstance(exc, KeyboardInterrupt) or (interrupt is not None and isinstance(exc, interrupt))
+
+
+def _workflow_id(prompt: dict) -> str | None:
+    """The workflow's identity for the run history (history/identity.py), or None without it."""
+    try:
+        from ..history.identity import workflow_id
+    except ImportError:
+        return None
+    return workflow_id(prompt)

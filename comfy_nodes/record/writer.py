@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.log import log_once, logger
+from .live import LIVE
 from .tracefile import SUFFIX, trace_path, write_new
 
 REPORT_SUFFIXES = (".report.html", ".report.json")
@@ -38,6 +39,7 @@ class PromptRecord:
     batch: object  # the C EventBatch drained at the prompt's end
     metadata: dict  # the trace's otherData
     pid: int
+    client_id: str | None = None  # the page that queued it: told when the trace and report are written
 
 
 class TraceWriterThread:
@@ -123,6 +125,7 @@ class TraceWriterThread:
             self.guard.call("report", self._report, record, path)
         self.guard.call("retention", prune, directory, self.settings.keep_traces, self.settings.keep_days * 86400.0,
                         self.settings.keep_mb * 1e6, keep=path)
+        self.guard.call("live", LIVE.done, record.prompt_id, str(record.metadata.get("outcome")), record.client_id)
         return path
 
     def _report(self, record: PromptRecord, path: str) -> None:

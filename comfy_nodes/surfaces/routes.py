@@ -8,9 +8,13 @@ appends one to ``PromptServer.instance.app.middlewares``.
     GET /stagetrace/prompts/{prompt_id}             one prompt's report: summary, stages, findings
     GET /stagetrace/prompts/{prompt_id}/trace       its trace file (Chrome Trace Event JSON)
     GET /stagetrace/prompts/{prompt_id}/report.html its HTML report
+    GET /stagetrace/prompts/{prompt_id}/panel       the data of ComfyUI's StageTrace panel (surfaces/panel.py)
     GET /stagetrace/anatomy/{folder}/{name}         a model file's anatomy (header only)
     GET /stagetrace/gpu?since=&until=               GPU samples recorded in a time range (epoch seconds)
     GET /stagetrace/metrics                         Prometheus metrics (surfaces/metrics.py)
+    GET /stagetrace/history?workflow=ID&limit=N     recorded runs from the run history, newest first
+    GET /stagetrace/history/compare?a=ID&b=ID       two recorded runs stage by stage (a - b, a / b)
+    GET /stagetrace/history/{prompt_id}             one recorded run
 
 What they read: StageTrace's own files in its trace folder (by name: ``<stamp>_<id>.trace.json`` and
 the report files beside it, never a symlink), and ComfyUI's registered model folders (a name resolved
@@ -255,11 +259,14 @@ def _number(request, name: str, default: float | None) -> float | None:
 class Routes:
     """The handlers, over one TraceStore and ComfyUI's folder_paths."""
 
-    def __init__(self, store: TraceStore, native, metrics=None, metrics_why: str | None = None):
+    def __init__(self, store: TraceStore, native, metrics=None, metrics_why: str | None = None, *,
+                 history=None, history_why: str | None = None):
         self.store = store
         self.native = native
         self.metrics = metrics  # surfaces.metrics.Metrics, or None (and why not)
         self.metrics_why = metrics_why
+        self.history = history  # history.store.History, or None (and why not)
+        self.history_why = history_why
 
     async def _off_loop(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -295,6 +302,29 @@ class Routes:
 
     async def prompt(self, request):
         return _json(await self._off_loop(self._prompt, request.match_info["prompt_id"]))
+
+    def _panel(self, prompt_id: str) -> dict:
+        path = self.store.find(prompt_id)
+
+        def build():
+            from ..analysis.diagnose import diagnose
+            from .panel import panel_data
+
+            try:
+                trace = load(path)
+            except TraceError as exc:
+                raise RouteError(422, f"the trace cannot be read: {os.path.basename(str(exc))}") from None
+            written = self.store.report(path).get("findings")  # the writer's, with the history's findings
+            data = panel_data(trace, diagnose(trace), f"{PREFIX}/prompts/{prompt_id}",
+                              written if isinstance(written, list) else None)
+            return json.loads(json.dumps(data, default=str))
+        data = self.store._cached("panel", path, build)
+        if self.store.sibling(path, ".report.html") is None:
+            data = {**data, "links": {**data["links"], "report": None}}
+        return data
+
+    async def panel(self, request):
+        return _json(await self._off_loop(self._panel, request.match_info["prompt_id"]))
 
     async def trace(self, request):
         from aiohttp import web
@@ -388,6 +418,52 @@ class Routes:
         body, content_type = await self._off_loop(self.metrics.exposition)
         return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
+    # --- run history --------------------------------------------------------------------------
+
+    def _history_call(self, method: str, *args):
+        """A History method on the executor's thread; 503 when there is no history or its database fails
+        (the message without the server's path), RouteError 404 for an unknown run."""
+        from ..history.store import HistoryError, RunNotFound
+
+        history = self.history
+        if history is None:
+            raise RouteError(503, self.history_why or "StageTrace's run history is off (STAGETRACE_HISTORY=0)")
+        try:
+            return getattr(history, method)(*args)
+        except HistoryError as exc:
+            message = str(exc).replace(os.path.dirname(os.path.abspath(history.path)) + os.sep, "")
+            raise RouteError(503, f"the run history cannot be read: {message}") from None
+        except RunNotFound as exc:
+            raise RouteError(404, f"no recorded run of prompt {' or '.join(exc.prompt_ids)}") from None
+
+    @staticmethod
+    def _history_id(value: str | None, what: str) -> str:
+        if not isinstance(value, str) or not SAFE_ID.match(value):
+            raise RouteError(400, f"invalid {what}: letters, digits, '-' and '_' only, 1 to 80 of them")
+        return value
+
+    async def history_runs(self, request):
+        limit = _number(request, "limit", DEFAULT_LIMIT)
+        if limit != int(limit) or not 1 <= limit <= MAX_LIMIT:
+            raise RouteError(400, f"limit must be a whole number from 1 to {MAX_LIMIT}")
+        workflow = request.query.get("workflow")
+        if workflow is not None:
+            workflow = self._history_id(workflow, "workflow id")
+        runs = await self._off_loop(self._history_call, "runs", int(limit), workflow)
+        return _json({"runs": runs, "limit": int(limit), "workflow": workflow})
+
+    async def history_run(self, request):
+        prompt_id = self._history_id(request.match_info["prompt_id"], "prompt id")
+        run = await self._off_loop(self._history_call, "get", prompt_id)
+        if run is None:
+            raise RouteError(404, f"no recorded run of prompt {prompt_id}")
+        return _json({**run, "links": {"prompt": f"{PREFIX}/prompts/{prompt_id}"}})
+
+    async def history_compare(self, request):
+        a = self._history_id(request.query.get("a"), "prompt id a")
+        b = self._history_id(request.query.get("b"), "prompt id b")
+        return _json(await self._off_loop(self._history_call, "compare", a, b))
+
     async def not_found(self, request):
         raise RouteError(404, f"no such StageTrace route: {request.path}")
 
@@ -397,9 +473,13 @@ class Routes:
             (PREFIX + "/prompts/{prompt_id}", self.prompt),
             (PREFIX + "/prompts/{prompt_id}/trace", self.trace),
             (PREFIX + "/prompts/{prompt_id}/report.html", self.report_html),
+            (PREFIX + "/prompts/{prompt_id}/panel", self.panel),
             (PREFIX + "/anatomy/{folder}/{name:.+}", self.anatomy),
             (PREFIX + "/gpu", self.gpu),
             (PREFIX + "/metrics", self.prometheus),
+            (PREFIX + "/history", self.history_runs),
+            (PREFIX + "/history/compare", self.history_compare),  # before {prompt_id}, which would match it
+            (PREFIX + "/history/{prompt_id}", self.history_run),
             (PREFIX + "/{rest:.*}", self.not_found),
         ]
 
@@ -451,7 +531,8 @@ def prompt_server():
     return getattr(getattr(server, "PromptServer", None), "instance", None)
 
 
-def register(output_dir: Callable[[], str], native, metrics=None, metrics_why: str | None = None) -> str | None:
+def register(output_dir: Callable[[], str], native, metrics=None, metrics_why: str | None = None, *,
+             history=None, history_why: str | None = None) -> str | None:
     """Add the routes to ``server.PromptServer.instance.routes`` when ComfyUI has a server (not in an
     in-process run without one). Returns None unless registering failed; then why, for the trace's
     fallbacks. Never raises."""
@@ -462,7 +543,8 @@ def register(output_dir: Callable[[], str], native, metrics=None, metrics_why: s
         if getattr(instance, _REGISTERED, None) is not None:
             return None
         route_table = instance.routes
-        routes = Routes(TraceStore(output_dir, native), native, metrics, metrics_why)
+        routes = Routes(TraceStore(output_dir, native), native, metrics, metrics_why, history=history,
+                        history_why=history_why)
         for path, handler in routes.table():
             route_table.get(path)(guarded(handler))
         setattr(instance, _REGISTERED, routes)
