@@ -74,6 +74,7 @@ def main() -> int:
         conn = http.client.HTTPConnection(cs.HOST, server.port, timeout=30)
         one = f"/stagetrace/prompts/{prompt_id}"
         cold, size = timed(conn, one, 1)
+        panel_cold, _ = timed(conn, one + "/panel", 1)
         timed(conn, "/system_stats", 20)  # warm the connection and the server
         base_t, base_size = timed(conn, "/system_stats", args.requests)
         baseline = statistics.median(base_t) * 1e3
@@ -82,7 +83,9 @@ def main() -> int:
               "one keep-alive connection")
         print(line("GET /system_stats (ComfyUI's, baseline)", base_t, base_size))
         print(f"  {'GET /stagetrace/prompts/{id}, first (uncached)':<44} {'':>14}   {cold[0] * 1e3:6.2f} ms")
+        print(f"  {'GET /stagetrace/prompts/{id}/panel, first':<44} {'':>14}   {panel_cold[0] * 1e3:6.2f} ms")
         for label, path in (("GET /stagetrace/prompts/{id} (summary)", one),
+                            ("GET /stagetrace/prompts/{id}/panel (panel data)", one + "/panel"),
                             ("GET /stagetrace/prompts?limit=20", "/stagetrace/prompts?limit=20"),
                             ("GET /stagetrace/prompts/{id}/trace", one + "/trace")):
             times, size = timed(conn, path, args.requests)
