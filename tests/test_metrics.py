@@ -70,7 +70,11 @@ def test_a_prompt_adds_to_its_outcome_its_stages_its_nodes_and_its_findings(comf
     assert delta(before, after, "stagetrace_stage_seconds_sum", stage="sample") == pytest.approx(stages["sample"],
                                                                                                  rel=1e-6)
     assert delta(before, after, "stagetrace_node_seconds_count", node_class="KSampler") == 1
-    assert delta(before, after, "stagetrace_node_seconds_count", node_class="other") == 2  # the test's own nodes
+    from comfy_nodes.surfaces.metrics import DEFAULT_NODE_CLASSES
+
+    ran_elsewhere = [n for n in report["summary"]["nodes"] if n["class_type"] not in DEFAULT_NODE_CLASSES
+                     and n["outcome"] != "cached"]  # the test's own nodes, when ComfyUI's cache did not serve them
+    assert delta(before, after, "stagetrace_node_seconds_count", node_class="other") == len(ran_elsewhere)
     for finding in report["findings"]:
         assert delta(before, after, "stagetrace_findings_total", rule=finding["rule"]) >= 1
     # every series is bounded: no prompt id, file or seed ever becomes a label value
