@@ -205,7 +205,7 @@ def test_the_console_gets_one_line_per_prompt_and_the_whole_summary_when_it_fail
         rec.prompt_begin({"1": {"class_type": "Loader"}}, prompt_id, {})
         node = native.Wrapper(lambda: ("SUCCESS", None, None), stages.NODE, "node", namer=lambda: ("Loader", "1"))
 
-        def run(fails=fails, prompt_id=prompt_id):
+        def run(fails=fails, prompt_id=prompt_id, node=node, rec=rec):
             node()
             if fails:  # as ComfyUI reports a node that raised, before the prompt ends
                 rec.on_message("execution_error", {"prompt_id": prompt_id, "node_id": "1", "node_type": "Loader",
