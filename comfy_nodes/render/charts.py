@@ -1,5 +1,5 @@
-"""Small inline-SVG charts for the bench and load reports: a line (or step) chart over time with shaded
-spans, stacked bars with a legend, a histogram and a scatter over time.
+"""Small inline-SVG charts for the bench, load and prompt reports: a line (or step) chart over time with
+shaded spans, stacked bars with a legend, a histogram, a scatter over time and a timeline of lanes.
 
 No dependencies and no script: each builder returns one ``<figure>`` (the ``<svg>`` and a caption) to
 put inside an HTML page. Every string is escaped with ``html.escape``; every number is rounded the same
@@ -7,7 +7,8 @@ way, so the same input gives the same bytes. Axis ticks fall on round values in 
 range (ms, s, min through ``format_duration``; bytes through ``format_bytes``), and each mark carries a
 ``<title>`` tooltip with the figure it stands for. What is drawn is bounded: beyond ``MAX_POINTS`` a
 series keeps the lowest and highest point of each interval, beyond ``MAX_BARS`` consecutive bars are
-merged into their mean, and the caption says so.
+merged into their mean, beyond a lane's share of ``MAX_MARKS`` a timeline merges short spans into runs,
+and the caption says so.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..core.units import format_bytes, format_duration
@@ -24,6 +25,7 @@ MAX_POINTS = 2000  # marks per line chart or scatter, all series together
 MAX_BARS = 240  # bars per bar chart; more are merged, consecutive ones together
 MAX_SPANS = 400  # shaded spans per line chart
 MAX_BINS = 40  # histogram bins
+MAX_MARKS = 3000  # bars of a timeline, all lanes together; short spans beyond a lane's share are merged
 
 WIDTH = 920
 PLOT_HEIGHT = 220
@@ -151,6 +153,49 @@ def _round_up(value: float, step: float) -> float:
     return math.ceil(value / step - 1e-9) * step
 
 
+# Tick steps of a time axis, in seconds, and the unit its labels read in (time_ticks).
+_TIME_STEPS = (1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2,
+               0.25, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600,
+               43200, 86400)
+
+
+def time_unit(end: float, step: float) -> tuple[str, float]:
+    """The unit every tick of a time axis from 0 to ``end`` seconds reads in, as (name, seconds): ms below
+    a second, min (h) when the step is whole minutes (hours) past two minutes (two hours), s otherwise."""
+    if end < 1:
+        return "ms", 1e-3
+    if end >= 7200 and step % 3600 == 0:
+        return "h", 3600.0
+    if end >= 120 and step % 60 == 0:
+        return "min", 60.0
+    return "s", 1.0
+
+
+def time_ticks(end: float, most: int = 6) -> list[tuple[float, str]]:
+    """Ticks of a time axis from 0 to ``end`` seconds as (seconds, label): at most ``most`` intervals of
+    a round step, every label in the one unit time_unit() picks and with the decimals the step needs, so
+    no two labels read the same ('0, 2 ms, 4 ms', '0, 1 s, 2 s', '0, 5 min, 10 min'). This function can't
+    fail."""
+    end = end if math.isfinite(end) and end > 0 else 1e-3
+    step = next((float(s) for s in _TIME_STEPS if end / s <= most), 0.0)
+    if not step:
+        step = 86400.0
+        while end / step > most:
+            step *= 2
+    unit, size = time_unit(end, step)
+    decimals = next((d for d in range(7) if abs(round(step / size, d) - step / size) < 1e-9), 6)
+    ticks = []
+    for k in range(int(math.floor(end / step + 1e-9)) + 1):
+        value = k * step
+        if k == 0:
+            ticks.append((0.0, "0"))
+            continue
+        text = f"{value / size:.{decimals}f}"
+        text = text.rstrip("0").rstrip(".") if "." in text else text
+        ticks.append((value, f"{text} {unit}"))
+    return ticks
+
+
 # --- Bounding what is drawn ------------------------------------------------------------------------
 
 
@@ -254,14 +299,14 @@ class _Frame:
                 f'y="{_f(self.height - 8)}" text-anchor="middle" fill="{AXIS}">{_esc(label)}</text>')
 
 
-def _legend(items: Sequence[tuple], width: int) -> tuple[str, int]:
-    """Legend entries (name, colour, shape) laid out left to right, wrapping; (svg, height)."""
-    parts, x, y = [], LEFT, 12
+def _legend(items: Sequence[tuple], width: int, left: float = LEFT) -> tuple[str, int]:
+    """Legend entries (name, colour, shape) laid out left to right from ``left``, wrapping; (svg, height)."""
+    parts, x, y = [], left, 12
     for name, colour, shape in items:
         text = _short(str(name))
         w = 22 + 6.4 * len(text) + 18
-        if x + w > width - RIGHT and x > LEFT:
-            x, y = LEFT, y + 18
+        if x + w > width - RIGHT and x > left:
+            x, y = left, y + 18
         if shape == "line":
             mark = f'<line x1="{_f(x)}" x2="{_f(x + 16)}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"/>'
         elif shape == "dash":
@@ -552,4 +597,179 @@ def scatter(points: Sequence[Point], *, x_label: str, y_label: str, x_kind: str 
     if kept < len(points):
         notes.append(f"{len(points):,} points drawn as {kept:,}: the lowest and highest of each interval"
                      + (f", failed ones included ({len(failed_kept):,} of {len(failed):,})." if failed else "."))
+    return _figure("".join(parts), title, " ".join(notes))
+
+
+# --- Timeline of lanes -----------------------------------------------------------------------------
+
+TIMELINE_WIDTH = 1100
+GUTTER = 158  # the lane names
+LANE_HEIGHT, BAR_HEIGHT = 24, 17
+GLYPH = 6.4  # px per character of an 11 px label, a little wide so labels never overflow their bar
+
+
+@dataclass
+class Lane:
+    """One row of a timeline: its spans as three columns (``starts`` and ``ends`` in seconds from the
+    origin, ``keys`` what ``describe`` takes), in any order. Columns, not a tuple per span, so that a lane of
+    millions of spans allocates no object the garbage collector walks. ``describe(key)`` gives a drawn
+    span's label candidates (longest first: the first that fits inside the bar is drawn, none when none
+    fits), its tooltip and its opacity; it is called only for the spans drawn one by one. ``noun`` counts
+    the spans of a merged run."""
+
+    name: str
+    colour: str
+    starts: Sequence[float]
+    ends: Sequence[float]
+    keys: Sequence[object]
+    describe: Callable[[object], tuple[Sequence[str], str, float]]
+    noun: str = "spans"
+
+
+def _text_colour(fill: str) -> str:
+    """Dark text on a light fill, white on a dark one."""
+    try:
+        r, g, b = (int(fill[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    except ValueError:
+        return "#1f2937"
+    return "#1f2937" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.6 else "#ffffff"
+
+
+def _fit(candidates: Sequence[str], width: float) -> str:
+    """The first label that fits in a bar ``width`` px wide, or ''."""
+    return next((c for c in candidates if c and GLYPH * len(c) + 8 <= width), "")
+
+
+def _coalesce(lane: Lane, order: Sequence[int], px: float, budget: int, plot_width: float) -> list[tuple]:
+    """At most ``budget`` marks for a lane's spans taken in ``order`` (by start): spans at least ``wide`` px
+    wide stay as ('one', start, end, key); the narrower ones starting in the same ``bucket`` px of the axis
+    become one ('run', start, end, count, covered seconds, first key, last key). The bucket starts at the
+    width that gives the lane its budget of runs; both thresholds double until the marks fit."""
+    starts, ends, keys = lane.starts, lane.ends, lane.keys
+    wide, bucket = 4.0, max(1.0, plot_width / max(1, budget // 2))
+    while True:
+        marks: list = []
+        run: list | None = None
+        for i in order:
+            start, end = starts[i], ends[i]
+            if (end - start) * px >= wide:
+                marks.append(("one", start, end, keys[i]))
+                continue
+            cell = int(start * px // bucket)
+            if run is not None and run[7] == cell:
+                run[4] += max(0.0, end - max(start, run[2]))
+                run[2] = max(run[2], end)
+                run[3] += 1
+                run[6] = keys[i]
+            else:
+                run = ["run", start, end, 1, end - start, keys[i], keys[i], cell]
+                marks.append(run)  # filled in place while the run grows
+                if len(marks) > budget:
+                    break
+        if len(marks) <= budget:
+            return [m if m[0] == "one" else ("one", m[1], m[2], m[5]) if m[3] == 1 else tuple(m[:7]) for m in marks]
+        wide, bucket = wide * 2, bucket * 2
+
+
+def _budgets(sizes: Sequence[int], most: int) -> list[int]:
+    """Each lane's share of ``most`` marks (at least 20): lanes that need less than an even share leave the
+    rest to the others."""
+    budgets = [0] * len(sizes)
+    left = most
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    for n, i in enumerate(order):
+        budgets[i] = min(sizes[i], max(20, left // (len(order) - n)))
+        left -= budgets[i]
+    return budgets
+
+
+def _by_start(starts: Sequence[float]) -> Sequence[int]:
+    """The indices of ``starts`` in start order (a range when they are in order already)."""
+    if all(a <= b for a, b in zip(starts, starts[1:], strict=False)):
+        return range(len(starts))
+    return sorted(range(len(starts)), key=starts.__getitem__)
+
+
+def timeline(lanes: Sequence[Lane], *, end: float, chart_id: str = "timeline", title: str = "",
+             caption: str = "", mark_class: str = "mark", data_attr: str = "lane", legend: bool = True,
+             max_marks: int = MAX_MARKS, width: int = TIMELINE_WIDTH) -> str:
+    """Lanes of bars over time from 0 to ``end`` seconds: a legend of the lanes' colours, time ticks in one
+    unit (time_ticks), each bar a rect (class ``mark_class``, ``data-<data_attr>`` its lane's name) with its
+    tooltip and, when it fits, its label. Beyond a lane's share of ``max_marks``, short spans are merged into
+    runs (each with a tooltip counting them) and the caption says so. Bars are clipped to [0, end]."""
+    lanes = [lane for lane in lanes if len(lane.starts)]
+    if not lanes:
+        return empty(f"{title or 'Timeline'}: no spans in this trace.")
+    if not (math.isfinite(end) and end > 0):
+        end = max(max(lane.ends) for lane in lanes)
+        end = end if math.isfinite(end) and end > 0 else 1e-3
+    items = [(lane.name, lane.colour, "swatch") for lane in lanes] if legend else []
+    legend_svg, legend_height = _legend(items, width, GUTTER)
+    axis_y = legend_height + 24
+    top = axis_y + 8
+    plot_left, plot_width = GUTTER, width - GUTTER - 24
+    height = top + LANE_HEIGHT * len(lanes) + 8
+    px = plot_width / end
+    parts = [f'<svg class="chart timeline" id="{_esc(chart_id)}" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title or "timeline")}" '
+             f'font-family="{_esc(FONT)}" font-size="11" fill="#374151">{legend_svg}']
+    for i in range(0, len(lanes), 2):
+        parts.append(f'<rect class="lane-bg" x="0" y="{top + i * LANE_HEIGHT}" width="{width}" '
+                     f'height="{LANE_HEIGHT}" fill="#f6f7f9"/>')
+    for value, label in time_ticks(end, 8):
+        x = _f(plot_left + value * px)
+        parts.append(f'<line class="grid" x1="{x}" x2="{x}" y1="{axis_y}" y2="{height - 8}" stroke="{GRID}"/>'
+                     f'<text class="tick-x" x="{x}" y="{axis_y - 6}" text-anchor="middle" fill="{AXIS}">'
+                     f"{_esc(label)}</text>")
+    notes = [caption] if caption else []
+    merged_lanes = []
+    for i, (lane, budget) in enumerate(zip(lanes, _budgets([len(x.starts) for x in lanes], max_marks), strict=True)):
+        y = top + i * LANE_HEIGHT
+        bar_y = y + (LANE_HEIGHT - BAR_HEIGHT) / 2
+        parts.append(f'<text class="lane" x="8" y="{_f(y + LANE_HEIGHT / 2)}" dy="0.35em" font-size="12" '
+                     f'fill="#1f2937">{_esc(_short(lane.name, 22))}<title>{_esc(lane.name)}</title></text>')
+        order = _by_start(lane.starts)
+        if len(order) <= budget:
+            marks = [("one", lane.starts[j], lane.ends[j], lane.keys[j]) for j in order]
+        else:
+            marks = _coalesce(lane, order, px, budget, plot_width)
+        if any(m[0] == "run" for m in marks):
+            merged_lanes.append(f"{lane.name} ({len(order):,} {lane.noun} drawn as {len(marks):,} bars)")
+        ink = _text_colour(lane.colour)
+        for m in marks:
+            start, stop = max(0.0, m[1]), min(end, m[2])
+            if stop < start:
+                continue  # wholly outside [0, end]
+            x, w = plot_left + start * px, max((stop - start) * px, 1.0)
+            stroke = ' stroke="#fff" stroke-width="0.75"' if w >= 4 else ""
+            if m[0] == "one":
+                labels, tip, opacity = lane.describe(m[3])
+                shade = f' fill-opacity="{opacity:.2f}"' if opacity < 1 else ""
+                parts.append(f'<rect class="{mark_class}" data-{data_attr}="{_esc(lane.name)}" x="{_f(x)}" '
+                             f'y="{_f(bar_y)}" width="{_f(w)}" height="{BAR_HEIGHT}" rx="2" fill="{lane.colour}"'
+                             f"{shade}{stroke}><title>{_esc(tip)}</title></rect>")
+                label = _fit(labels, w)
+                if label:
+                    parts.append(f'<text class="bar-label" x="{_f(x + w / 2)}" y="{_f(bar_y + BAR_HEIGHT / 2)}" '
+                                 f'dy="0.35em" text-anchor="middle" fill="{ink if opacity >= 0.6 else "#1f2937"}" '
+                                 f'pointer-events="none">{_esc(label)}</text>')
+                continue
+            _, _, _, count, covered, first, last = m
+            first_label = (lane.describe(first)[0] or ("",))[0]
+            last_label = (lane.describe(last)[0] or ("",))[0]
+            tip = (f"{count:,} {lane.noun} merged into this bar ({first_label} … {last_label}): from "
+                   f"+{value_label(m[1], 'duration')} to +{value_label(m[2], 'duration')}, "
+                   f"{value_label(covered, 'duration')} covered")
+            parts.append(f'<rect class="{mark_class} merged" data-{data_attr}="{_esc(lane.name)}" data-count="{count}" '
+                         f'x="{_f(x)}" y="{_f(bar_y)}" width="{_f(w)}" height="{BAR_HEIGHT}" fill="{lane.colour}" '
+                         f'fill-opacity="0.7"{stroke}><title>{_esc(tip)}</title></rect>')
+            label = _fit((f"{count:,} {lane.noun}", f"{count:,}"), w)
+            if label:
+                parts.append(f'<text class="bar-label" x="{_f(x + w / 2)}" y="{_f(bar_y + BAR_HEIGHT / 2)}" '
+                             f'dy="0.35em" text-anchor="middle" fill="{ink}" pointer-events="none">{_esc(label)}'
+                             f"</text>")
+    parts.append("</svg>")
+    if merged_lanes:
+        notes.append("Short spans merged into runs so the page stays small: " + "; ".join(merged_lanes)
+                     + ". Hover a run for its count.")
     return _figure("".join(parts), title, " ".join(notes))
