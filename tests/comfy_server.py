@@ -75,6 +75,24 @@ class HarnessSleep:
 
 NODE_CLASS_MAPPINGS = {{"HarnessZeroConditioning": zero_conditioning_node(), "HarnessSleep": HarnessSleep}}
 
+# A test hook that sleeps inside a stage: while the file named by STAGETRACE_TEST_SLOW_SAMPLING holds a number
+# of seconds, the euler sampler (inside StageTrace's sample span) sleeps that long before it runs, so a
+# run's sampling is slower than the same workflow's earlier runs.
+if os.environ.get("STAGETRACE_TEST_SLOW_SAMPLING"):
+    import comfy.k_diffusion.sampling as _sampling
+
+    _euler = _sampling.sample_euler
+
+    def _slow_euler(*args, **kwargs):
+        try:
+            with open(os.environ["STAGETRACE_TEST_SLOW_SAMPLING"]) as f:
+                time.sleep(float(f.read().strip() or 0))
+        except (OSError, ValueError):
+            pass
+        return _euler(*args, **kwargs)
+
+    _sampling.sample_euler = _slow_euler
+
 # A server started with a fake NVML (STAGETRACE_NVML_LIB = tests/nvml/fake_nvml.c built: a TEST DOUBLE at the
 # hardware boundary, as there is no GPU here) scripts its one device's readings here, in the server's process,
 # where StageTrace's NVML sampler loads the same library.
@@ -127,6 +145,7 @@ class ComfyServer:
         self.output = os.path.join(base, "output")
         self.traces = os.path.join(self.output, "stagetrace")
         self.auth_file = os.path.join(base, "auth-mode")
+        self.slow_file = os.path.join(base, "slow-sampling")  # seconds the sampler sleeps (the test hook)
         self.log_path = os.path.join(base, "comfyui.log")
         self.login_token = LOGIN_TOKEN
         self.basic_header = "Basic " + base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
@@ -155,7 +174,8 @@ class ComfyServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STAGETRACE_")}
         env.update(PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2", STAGETRACE_SUMMARY="0",
                    STAGETRACE_TEST_AUTH_FILE=self.auth_file, STAGETRACE_TEST_LOGIN_TOKEN=LOGIN_TOKEN,
-                   STAGETRACE_TEST_BASIC_AUTH=f"{BASIC_USER}:{BASIC_PASSWORD}")
+                   STAGETRACE_TEST_BASIC_AUTH=f"{BASIC_USER}:{BASIC_PASSWORD}",
+                   STAGETRACE_TEST_SLOW_SAMPLING=self.slow_file)
         env.update(self.extra_env)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(server_command(self.port, self.base), cwd=self.comfyui, env=env,

@@ -41,6 +41,7 @@ from .stage_hooks import Spans, StageHooks
 _MARK = "_stagetrace_installation"  # attribute on the execution module
 _EXECUTE_PARAMS = ["server", "dynprompt", "caches", "current_item"]
 EXIT_FLUSH_S = 10.0  # at exit, how long the last traces may take to be written
+HISTORY_FILE = "history.sqlite3"  # in StageTrace's output folder, beside the traces
 
 
 class Installation:
@@ -137,10 +138,17 @@ def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) ->
         raise
     setattr(execution, _MARK, inst)
     metrics, metrics_why = _metrics(native, settings, recorder)
+    history, history_why = None, "the run history is off (STAGETRACE_HISTORY=0)"
+    if settings.history:  # opened with the first prompt that needs it (history/lazy.py)
+        from ..history.lazy import LazyHistory
+
+        history = recorder.writer.history = LazyHistory(
+            lambda: os.path.join(output_dir(settings), HISTORY_FILE), settings.history_keep, settings.history_days)
     try:  # the /stagetrace/ routes (surfaces/routes.py): their failure is named, never ComfyUI's
         from ..surfaces.routes import register as register_routes
 
-        why_not = register_routes(lambda: output_dir(settings), native, metrics, metrics_why)
+        why_not = register_routes(lambda: output_dir(settings), native, metrics, metrics_why, history=history,
+                                  history_why=history_why)
     except Exception as exc:  # noqa: BLE001
         why_not = f"no HTTP routes: {type(exc).__name__}: {exc}"
     if why_not:

@@ -3,8 +3,9 @@
 The worker hands over one ``PromptRecord`` (the drained C event batch and the prompt's metadata) and
 goes on: ComfyUI updates /history, sends the completion message and starts the next prompt while this
 thread writes the trace with the C trace writer, builds the report from the same recorded events in
-memory (never by reading the file back), counts it in the Prometheus metrics, prints the console summary,
-writes the report files beside the trace, and applies the retention bound. The queue is bounded: when it
+memory (never by reading the file back) and compares it with the workflow's earlier runs (the run
+history), counts it in the Prometheus metrics, prints the console summary, writes the report files beside
+the trace, and applies the retention bound. The queue is bounded: when it
 is full a whole prompt is dropped and counted (``dropped_prompts`` in the next trace), the worker never
 waits.
 """
@@ -26,6 +27,7 @@ from .tracefile import SUFFIX, trace_path, write_new
 
 REPORT_SUFFIXES = (".report.html", ".report.json")
 AFTER_PROMPT_GRACE_S = 0.02
+HISTORY_RUNS = 10  # earlier runs of the same workflow a prompt is compared with
 # Only files of this shape are StageTrace's own: retention never touches anything else.
 _OWN_TRACE = re.compile(r"^\d{8}-\d{6}_[A-Za-z0-9_-]+" + re.escape(SUFFIX) + "$")
 
@@ -56,6 +58,7 @@ class TraceWriterThread:
         self.last_report = None
         self.last_summary = None
         self.metrics = None  # surfaces.metrics.Metrics: each prompt is counted after its trace is written
+        self.history = None  # history.lazy.LazyHistory: each prompt is compared with its workflow's last runs
         self._queue: queue.Queue[PromptRecord] = queue.Queue(maxsize=settings.writer_queue)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -121,7 +124,7 @@ class TraceWriterThread:
             writer.abort()  # no-op after commit; removes the temporary file otherwise
         self.last_trace = path
         self.written += 1
-        if self.settings.summary or self.settings.report or self.metrics is not None:
+        if self.settings.summary or self.settings.report or self.metrics is not None or self.history is not None:
             self.guard.call("report", self._report, record, path)
         self.guard.call("retention", prune, directory, self.settings.keep_traces, self.settings.keep_days * 86400.0,
                         self.settings.keep_mb * 1e6, keep=path)
@@ -133,8 +136,10 @@ class TraceWriterThread:
         from ..render.report import render
 
         trace = {"traceEvents": record.batch.events(record.pid), "otherData": record.metadata}
-        report = diagnose(trace)
+        earlier = self._earlier_runs(record)
+        report = diagnose(trace, history=earlier)
         report.summary.trace_path = path
+        self._remember(report, record, path)
         self.last_summary, self.last_report = report.summary, report
         if self.metrics is not None:
             self.guard.call("metrics", self.metrics.observe, trace, report)
@@ -150,8 +155,35 @@ class TraceWriterThread:
         if self.settings.report:
             stem = path[: -len(SUFFIX)]
             for fmt, suffix in (("html", ".report.html"), ("json", ".report.json")):
-                if not write_new(stem + suffix, render(report, fmt, trace)):
+                if not write_new(stem + suffix, render(report, fmt, trace, previous=earlier[0] if earlier else None)):
                     log_once("report-exists", "%s exists; the report was not written over it", stem + suffix)
+
+
+    # --- the run history (history/: the regression finding, `stagetrace history`, the panel's runs) ------
+
+    def _earlier_runs(self, record: PromptRecord) -> list[dict] | None:
+        """The last runs of this prompt's workflow, newest first; None without a history (off, or its database
+        cannot be used now: one log line, and profiling goes on)."""
+        workflow_id = record.metadata.get("workflow_id")
+        if self.history is None or not workflow_id:
+            return None
+        from ..history.store import HistoryError
+
+        try:
+            return self.history.recent(workflow_id, HISTORY_RUNS, before_prompt=record.prompt_id)
+        except HistoryError as exc:
+            log_once("history", "the run history cannot be used (%s); profiling goes on without it", exc)
+            return None
+
+    def _remember(self, report, record: PromptRecord, path: str) -> None:
+        if self.history is None:
+            return
+        from ..history.store import HistoryError, run_from_report
+
+        try:
+            self.history.record(run_from_report(report, {**record.metadata, "ended": record.ended}, path))
+        except HistoryError as exc:
+            log_once("history", "the run history cannot be used (%s); profiling goes on without it", exc)
 
 
 # --- Retention ------------------------------------------------------------------------------------
