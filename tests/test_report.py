@@ -148,7 +148,7 @@ def test_trace_names_never_collide(tmp_path):
 def test_a_failing_report_leaves_the_trace_whole(native, tmp_path, monkeypatch, caplog):
     import comfy_nodes.analysis.diagnose as diagnose_module
 
-    def broken(trace, *args):
+    def broken(trace, *args, **kwargs):
         raise ZeroDivisionError("a bug in the report")
 
     monkeypatch.setattr(diagnose_module, "diagnose", broken)
