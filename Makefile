@@ -22,6 +22,7 @@ bench: build
 	$(PYTHON) benchmarks/bench_routes.py
 	$(PYTHON) benchmarks/bench_load.py
 	$(PYTHON) benchmarks/bench_metrics.py
+	$(PYTHON) benchmarks/bench_history.py
 
 # The libFuzzer target under ASan/UBSan for FUZZ_SECONDS (the tests run it for 20 s).
 FUZZ_SECONDS ?= 300

@@ -42,7 +42,7 @@ STAGES = ("model_load.read", "model_load.build", "model_load.to_device", "text_e
 ERROR_CLASSES = ("out_of_memory", "validation", "model_load", "other")
 FINDING_RULES = ("unreadable-file", "missing-clip-vae", "node-failed", "interrupted", "slow-read", "partial-offload",
                  "cpu-sampling", "fp8-no-compute", "vae-tiled", "reloaded", "warmup", "queue-wait",
-                 "memory-pressure", "gpu-idle", "step-rate")
+                 "memory-pressure", "gpu-idle", "step-rate", "regression")
 DIRECTIONS = ("host_to_device", "device_to_host")
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 180, 300, 600,
            1200, 1800, 3600)

@@ -308,8 +308,23 @@ def test_steps_far_slower_than_the_family_and_gpu_class_expect():
 def test_every_rule_has_a_trigger_test_here():
     tested = {"slow-read", "partial-offload", "cpu-sampling", "fp8-no-compute", "missing-clip-vae", "vae-tiled",
               "reloaded", "warmup", "queue-wait", "memory-pressure", "gpu-idle", "step-rate", "node-failed",
-              "interrupted", "unreadable-file"}
+              "interrupted", "unreadable-file", "regression"}
     assert {r.id for r in RULES} == tested
+
+
+def test_a_stage_slower_than_the_workflows_earlier_runs():
+    """The regression rule (tests/test_history.py has it over real traces and a real database)."""
+    def run(sample_ms):
+        return scenario(span("sample", "KSampler", 100, sample_ms), wall_ms=sample_ms + 500)
+
+    history = [{"prompt_id": f"e{i}", "outcome": "ok", "wall_s": 1.5, "stages": {"sample": 1.0 + i / 100}}
+               for i in range(5)]
+    f = diagnose(run(2500), history=history).findings[0]
+    assert f.rule == "regression" and f.title.startswith("Sampling took 2.5x the median of the last 5 runs")
+    assert f.figures["median_s"] == 1.02 and abs(f.cost_s - 1.48) < 1e-9 and "--compare p e0" in f.fix
+    assert not [f for f in diagnose(run(1100), history=history).findings if f.rule == "regression"]
+    few = diagnose(run(2500), history=history[:2])
+    assert [n.rule for n in few.not_checked if n.rule == "regression"] == ["regression"]
 
 
 # --- broken runs: the failure, the interrupt, the unreadable file ---

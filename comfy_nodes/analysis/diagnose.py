@@ -5,7 +5,8 @@
 :class:`Finding` (a title that says what the figures say, the measured evidence in words and as
 ``figures``, the seconds it cost, the cause and the fix), ``None`` when the evidence shows nothing
 wrong, or :class:`NotChecked` saying which evidence was missing. No finding is ever made up: without
-GPU data, the GPU rules say they could not check.
+GPU data, the GPU rules say they could not check. ``diagnose(trace, history=...)`` also takes the earlier
+runs of the same workflow (``History.recent``): the regression rule compares this run's stages with theirs.
 
 The order (``rank``): what broke the prompt comes first (a file that cannot be read or a loader that
 cannot give what the workflow needs, which break it before the failure shows; then the failing node or
@@ -14,7 +15,9 @@ the interrupt); then every other finding by the seconds it cost, whatever its se
 
 from __future__ import annotations
 
-from collections import defaultdict
+import math
+import statistics
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -58,6 +61,7 @@ class Evidence:
     logs: list[dict] = field(default_factory=list)  # comfyui_log instant events
     messages: list[dict] = field(default_factory=list)  # ComfyUI's prompt events (execution_error, ...)
     other: dict = field(default_factory=dict)
+    history: list[dict] | None = None  # earlier runs of the same workflow (History.recent), newest first
 
     @property
     def gpu(self) -> dict:
@@ -648,6 +652,109 @@ def rule_step_rate(ev: Evidence) -> Finding | NotChecked | None:
                    {"s_per_step": actual, "expected_s_per_step": expected, "family": family, "gpu": gpu})
 
 
+# --- Slower than this workflow's earlier runs ---------------------------------------------------
+
+# A stage regressed when it took at least REGRESSION_RATIO times the median of at least
+# REGRESSION_MIN_RUNS earlier successful runs of the same workflow, and at least REGRESSION_MIN_S more:
+# a ratio alone would fire on milliseconds of noise.
+REGRESSION_MIN_RUNS = 3
+REGRESSION_RATIO = 1.5
+REGRESSION_MIN_S = 0.25
+# The stages compared, in plain words; the three model-loading stages count as one.
+REGRESSION_STAGES = (("model_load", "model loading", ("model_load.read", "model_load.build", "model_load.to_device")),
+                     ("text_encode", "text encoding", ("text_encode",)), ("sample", "sampling", ("sample",)),
+                     ("vae_decode", "VAE decode", ("vae_decode",)), ("vae_encode", "VAE encode", ("vae_encode",)),
+                     ("save", "saving", ("save",)))
+# Findings that explain a slower stage when they are made on the same run: (stage, rule ids).
+REGRESSION_EXPLAINED_BY = {"model_load": ("unreadable-file", "slow-read", "reloaded", "memory-pressure", "warmup"),
+                           "sample": ("partial-offload", "cpu-sampling", "fp8-no-compute", "gpu-idle", "step-rate"),
+                           "vae_decode": ("vae-tiled",), "vae_encode": ("vae-tiled",)}
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _stage_seconds(stages: dict, keys: tuple[str, ...]) -> float | None:
+    """The seconds of a compared stage in a {stage: seconds} dict; None when none of its keys is there."""
+    found = [s for s in (_seconds(stages.get(k)) for k in keys) if s is not None]
+    return sum(found) if found else None
+
+
+def rule_regression(ev: Evidence) -> Finding | NotChecked | None:
+    """This run against the earlier successful runs of the same workflow: the stage that lost the most
+    time against their median becomes the finding (the others that also regressed are named in its
+    evidence); the whole prompt when no single stage did."""
+    if ev.history is None:
+        return NotChecked("regression", TITLES["regression"], "no earlier runs of this workflow were given "
+                          "(the run history is off, or the trace was read on its own)")
+    earlier = [r for r in ev.history if isinstance(r, dict) and r.get("outcome") == "ok"
+               and isinstance(r.get("stages"), dict)]
+    if len(earlier) < REGRESSION_MIN_RUNS:
+        return NotChecked("regression", TITLES["regression"], f"{len(earlier)} earlier successful run(s) of this "
+                          f"workflow; {REGRESSION_MIN_RUNS} are needed")
+
+    def slower_than_before(now: float | None, before: list[tuple[dict, float]]) -> float | None:
+        """The median of the earlier seconds when ``now`` is a regression against it; None otherwise."""
+        if now is None or len(before) < REGRESSION_MIN_RUNS:
+            return None
+        median = statistics.median(s for _, s in before)
+        return median if now >= REGRESSION_RATIO * median and now >= median + REGRESSION_MIN_S else None
+
+    slower = []  # (seconds lost, stage, words, seconds, median, [(earlier run, its seconds)] newest first)
+    for stage, words, keys in REGRESSION_STAGES:
+        now = _stage_seconds(ev.summary.stage_s, keys)
+        before = [(r, s) for r in earlier if (s := _stage_seconds(r["stages"], keys)) is not None]
+        median = slower_than_before(now, before)
+        if median is not None:
+            slower.append((now - median, stage, words, now, median, before))
+    if not slower:  # no compared stage is slower; the prompt may be, by time spent outside them (a custom node)
+        walls = [(r, s) for r in earlier if (s := _seconds(r.get("wall_s"))) is not None]
+        median = slower_than_before(ev.summary.wall_s, walls)
+        if median is None:
+            return None
+        slower.append((ev.summary.wall_s - median, "prompt", "the whole prompt", ev.summary.wall_s, median, walls))
+    slower.sort(key=lambda x: -x[0])
+    excess, stage, words, now, median, before = slower[0]
+    runs = len(before)
+    ratio = now / median if median > 0 else None
+    newest = before[0][0]  # the history is newest first
+    this_id, earlier_id = ev.summary.prompt_id, str(newest.get("prompt_id", "?"))
+    low, high = min(s for _, s in before), max(s for _, s in before)
+    evidence = (f"{words} took {format_duration(now)} in this run; the median of the last {runs} "
+                f"successful runs of this workflow is {format_duration(median)} (from "
+                f"{format_duration(low)} to {format_duration(high)})")
+    also = [{"stage": s, "seconds": n, "median_s": m} for _, s, _, n, m, _ in slower[1:]]
+    if also:
+        evidence += "; also slower: " + ", ".join(f"{w} {n / m:.1f}x" if m > 0 else f"{w} (0 s before)"
+                                                  for _, _, w, n, m, _ in slower[1:])
+    process = ev.other.get("process") if isinstance(ev.other.get("process"), dict) else {}
+    severity = "warning"
+    if stage == "model_load" and process.get("prompt_index") == 1:
+        cause = ("this is the first prompt since ComfyUI started: it loads the models, which the earlier runs "
+                 "found already loaded")
+        severity = "info"
+    elif stage == "model_load":
+        cause = ("the models were loaded again, or loaded more slowly, than in those runs: evicted from the cache, "
+                 "offloaded for another workflow, a slower disk or less free RAM")
+    else:
+        cause = ("something changed since those runs: a model reload, weights offloaded to system RAM, a slower "
+                 "disk, another process on the GPU, other launch options or a changed custom node")
+    fix = (f"compare this run with an earlier one: `stagetrace history --compare {this_id} {earlier_id}` shows what "
+           "else changed, stage by stage")
+    what = words[0].upper() + words[1:]
+    if ratio is not None and ratio < 10:
+        title = f"{what} took {ratio:.1f}x the median of the last {runs} runs of this workflow"
+    else:  # against a median of (nearly) nothing a ratio says little: the seconds do
+        title = (f"{what} took {format_duration(now)}; the median of the last {runs} runs of this workflow is "
+                 f"{format_duration(median)}")
+    figures = {"stage": stage, "seconds": now, "median_s": median, "runs": runs, "ratio": ratio,
+               "min_s": low, "max_s": high, "compare_with": earlier_id, "also": also}
+    return Finding("regression", title, evidence, excess, cause, fix, severity, figures)
+
+
 TITLES = {
     "unreadable-file": "A model file cannot be read",
     "missing-clip-vae": "The loader cannot give the text encoder or VAE the workflow needs",
@@ -664,6 +771,7 @@ TITLES = {
     "memory-pressure": "System RAM or swap pressure while loading",
     "gpu-idle": "GPU idle between kernels during the steps (CPU-bound)",
     "step-rate": "Denoising steps far slower than expected",
+    "regression": "A stage slower than in this workflow's earlier runs",
 }
 
 RULES: tuple[Rule, ...] = tuple(Rule(rule_id, TITLES[rule_id], check) for rule_id, check in (
@@ -682,6 +790,7 @@ RULES: tuple[Rule, ...] = tuple(Rule(rule_id, TITLES[rule_id], check) for rule_i
     ("memory-pressure", rule_memory_pressure),
     ("gpu-idle", rule_gpu_idle),
     ("step-rate", rule_step_rate),
+    ("regression", rule_regression),
 ))
 
 # What breaks a prompt before its failure shows (the true cause of it), then the failure itself.
@@ -717,6 +826,26 @@ def _share_costs(findings: list[Finding]) -> None:
             f.cost_s = max(0.0, f.cost_s - other.cost_s)
 
 
+def _link_regression(findings: list[Finding], history: list[dict] | None) -> None:
+    """A slower stage that another finding of this run explains says so, and keeps only the seconds that
+    finding does not claim (so it ranks after it). Only a finding that is new explains it: one that most of
+    the earlier successful runs also had was there when they were fast."""
+    regression = next((f for f in findings if f.rule == "regression"), None)
+    if regression is None:
+        return
+    earlier = [r for r in history or [] if isinstance(r, dict) and r.get("outcome") == "ok"]
+    runs_with = Counter(rule for r in earlier
+                        for rule in {f.get("rule") for f in r.get("findings") or [] if isinstance(f, dict)})
+    usual = {rule for rule, n in runs_with.items() if 2 * n >= len(earlier)}
+    explained_by = [rule for rule in REGRESSION_EXPLAINED_BY.get(regression.figures.get("stage"), ())
+                    if rule not in usual]
+    other = next((f for f in rank(findings) if f.rule in explained_by), None)
+    if other is not None:
+        regression.cause = f"{other.title.rstrip('.')} (the finding above)"
+        if regression.cost_s is not None and other.cost_s:
+            regression.cost_s = max(0.0, regression.cost_s - other.cost_s)
+
+
 def _link_failure(findings: list[Finding]) -> None:
     """A failure a structural finding explains says so, instead of guessing at its own cause."""
     structural = next((f for f in findings if f.rule in STRUCTURAL and f.severity == "error"), None)
@@ -745,8 +874,11 @@ class Report:
                 "summary": asdict(self.summary)}
 
 
-def diagnose(trace: dict, rules: tuple[Rule, ...] = RULES) -> Report:
+def diagnose(trace: dict, rules: tuple[Rule, ...] = RULES, *, history: list[dict] | None = None) -> Report:
+    """The report of one trace. ``history``: the earlier runs of the same workflow, newest first
+    (History.recent), for the regression rule; without it that rule is not checked."""
     ev = gather(trace)
+    ev.history = history
     findings, not_checked = [], []
     for rule in rules:
         try:
@@ -759,6 +891,7 @@ def diagnose(trace: dict, rules: tuple[Rule, ...] = RULES) -> Report:
             not_checked.append(result)
     _share_costs(findings)
     _link_failure(findings)
+    _link_regression(findings, history)
     wall = ev.summary.wall_s
     # each stage's own (exclusive) time, so the shares add up to the prompt's wall time
     stages = [(s, t, t / wall if wall else 0.0) for s, t in ev.summary.exclusive_s.items()]

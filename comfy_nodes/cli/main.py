@@ -28,6 +28,15 @@
                                        minute, goodput, errors by class, per worker, per stage
                                        (exit 0 met, 1 a threshold missed, 2 bad options or no
                                        server reached, 3 authentication, 130 interrupted)
+    stagetrace history [--db PATH] [--workflow ID] [--limit N] [--json]
+    stagetrace history --compare A B [--db PATH] [--json]
+    stagetrace history --workflows [--db PATH] [--limit N] [--json]
+                                       the recorded runs (newest first: time, prompt, workflow,
+                                       outcome, wall, top stages, first finding), two runs
+                                       stage by stage (A - B, A / B), or the workflows; the
+                                       database: --db, else $STAGETRACE_OUTPUT_DIR/history.sqlite3,
+                                       else ./output/stagetrace/history.sqlite3 (exit 0, 2 no
+                                       usable database or an unknown run)
 """
 
 from __future__ import annotations
@@ -226,6 +235,118 @@ def _load(args) -> int:
     return code or status or (1 if missed else 0)
 
 
+# --- history ---------------------------------------------------------------------------------------
+
+HISTORY_HIDDEN_STAGES = ("node", "sample.step", "anatomy")  # inside other stages: not a top stage of their own
+
+
+def _history_db(path: str | None) -> str:
+    """The database the history command reads: --db, else the trace folder's; ValueError saying what to pass."""
+    import os
+
+    from ..history.store import FILE_NAME
+
+    if path:
+        return path
+    if os.environ.get("STAGETRACE_OUTPUT_DIR"):
+        return os.path.join(os.environ["STAGETRACE_OUTPUT_DIR"], FILE_NAME)
+    local = os.path.join("output", "stagetrace", FILE_NAME)
+    if os.path.exists(local):
+        return local
+    raise ValueError(f"no history database found (STAGETRACE_OUTPUT_DIR is not set and there is no ./{local}): "
+                     "pass --db PATH")
+
+
+def _when(ended: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ended)) if ended else "-"
+
+
+def _top_stages(stages: dict, n: int = 3) -> str:
+    from ..core.units import format_duration
+
+    shown = sorted(((s, t) for s, t in stages.items() if s not in HISTORY_HIDDEN_STAGES), key=lambda x: -x[1])
+    return ", ".join(f"{s} {format_duration(t)}" for s, t in shown[:n]) or "-"
+
+
+def _columns(rows: list[tuple], right: tuple[int, ...] = ()) -> list[str]:
+    """Rows as aligned text columns (the last one left ragged); ``right``: the columns aligned right."""
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]) - 1)] + [0]
+    return ["  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                      for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in rows]
+
+
+def _history_table(runs: list[dict]) -> str:
+    from ..core.units import format_duration
+
+    if not runs:
+        return "no runs recorded"
+    rows = [("ended", "prompt", "workflow", "outcome", "wall", "top stages", "first finding")]
+    for r in runs:
+        first = r["findings"][0]["title"] if r["findings"] else "-"
+        rows.append((_when(r["ended"]), r["prompt_id"], r["workflow_id"] or "-", r["outcome"],
+                     format_duration(r["wall_s"]), _top_stages(r["stages"]), first))
+    return "\n".join(_columns(rows, right=(4,)))
+
+
+def _workflows_table(workflows: list[dict]) -> str:
+    from ..core.units import format_duration
+
+    if not workflows:
+        return "no runs recorded"
+    rows = [("workflow", "runs", "last run", "median wall (ok runs)")]
+    rows += [(w["workflow_id"] or "-", str(w["runs"]), _when(w["last_ended"]), format_duration(w["median_wall_s"]))
+             for w in workflows]
+    return "\n".join(_columns(rows, right=(1,)))
+
+
+def _comparison_table(c: dict) -> str:
+    from ..core.units import format_duration
+
+    def line(name: str, f: dict) -> tuple:
+        ratio = f"{f['ratio']:.2f}x" if f["ratio"] is not None else "-"
+        sign = "+" if f["difference"] > 0 else ""
+        return (name, format_duration(f["a"]), format_duration(f["b"]), sign + format_duration(f["difference"]),
+                ratio)
+
+    out = [f"{side}: {run['prompt_id']}  {_when(run['ended'])}  {run['outcome']}  workflow {run['workflow_id'] or '-'}"
+           for side, run in (("a", c["a"]), ("b", c["b"]))]
+    if not c["same_workflow"]:
+        out.append("(different workflows: the stages may differ for that reason alone)")
+    rows = [("stage", "a", "b", "a - b", "a / b"), line("wall", c["wall"])]
+    rows += [line(s["stage"], s) for s in c["stages"] if s["stage"] not in HISTORY_HIDDEN_STAGES]
+    out += ["", *_columns([(*row, "") for row in rows], right=(1, 2, 3, 4)), ""]
+    for side in ("a", "b"):
+        found = c[f"findings_only_in_{side}"]
+        out.append(f"findings only in {side}: " + ("; ".join(f["title"] for f in found) if found else "none"))
+    return "\n".join(out)
+
+
+def _history(args) -> int:
+    from ..history.store import History, HistoryError, RunNotFound
+
+    if args.limit < 1:
+        print("stagetrace history: --limit must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        with History(_history_db(args.db), readonly=True) as history:
+            if args.compare:
+                out = history.compare(*args.compare)
+                text = _comparison_table
+            elif args.workflows:
+                out = history.workflows(args.limit)
+                text = _workflows_table
+            else:
+                out = history.runs(args.limit, args.workflow)
+                text = _history_table
+    except (ValueError, HistoryError, RunNotFound) as exc:
+        print(f"stagetrace history: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2, default=str) if args.json else text(out))
+    return 0
+
+
 def _auth_options(parser) -> None:
     parser.add_argument("--token", help="a token for the server's auth plugin (Authorization: Bearer; ?token= on "
                         "the WebSocket); default $STAGETRACE_TOKEN")
@@ -295,6 +416,18 @@ def main(argv: list[str] | None = None) -> int:
                       "beside the client's")
     _auth_options(load)
     load.set_defaults(func=_load)
+    history = sub.add_parser("history", help="the recorded runs of this ComfyUI (newest first), two runs compared "
+                             "stage by stage, or the workflows")
+    history.add_argument("--db", help="the history database (default: $STAGETRACE_OUTPUT_DIR/history.sqlite3, "
+                         "else ./output/stagetrace/history.sqlite3)")
+    history.add_argument("--workflow", help="only the runs of this workflow id")
+    history.add_argument("--limit", type=int, default=20, help="runs (or workflows) listed (default 20)")
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    shown = history.add_mutually_exclusive_group()
+    shown.add_argument("--compare", nargs=2, metavar=("A", "B"), help="run A against run B (prompt ids), stage "
+                       "by stage")
+    shown.add_argument("--workflows", action="store_true", help="the workflows with runs, the last run first")
+    history.set_defaults(func=_history)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     return args.func(args)
