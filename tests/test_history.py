@@ -444,9 +444,11 @@ def test_real_runs_of_the_tiny_workflow_one_slowed_in_its_sampler(tmp_path):
     wid = workflow_id(tiny_txt2img(CKPT, seed=1))
     assert wid == workflow_id(tiny_txt2img(CKPT, seed=99))
     reports = {}
-    with History(folder / "history.sqlite3") as history:
+    # replayed from the traces into a database of the test's own, as the writer thread does it
+    with History(tmp_path / "replay.sqlite3") as history:
         for i, prompt_id in enumerate(order):
             trace = load(str(traces[prompt_id]))
+            assert trace["otherData"].get("workflow_id") in (wid, None)  # the recorder's identity, when it has one
             reports[prompt_id] = report = diagnose(trace, history=history.recent(wid, 10))
             history.record(run_from_report(report, {**trace["otherData"], "workflow_id": wid,
                                                     "ended": time.time() - 100 + i}, traces[prompt_id].name))
@@ -460,6 +462,13 @@ def test_real_runs_of_the_tiny_workflow_one_slowed_in_its_sampler(tmp_path):
     assert f.figures["seconds"] == pytest.approx(slow_s) and slow_s >= 2 * SLEEP_PER_STEP_S
     assert f.title.startswith("Sampling took ") and "x the median of the last 5 runs of this workflow" in f.title
     assert "--compare hist-slow hist-5" in f.fix
+    # the writer thread's own history, when it keeps one (STAGETRACE_HISTORY, on by default), says the same
+    written = folder / "history.sqlite3"
+    if written.exists():
+        with History(written, readonly=True) as history:
+            assert [r["prompt_id"] for r in history.recent(wid, 10)] == order[::-1]
+            assert [f["rule"] for f in history.get("hist-slow")["findings"]].count("regression") == 1
+            assert "regression" not in [f["rule"] for f in history.get("hist-again")["findings"]]
 
 
 # --- stagetrace history ------------------------------------------------------------------------------
