@@ -42,7 +42,7 @@ def test_live_messages_follow_the_prompt_node_stage_and_step_to_its_page(comfy_s
     live = [m["data"] for m in messages if m["type"] == "stagetrace.live"]
     running = [m for m in live if m["state"] == "running"]
     assert running and all(m["prompt_id"] == prompt_id for m in live)
-    assert {"4", "3", "8"} <= {m["node_id"] for m in running}  # loader, sampler, decoder
+    assert {"3", "8"} <= {m["node_id"] for m in running}  # sampler, decoder (the loader may be served from cache)
     steps = [m["step"] for m in running if m["step"]]
     assert steps[0] == 1 and steps[-1] == 12 and steps == sorted(steps)  # it moves, in order, first and last
     assert [m["steps"] for m in running if m["step"]][-1] == 12

@@ -271,7 +271,8 @@ class Recorder:
         self._self_check()
         batch = self.native.drain()
         metadata = self._metadata(gpu_meta, nvml_meta)
-        self.writer.submit(PromptRecord(self.prompt_id, time.time(), batch, metadata, os.getpid(), self.client_id))
+        metadata["ended"] = ended = time.time()  # epoch seconds: the history's and the panel's clock
+        self.writer.submit(PromptRecord(self.prompt_id, ended, batch, metadata, os.getpid(), self.client_id))
         self._reset_prompt()  # nothing of this prompt leaks into the next one, even if its prompt_begin fails
 
     def flush(self, timeout: float | None = None) -> bool:

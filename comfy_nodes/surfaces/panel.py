@@ -115,6 +115,7 @@ def panel_data(trace: dict, report, base_url: str, findings: list[dict] | None =
     return {
         "prompt_id": s.prompt_id, "outcome": s.outcome, "wall_s": s.wall_s, "queue_wait_s": s.queue_wait_s,
         "workflow_id": other.get("workflow_id"),
+        "ended": other.get("ended"),
         "stages": [{"stage": stage, "seconds": secs, "share": share, "label": EXCLUSIVE_LABELS.get(stage, stage)}
                    for stage, secs, share in report.stages],
         "stages_inclusive": dict(s.stage_s),
