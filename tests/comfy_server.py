@@ -81,8 +81,11 @@ NODE_CLASS_MAPPINGS = {{"HarnessZeroConditioning": zero_conditioning_node(), "Ha
 if os.environ.get("STAGETRACE_TEST_SLOW_SAMPLING"):
     import comfy.k_diffusion.sampling as _sampling
 
+    import functools
+
     _euler = _sampling.sample_euler
 
+    @functools.wraps(_euler)  # the sample span keeps the sampler's own name
     def _slow_euler(*args, **kwargs):
         try:
             with open(os.environ["STAGETRACE_TEST_SLOW_SAMPLING"]) as f:
