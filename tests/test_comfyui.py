@@ -350,7 +350,7 @@ def test_demo_command_runs_real_comfyui(tmp_path):
 
 
 def test_queue_wait_is_measured(tmp_path):
-    result, log = run_harness(tmp_path, "queued")
+    result, log = run_harness(tmp_path, "queued", env={"STAGETRACE_SUMMARY": "full"})  # the whole summary
     assert result["runs"][0]["success"]
     (path,) = traces(tmp_path)
     trace = load(str(path))
@@ -432,7 +432,7 @@ def test_gpu_collection_through_the_cupti_double_in_real_comfyui(tmp_path):
     from test_gpu import build_fake
 
     fake = build_fake(tmp_path)
-    result, log = run_harness(tmp_path, "basic", env={"STAGETRACE_CUPTI_LIB": fake})
+    result, log = run_harness(tmp_path, "basic", env={"STAGETRACE_CUPTI_LIB": fake, "STAGETRACE_SUMMARY": "full"})
     assert result["runs"][0]["success"]
     (path,) = traces(tmp_path)
     trace = load(str(path))

@@ -136,10 +136,10 @@ class TraceWriterThread:
         from ..render.report import render
 
         trace = {"traceEvents": record.batch.events(record.pid), "otherData": record.metadata}
-        earlier = self._earlier_runs(record)
+        earlier = self.guard.call("history", self._earlier_runs, record, default=None)
         report = diagnose(trace, history=earlier)
         report.summary.trace_path = path
-        self._remember(report, record, path)
+        self.guard.call("history", self._remember, report, record, path)  # its failure spares the rest
         self.last_summary, self.last_report = report.summary, report
         if self.metrics is not None:
             self.guard.call("metrics", self.metrics.observe, trace, report)
@@ -157,7 +157,6 @@ class TraceWriterThread:
             for fmt, suffix in (("html", ".report.html"), ("json", ".report.json")):
                 if not write_new(stem + suffix, render(report, fmt, trace, previous=earlier[0] if earlier else None)):
                     log_once("report-exists", "%s exists; the report was not written over it", stem + suffix)
-
 
     # --- the run history (history/: the regression finding, `stagetrace history`, the panel's runs) ------
 
