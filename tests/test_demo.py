@@ -173,3 +173,25 @@ def test_demo_in_custom_nodes_finds_its_comfyui(native, tmp_path):
                             text=True, timeout=300)
     assert report.returncode == 0, report.stderr
     assert report.stdout.splitlines()[0] in proc.stdout  # the same summary
+
+
+# --- the demo honours the settings ------------------------------------------------------------------------
+
+
+def test_the_demo_honours_stagetrace_disable(native, tmp_path):
+    proc = run_demo(tmp_path, "--workdir", tmp_path / "work", env={"PYTHONPATH": ROOT, "STAGETRACE_DISABLE": "1"})
+    assert proc.returncode == 2 and "StageTrace is disabled here (STAGETRACE_DISABLE is set)" in proc.stderr
+    assert not (tmp_path / "work" / "traces").exists()  # nothing was profiled
+
+
+def test_the_demo_writes_its_traces_where_stagetrace_output_dir_says(native, outside_comfyui, tmp_path):
+    elsewhere = tmp_path / "mine"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("the user's")
+    proc = run_demo(tmp_path, "--workdir", tmp_path / "work", env={"PYTHONPATH": ROOT, "HOME": str(tmp_path),
+                                                                   "STAGETRACE_OUTPUT_DIR": "~/mine",
+                                                                   "STAGETRACE_NVML_HZ": "fast"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list(elsewhere.glob("*.trace.json"))) == 1 and (elsewhere / "keep.txt").read_text() == "the user's"
+    assert not (tmp_path / "work" / "traces").exists()
+    assert "stagetrace demo: STAGETRACE_NVML_HZ='fast' is not a whole number" in proc.stderr  # said, and run on

@@ -10,8 +10,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 from comfy_nodes.core import stages
 from comfy_nodes.core.settings import Settings
 from comfy_nodes.hooks.guard import HookGuard
@@ -211,9 +209,10 @@ def test_importing_the_custom_node_starts_nothing(native):
 
 def test_settings_for_retention_and_the_queue_are_checked(monkeypatch):
     monkeypatch.setenv("STAGETRACE_KEEP_DAYS", "0")
-    with pytest.raises(ValueError, match="STAGETRACE_KEEP_DAYS"):
-        Settings.from_env()
+    problems = []
+    assert Settings.from_env(problems).keep_days == 30.0 and "STAGETRACE_KEEP_DAYS" in problems[0]
     monkeypatch.setenv("STAGETRACE_KEEP_DAYS", "0.5")
     monkeypatch.setenv("STAGETRACE_WRITER_QUEUE", "x")
-    with pytest.raises(ValueError, match="STAGETRACE_WRITER_QUEUE"):
-        Settings.from_env()
+    problems = []
+    settings = Settings.from_env(problems)
+    assert (settings.keep_days, settings.writer_queue) == (0.5, 64) and "STAGETRACE_WRITER_QUEUE" in problems[0]

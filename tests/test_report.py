@@ -223,3 +223,13 @@ def test_the_console_gets_one_line_per_prompt_and_the_whole_summary_when_it_fail
         else:
             assert "\n" not in printed[0] and printed[0].startswith("StageTrace · prompt p-ok · ok in ")
             assert rec.last_trace in printed[0]
+
+
+def test_piping_into_head_ends_quietly():
+    """`stagetrace report ... | head -1`: the reader leaves early; no BrokenPipe traceback, exit 0."""
+    trace = os.path.join(ROOT, "tests", "fixtures", "scenarios", "vae-tiled.trace.json")
+    for fmt in ("text", "html", "json"):
+        proc = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m comfy_nodes report "
+                               f"{trace} --format {fmt} | head -c 10 > /dev/null"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -430,7 +430,15 @@ def main(argv: list[str] | None = None) -> int:
     history.set_defaults(func=_history)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:  # `stagetrace ... | head`: the reader left; that is no error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush
+        return 0
 
 
 if __name__ == "__main__":

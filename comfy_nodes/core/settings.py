@@ -46,46 +46,76 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-_FALSE = {"0", "false", "no", "off", ""}
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off", "none"}
 
 
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
+class _Reader:
+    """Reads the variables strictly: a value that is not understood, or out of its bounds, is reported in one
+    line naming the variable and the default used instead (never a silent guess, never profiling off)."""
+
+    def __init__(self, report):
+        self.report = report
+
+    def _bad(self, name: str, value: str, what: str, default) -> None:
+        shown = ("on" if default else "off") if isinstance(default, bool) else default
+        self.report(f"{name}={value!r} is not {what}: using the default ({shown})")
+
+    def flag(self, name: str, default: bool, extra: tuple[str, ...] = ()) -> bool:
+        value = os.environ.get(name)
+        if value is None or not value.strip():
+            return default
+        word = value.strip().lower()
+        if word in _TRUE or word in extra:
+            return True
+        if word in _FALSE:
+            return False
+        self._bad(name, value, "a switch (1/0, true/false, yes/no, on/off" + "".join(f", {e}" for e in extra) + ")",
+                  default)
         return default
-    return value.strip().lower() not in _FALSE
+
+    def number(self, name: str, default, parse, low, high, low_open: bool = False):
+        """The variable as a number within [low, high] ((low, high] with low_open); the default otherwise."""
+        value = os.environ.get(name)
+        if value is None or not value.strip():
+            return default
+        kind = "a whole number" if parse is int else "a number"
+        def shown(x) -> str:
+            return f"{x:,}" if isinstance(x, int) else f"{x:g}"
+
+        bounds = f"{'over' if low_open else 'from'} {shown(low)} {'up to' if low_open else 'to'} {shown(high)}"
+        try:
+            number = parse(value.strip())
+        except ValueError:
+            self._bad(name, value, f"{kind} {bounds}", default)
+            return default
+        if number != number or not ((number > low) if low_open else (number >= low)) or number > high:
+            self._bad(name, value, f"{kind} {bounds}", default)
+            return default
+        return number
+
+    def path(self, name: str) -> str | None:
+        """A folder: ~ and $VARIABLES expanded, made absolute; None when unset or empty."""
+        value = os.environ.get(name)
+        if value is None or not value.strip():
+            return None
+        return os.path.abspath(os.path.expanduser(os.path.expandvars(value.strip())))
+
+    def names(self, name: str, most: int) -> tuple[str, ...] | None:
+        """A comma-separated list of names (at most `most`); None when unset or empty."""
+        value = os.environ.get(name)
+        if value is None or not value.strip():
+            return None
+        names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+        if len(names) > most:
+            self.report(f"{name} names {len(names)} node classes: only the first {most} are used")
+        return names[:most]
 
 
-def _number(name: str, default, parse, what: str, ok, bound: str):
-    """The variable parsed as a number (parse: int or float) for which ok(number) holds; the default when
-    unset or empty. ValueError naming the variable otherwise (NaN is never ok)."""
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        number = parse(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not {what}") from None
-    if not ok(number):
-        raise ValueError(f"{name}={value!r} must be {bound}")
-    return number
+def _log_problem(message: str) -> None:
+    from .log import logger
 
-
-def _int(name: str, default: int, minimum: int) -> int:
-    return _number(name, default, int, "an integer", lambda n: n >= minimum,
-                   "positive" if minimum == 1 else f"{minimum} or more")
-
-
-def _positive_float(name: str, default: float) -> float:
-    return _number(name, default, float, "a number", lambda n: n > 0, "positive")
-
-
-def _positive_int(name: str, default: int) -> int:
-    return _int(name, default, 1)
-
-
-def _count(name: str, default: int) -> int:
-    return _int(name, default, 0)
+    logger.warning("StageTrace: %s", message)
 
 
 @dataclass(frozen=True)
@@ -115,38 +145,33 @@ class Settings:
     history_days: float = 90.0
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, problems: list[str] | None = None) -> Settings:
+        """The settings from the environment. A value that is not understood gives one line naming the variable
+        and the default used instead: appended to problems when given, else logged as a warning."""
+        r = _Reader(problems.append if problems is not None else _log_problem)
+        summary = r.flag("STAGETRACE_SUMMARY", True, extra=("full",))
         return cls(
-            disabled=_flag("STAGETRACE_DISABLE", False),
-            output_dir=os.environ.get("STAGETRACE_OUTPUT_DIR") or None,
-            nvtx=_flag("STAGETRACE_NVTX", True),
-            summary=_flag("STAGETRACE_SUMMARY", True),
-            summary_full=(os.environ.get("STAGETRACE_SUMMARY") or "").strip().lower() == "full",
-            live=_flag("STAGETRACE_LIVE", True),
-            buffer_events=_positive_int("STAGETRACE_BUFFER_EVENTS", 65536),
-            gpu=_flag("STAGETRACE_GPU", True),
-            report=_flag("STAGETRACE_REPORT", True),
-            gpu_kernels=_count("STAGETRACE_GPU_KERNELS", 0),
-            nvml=_flag("STAGETRACE_NVML", True),
-            nvml_hz=_positive_int("STAGETRACE_NVML_HZ", 10),
-            keep_traces=_positive_int("STAGETRACE_KEEP_TRACES", 1000),
-            keep_days=_positive_float("STAGETRACE_KEEP_DAYS", 30.0),
-            keep_mb=_positive_float("STAGETRACE_KEEP_MB", 2000.0),
-            writer_queue=_positive_int("STAGETRACE_WRITER_QUEUE", 64),
-            metrics=_flag("STAGETRACE_METRICS", True),
-            metrics_port=_number("STAGETRACE_METRICS_PORT", 0, int, "an integer", lambda n: 0 <= n <= 65535,
-                                 "a port number (0 to 65535)"),
+            disabled=r.flag("STAGETRACE_DISABLE", False),
+            output_dir=r.path("STAGETRACE_OUTPUT_DIR"),
+            nvtx=r.flag("STAGETRACE_NVTX", True),
+            summary=summary,
+            summary_full=summary and (os.environ.get("STAGETRACE_SUMMARY") or "").strip().lower() == "full",
+            live=r.flag("STAGETRACE_LIVE", True),
+            buffer_events=r.number("STAGETRACE_BUFFER_EVENTS", 65536, int, 1, 1 << 24),
+            gpu=r.flag("STAGETRACE_GPU", True),
+            report=r.flag("STAGETRACE_REPORT", True),
+            gpu_kernels=r.number("STAGETRACE_GPU_KERNELS", 0, int, 0, 10_000_000),
+            nvml=r.flag("STAGETRACE_NVML", True),
+            nvml_hz=r.number("STAGETRACE_NVML_HZ", 10, int, 1, 1000),
+            keep_traces=r.number("STAGETRACE_KEEP_TRACES", 1000, int, 1, 10_000_000),
+            keep_days=r.number("STAGETRACE_KEEP_DAYS", 30.0, float, 0, 36_500, low_open=True),
+            keep_mb=r.number("STAGETRACE_KEEP_MB", 2000.0, float, 0, 100_000_000, low_open=True),
+            writer_queue=r.number("STAGETRACE_WRITER_QUEUE", 64, int, 1, 100_000),
+            metrics=r.flag("STAGETRACE_METRICS", True),
+            metrics_port=r.number("STAGETRACE_METRICS_PORT", 0, int, 0, 65535),
             metrics_addr=(os.environ.get("STAGETRACE_METRICS_ADDR") or "127.0.0.1").strip(),
-            metrics_node_classes=_names("STAGETRACE_METRICS_NODE_CLASSES"),
-            history=_flag("STAGETRACE_HISTORY", True),
-            history_keep=_positive_int("STAGETRACE_HISTORY_KEEP", 10_000),
-            history_days=_positive_float("STAGETRACE_HISTORY_DAYS", 90.0),
+            metrics_node_classes=r.names("STAGETRACE_METRICS_NODE_CLASSES", 200),
+            history=r.flag("STAGETRACE_HISTORY", True),
+            history_keep=r.number("STAGETRACE_HISTORY_KEEP", 10_000, int, 1, 10_000_000),
+            history_days=r.number("STAGETRACE_HISTORY_DAYS", 90.0, float, 0, 36_500, low_open=True),
         )
-
-
-def _names(name: str) -> tuple[str, ...] | None:
-    """A comma-separated list of names; None when unset or empty."""
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return None
-    return tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))

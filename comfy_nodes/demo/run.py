@@ -41,8 +41,18 @@ def run(comfyui_dir: str | None = None, workdir: str | None = None, serve: bool 
     if native_loader._native is None:
         print(f"stagetrace demo: {native_loader.LOAD_ERROR}", file=sys.stderr)
         return 1
+    from ..core.settings import Settings
+
+    settings = Settings.from_env(problems := [])
+    for problem in problems:
+        print(f"stagetrace demo: {problem}", file=sys.stderr)
+    if settings.disabled:
+        print("stagetrace demo: StageTrace is disabled here (STAGETRACE_DISABLE is set), so there is nothing to "
+              "profile; unset it to run the demo", file=sys.stderr)
+        return 2
     comfyui_dir = comfyui_dir or os.environ.get("COMFYUI_DIR") or find_comfyui()
     workdir = os.path.abspath(workdir or tempfile.mkdtemp(prefix="stagetrace-demo-"))
+    traces = settings.output_dir or os.path.join(workdir, "traces")  # STAGETRACE_OUTPUT_DIR when set
     if comfyui_dir:
         comfyui_dir = os.path.abspath(comfyui_dir)
         if not is_comfyui(comfyui_dir):
@@ -53,14 +63,14 @@ def run(comfyui_dir: str | None = None, workdir: str | None = None, serve: bool 
             from .serve import serve as serve_demo
 
             return serve_demo(comfyui_dir, workdir, port)
-        return _run_comfyui(comfyui_dir, workdir)
+        return _run_comfyui(comfyui_dir, workdir, traces)
     if serve:
         print("stagetrace demo --serve: no ComfyUI found to serve the example (--comfyui DIR or COMFYUI_DIR names "
               "one)", file=sys.stderr)
         return 2
     print("stagetrace demo: no ComfyUI found (StageTrace is not inside ComfyUI/custom_nodes; --comfyui DIR or "
           "COMFYUI_DIR names one), so here is the user's case in miniature instead.")
-    return _run_miniature(workdir)
+    return _run_miniature(workdir, traces)
 
 
 # --- Where things are -----------------------------------------------------------------------------
@@ -153,14 +163,12 @@ def _custom_nodes(workdir: str) -> str:
     return folder
 
 
-def _run_comfyui(comfyui_dir: str, workdir: str) -> int:
+def _run_comfyui(comfyui_dir: str, workdir: str, traces: str) -> int:
     from ..analysis.diagnose import diagnose
     from ..record.tracefile import load
     from ..render.report import render
 
-    traces = os.path.join(workdir, "traces")
     env = dict(os.environ, STAGETRACE_OUTPUT_DIR=traces)
-    env.pop("STAGETRACE_DISABLE", None)
     if TOP == "comfy_nodes":  # the clone's package imports from its root
         root = os.path.dirname(PACKAGE_DIR)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -168,6 +176,7 @@ def _run_comfyui(comfyui_dir: str, workdir: str) -> int:
     cmd = [sys.executable, "-m", HARNESS, "--comfyui", comfyui_dir, "--workdir", workdir,
            "--custom-node-dir", _custom_nodes(workdir)]
     started = time.perf_counter()
+    before = set(os.listdir(traces)) if os.path.isdir(traces) else set()
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
@@ -177,7 +186,8 @@ def _run_comfyui(comfyui_dir: str, workdir: str) -> int:
     for line in (proc.stdout + proc.stderr).splitlines():
         if line.startswith("StageTrace: "):  # what StageTrace told ComfyUI's log
             print(line)
-    found = sorted(n for n in os.listdir(traces) if n.endswith(TRACE_SUFFIX)) if os.path.isdir(traces) else []
+    found = sorted(n for n in os.listdir(traces) if n.endswith(TRACE_SUFFIX) and n not in before) \
+        if os.path.isdir(traces) else []  # only this run's: a folder of the user's may hold others
     if not found:
         print(f"stagetrace demo: ComfyUI ran, but StageTrace wrote no trace in {traces}", file=sys.stderr)
         return 1
@@ -215,7 +225,7 @@ _NO_CLIP = ("ERROR: clip input is invalid: None\n\nIf the clip is from a checkpo
             "does not contain a valid clip or text encoder model.")
 
 
-def _run_miniature(workdir: str) -> int:
+def _run_miniature(workdir: str, traces: str) -> int:
     from ..cli import inspect_files
     from .tiny_checkpoint import QWEN_IMAGE_MINI, write_tiny_qwen_image_diffusion_only
 
@@ -227,7 +237,7 @@ def _run_miniature(workdir: str) -> int:
           "CLIP and VAE it does not hold, recorded through StageTrace's recorder, C spans and trace writer "
           "(ComfyUI's nodes are stood in for: the loader reads the file for real, CLIPTextEncode fails as "
           "ComfyUI's does):\n")
-    trace = _record_miniature(path, os.path.join(workdir, "traces"))
+    trace = _record_miniature(path, traces)
     page = trace[: -len(TRACE_SUFFIX)] + ".report.html"
     print("\nOpen the trace in https://ui.perfetto.dev" + (f", the report page {page} in a browser" if
                                                            os.path.exists(page) else "") + "; or, from here:")
