@@ -54,10 +54,19 @@ def inspect_file(path: str) -> FileReport:
     """Read and classify one file; never raises for a bad file."""
     from ..analysis.anatomy import read_anatomy
 
-    size = os.path.getsize(path) if os.path.exists(path) else 0
+    try:
+        size = os.stat(path).st_size if os.path.exists(path) else 0
+    except OSError:
+        size = 0
     if not path.lower().endswith(SAFETENSORS_SUFFIXES):
         return FileReport(path, size, UNREADABLE, error=f"{path}: not a .safetensors file; StageTrace reads "
                           "safetensors headers only (pickled .ckpt/.pt files would have to be unpickled)")
+    from ..core.files import check_regular
+
+    try:  # a named pipe or a device would block or never end: refused before the reader opens it
+        check_regular(path)
+    except OSError as exc:
+        return FileReport(path, size, UNREADABLE, error=f"{path}: {exc.strerror or exc}")
     native = native_loader.require()
     try:
         anatomy, header = read_anatomy(native, path)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from ..record.tracefile import TraceError, load
@@ -73,6 +74,9 @@ def _inspect(args) -> int:
 
     if not args.files and not args.models_dir:
         print("stagetrace inspect: give model files, or --models-dir DIR", file=sys.stderr)
+        return inspect_files.UNREADABLE
+    if args.models_dir and not os.path.isdir(args.models_dir):
+        print(f"stagetrace inspect: --models-dir {args.models_dir}: no such folder", file=sys.stderr)
         return inspect_files.UNREADABLE
     reports = [inspect_files.inspect_file(path) for path in args.files]
     if args.models_dir:
@@ -435,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         return code
     except BrokenPipeError:  # `stagetrace ... | head`: the reader left; that is no error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's final flush
         return 0
 

@@ -8,8 +8,10 @@ import json
 def read_json(path: str, error: type[Exception]):
     """The parsed JSON in the file at path; ``error(message)`` naming the file and where, when it cannot be
     read, is not UTF-8 (the byte offset of the first bad byte) or is not JSON (the byte offset of the fault)."""
+    from .files import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open(open_regular(path), "rb") as f:  # a named pipe or a device is refused, never waited on
             data = f.read()
     except OSError as exc:
         raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
