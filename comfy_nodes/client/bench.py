@@ -367,7 +367,7 @@ async def bench(url: str, prompt: dict, runs: int, warmup: int, credentials: Cre
                 results[-1].outcome, results[-1].error = "connection lost", out["message"]
         except (asyncio.CancelledError, KeyboardInterrupt):
             task = asyncio.current_task()
-            if task is not None:
+            if task is not None and hasattr(task, "uncancel"):  # Python 3.11+; 3.10 has no cancel count
                 task.uncancel()  # the clean-up below talks to the server
             out["interrupted"] = True
             if results and results[-1].outcome == "pending":

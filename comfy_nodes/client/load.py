@@ -374,7 +374,7 @@ async def load(urls: list[str], prompt: dict, credentials: Credentials, users: i
             await asyncio.shield(arrivals)
         except asyncio.CancelledError:  # Ctrl-C: stop the arrivals, keep what was measured
             task = asyncio.current_task()
-            if task is not None:
+            if task is not None and hasattr(task, "uncancel"):  # Python 3.11+; 3.10 has no cancel count
                 task.uncancel()
             arrivals.cancel()
             await asyncio.gather(arrivals, return_exceptions=True)
