@@ -11,6 +11,7 @@ from ..core.units import format_bytes, format_duration, format_share
 from .loaders import describe_gap, valid_gaps
 
 TOP_NODES = 5
+UNCATEGORISED = "uncategorised"  # the category of a foreign trace's span that has none
 
 
 @dataclass
@@ -97,7 +98,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
     queue_wait = None
     gpu_windows: list[dict] = []
     for ev in events:
-        ph, cat, args = ev.get("ph"), ev.get("cat"), ev.get("args") or {}
+        ph, cat, args = ev.get("ph"), ev.get("cat") or UNCATEGORISED, ev.get("args") or {}
         if ph == "i" and ev.get("name") == "execution_error":
             failures.append(
                 f"failed: {args.get('node_type', '?')} #{args.get('node_id', '?')}: "
@@ -182,4 +183,8 @@ def _warnings(other: dict) -> list[str]:
     before loader gaps were data."""
     gaps, problems = valid_gaps(other)
     old = other.get("warnings") or []
-    return [describe_gap(g) for g in gaps] + problems + [str(w) for w in (old if isinstance(old, list) else [old])]
+    foreign = [] if "stagetrace_version" in other else [
+        "this trace was not written by StageTrace: its spans are summed by category, and what needs StageTrace's "
+        "stages and metadata (the loader gaps, the GPU rounds, model files, the ComfyUI options) cannot be told"]
+    return foreign + [describe_gap(g) for g in gaps] + problems + [
+        str(w) for w in (old if isinstance(old, list) else [old])]

@@ -63,9 +63,18 @@ def _report(args) -> int:
             print(f"stagetrace: {exc}", file=sys.stderr)
             status = 2
             continue
-        report = diagnose(trace)
-        report.summary.trace_path = path
-        print(render(report, fmt, trace))
+        try:
+            report = diagnose(trace)
+            report.summary.trace_path = path
+            text = render(report, fmt, trace)
+        except (BrokenPipeError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one trace StageTrace cannot analyse never stops the others
+            print(f"stagetrace: {path}: this trace could not be analysed ({type(exc).__name__}: {exc})",
+                  file=sys.stderr)
+            status = 2
+            continue
+        print(text)
     return status
 
 

@@ -21,5 +21,7 @@ def read_json(path: str, error: type[Exception]):
         raise error(f"{path}: byte offset {exc.start}: not UTF-8") from None
     try:
         return json.loads(text)
+    except RecursionError:
+        raise error(f"{path}: nested too deeply to be read") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: byte offset {len(text[: exc.pos].encode('utf-8'))}: invalid JSON: {exc.msg}") from None

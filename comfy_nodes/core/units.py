@@ -19,7 +19,7 @@ def format_bytes(n: float | None) -> str:
 
 def format_duration(seconds: float | None) -> str:
     """0.0004 -> '0.4 ms', 0.25 -> '250.0 ms', 3.2 -> '3.200 s', 1140 -> '19 min 0 s'; None -> '-'."""
-    if seconds is None:
+    if seconds is None or seconds != seconds or seconds in (float("inf"), float("-inf")):
         return "-"
     if abs(seconds) < 1:
         return f"{seconds * 1e3:.1f} ms"
