@@ -15,17 +15,13 @@ thread-safely; every call here is cheap and never raises into the hooks (the cal
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
+from ..core.comfyui import prompt_server
+
 EVENT = "stagetrace.live"
 MAX_PER_S = 10.0
-
-
-def _server():
-    server = sys.modules.get("server")
-    return getattr(getattr(server, "PromptServer", None), "instance", None)
 
 
 class Live:
@@ -89,7 +85,7 @@ class Live:
     def _emit(self, data: dict, client_id: str | None) -> None:
         if not self.enabled:
             return
-        server = _server()
+        server = prompt_server()
         if server is None or not client_id:  # no page to tell: an API client without a client id, a CLI run
             return
         try:

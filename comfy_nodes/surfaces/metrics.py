@@ -302,11 +302,9 @@ def _call(source: Callable | None, what: str):
 
 def comfy_queue() -> tuple[int, int] | None:
     """(pending, running) of ComfyUI's prompt queue, without copying it."""
-    import sys
+    from ..core.comfyui import prompt_server
 
-    server = sys.modules.get("server")
-    instance = getattr(getattr(server, "PromptServer", None), "instance", None)
-    queue = getattr(instance, "prompt_queue", None)
+    queue = getattr(prompt_server(), "prompt_queue", None)
     if queue is None:
         return None
     mutex = getattr(queue, "mutex", None)
@@ -321,7 +319,7 @@ def count_validation_errors(metrics: Metrics) -> str | None:
     """Count the prompts ComfyUI refuses at validation (POST /prompt answered 400) with an aiohttp middleware
     on ComfyUI's app, added while custom nodes load, as auth plugins add theirs (so it sees only requests
     their middlewares let through). Returns None, or why they are not counted. Never raises."""
-    from .routes import prompt_server
+    from ..core.comfyui import prompt_server
 
     instance = prompt_server()
     if instance is None:

@@ -38,6 +38,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from ..core.comfyui import prompt_server
 from ..core.log import log_once, logger
 from ..record.tracefile import SUFFIX, TraceError, load
 from ..record.writer import _OWN_TRACE
@@ -523,12 +524,6 @@ def _brief(report: dict) -> dict:
 
 
 _REGISTERED = "_stagetrace_routes"  # attribute on the PromptServer instance
-
-
-def prompt_server():
-    """ComfyUI's PromptServer instance, or None in a process without one."""
-    server = sys.modules.get("server")
-    return getattr(getattr(server, "PromptServer", None), "instance", None)
 
 
 def register(output_dir: Callable[[], str], native, metrics=None, metrics_why: str | None = None, *,
