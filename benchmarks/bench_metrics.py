@@ -27,7 +27,6 @@ Exits 0 unless --check is given and a target is missed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import gc
 import glob
@@ -37,7 +36,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 
@@ -46,6 +44,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from benchutil import print_targets  # noqa: E402  (beside this script)
 
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from loopback import LoopbackApp  # noqa: E402  (tests/loopback.py)
 
 from comfy_nodes.analysis.diagnose import RULES, Finding, diagnose  # noqa: E402
 from comfy_nodes.surfaces import metrics as metrics_module  # noqa: E402
@@ -267,7 +268,7 @@ def median_p99(ms: list[float]) -> tuple[float, float]:
     return statistics.median(ms), ms[min(len(ms) - 1, int(len(ms) * 0.99))]
 
 
-class LoopbackServer:
+class LoopbackServer(LoopbackApp):
     """An aiohttp server on 127.0.0.1 in a thread of its own: GET /stagetrace/metrics (the real handler, as
     ComfyUI registers it) and GET /trivial (the same wrapper around an empty answer: the baseline)."""
 
@@ -280,25 +281,10 @@ class LoopbackServer:
             return web.Response(body=b"", headers={"Cache-Control": "no-store"})
 
         self.path = PREFIX + "/metrics"
-        self.app = web.Application()
-        self.app.router.add_get(self.path, guarded(Routes(None, None, metrics).prometheus))
-        self.app.router.add_get("/trivial", guarded(trivial))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="bench aiohttp", daemon=True)
-        self.thread.start()
-        self.runner = web.AppRunner(self.app, access_log=None)
-        self.port = asyncio.run_coroutine_threadsafe(self._start(web), self.loop).result(30)
-
-    async def _start(self, web) -> int:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        app = web.Application()
+        app.router.add_get(self.path, guarded(Routes(None, None, metrics).prometheus))
+        app.router.add_get("/trivial", guarded(trivial))
+        super().__init__(app)
 
 
 def time_http(server: LoopbackServer, scrapes: int) -> tuple[list[float], list[float], int]:

@@ -5,18 +5,17 @@ aiohttp server on loopback."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 
 import pytest
+from loopback import LoopbackApp
 
 from comfy_nodes.analysis.diagnose import Finding, diagnose
 from comfy_nodes.demo.harness import tiny_txt2img
@@ -537,7 +536,7 @@ def test_cli_missing_or_corrupt_database_is_exit_2_naming_it(tmp_path):
 # --- The routes: a real aiohttp server on loopback ---------------------------------------------------
 
 
-class Server:
+class Server(LoopbackApp):
     """StageTrace's routes (Routes.table(), each behind ``guarded`` as register() adds them) on 127.0.0.1."""
 
     def __init__(self, history, history_why=None):
@@ -549,17 +548,7 @@ class Server:
         routes = Routes(TraceStore(lambda: "/nonexistent"), None, history=history, history_why=history_why)
         for path, handler in routes.table():
             app.router.add_get(path, guarded(handler))
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runner = web.AppRunner(app, access_log=None)
-        self.port = asyncio.run_coroutine_threadsafe(self._start(web), self.loop).result(30)
-
-    async def _start(self, web) -> int:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        return site._server.sockets[0].getsockname()[1]
+        super().__init__(app)
 
     def get(self, path: str) -> tuple[int, dict]:
         try:
@@ -567,11 +556,6 @@ class Server:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def test_history_routes(filled):

@@ -45,6 +45,7 @@ if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 
 import comfy_scenarios as cs  # noqa: E402  (tests/comfy_scenarios.py: the real runs' settings)
+from comfy_server import find_comfyui  # noqa: E402
 
 # --- What a scenario states ----------------------------------------------------------------------
 
@@ -279,14 +280,9 @@ assert set(cs.SCENARIOS) == {s.name for s in SCENARIOS if s.real}
 # --- Running them ----------------------------------------------------------------------------------
 
 
-@functools.cache
-def comfyui_dir() -> str | None:
-    """$COMFYUI_DIR, else the shared ComfyUI archive (../shared/comfyui/ComfyUI-*.tar.gz), unpacked once
-    into build/comfyui/ the way tests/run.py does it."""
-    spec = importlib.util.spec_from_file_location("stagetrace_tests_run", os.path.join(TESTS, "run.py"))
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    return run.find_comfyui()
+# $COMFYUI_DIR, else the shared ComfyUI archive (../shared/comfyui/ComfyUI-*.tar.gz), unpacked once into
+# build/comfyui/ the way tests/run.py does it (tests/comfy_server.py's lookup, asked once)
+comfyui_dir = functools.cache(find_comfyui)
 
 
 def skip_reason() -> str | None:

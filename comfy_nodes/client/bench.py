@@ -315,7 +315,7 @@ async def bench(url: str, prompt: dict, runs: int, warmup: int, credentials: Cre
             if problems:
                 out["message"] = describe(problems)
                 return 2, out
-            bar = _progress_bar(runs + warmup, progress)
+            bar = progress_bar(runs + warmup, progress)
             watch = GpuWatch(server, started, started_epoch, gpu_interval)
             poller = asyncio.create_task(watch.poll())
             ws = await server.connect(client_id)
@@ -415,7 +415,7 @@ async def checkpoint_facts(server: ComfyServer, prompt: dict, object_info: dict,
     return lambda folder, name: facts.get(name)
 
 
-def _progress_bar(total: int, progress, unit: str = "run"):
+def progress_bar(total: int, progress, unit: str = "run"):
     """A tqdm bar (runs done, the current run and step as its postfix, and the ETA) on stderr or on the file
     given; None when progress is False or tqdm is missing."""
     if progress is False or progress is None:

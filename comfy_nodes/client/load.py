@@ -341,7 +341,7 @@ async def load(urls: list[str], prompt: dict, credentials: Credentials, users: i
     servers are cancelled). A worker lost during the run counts its requests as "connection lost".
     progress: False, True (a bar on stderr) or a file to draw it on. prometheus: a Prometheus that scrapes the
     workers' StageTrace metrics, to read the server side of the run back from (client/prom.py)."""
-    from .bench import _progress_bar
+    from .bench import progress_bar
 
     mode = ({"model": "open", "rate_per_min": rate, "duration_s": duration or 60.0} if rate is not None else
             {"model": "closed", "users": users or 1, "requests": requests or 1, "duration_s": duration})
@@ -365,7 +365,7 @@ async def load(urls: list[str], prompt: dict, credentials: Credentials, users: i
         run = LoadRun(workers, prompt, timeout, seed)
         started_epoch = time.time()
         total = (users or 1) * (requests or 1) if rate is None else max(1, int(rate * (duration or 60.0) / 60.0))
-        run.bar = _progress_bar(total, progress, unit="req")
+        run.bar = progress_bar(total, progress, unit="req")
         stop = asyncio.Event()
         samplers = [asyncio.create_task(w.sample_queue(run.started, stop)) for w in workers]
         arrivals = asyncio.create_task(run.open(rate, duration or 60.0) if rate is not None else
