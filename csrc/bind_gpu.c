@@ -82,11 +82,12 @@ static PyObject *mod_cupti_info(PyObject *m, PyObject *unused)
     (void)unused;
     st_cupti_info info;
     st_cupti_get_info(&info);
-    return Py_BuildValue("{sNszsIsNsLsKsKsK}", "active", PyBool_FromLong(st_cupti_active()), "library",
+    return Py_BuildValue("{sNszsIsNsLsKsKsKsKss}", "active", PyBool_FromLong(st_cupti_active()), "library",
                          info.library, "version", (unsigned)info.version, "own_clock",
                          PyBool_FromLong(info.own_clock), "clock_offset_ns", (long long)info.clock_offset,
                          "buffers_completed", (unsigned long long)info.buffers_completed, "buffers_refused",
-                         (unsigned long long)info.buffers_refused, "records", (unsigned long long)info.records);
+                         (unsigned long long)info.buffers_refused, "records", (unsigned long long)info.records,
+                         "errors", (unsigned long long)info.errors, "last_error", info.last_error);
 }
 
 static PyObject *mod_gpu_set_windows(PyObject *m, PyObject *arg)
@@ -275,7 +276,8 @@ PyMethodDef bind_gpu_methods[] = {
      "first path that opens (once per process) and start kernel/memcpy/memset collection."},
     {"cupti_flush", mod_cupti_flush, METH_VARARGS, "cupti_flush(forced=True): deliver buffered records."},
     {"cupti_stop", mod_cupti_stop, METH_NOARGS, "Stop CUPTI collection (flushes first)."},
-    {"cupti_info", mod_cupti_info, METH_NOARGS, "The collector's library, version, clock and counters."},
+    {"cupti_info", mod_cupti_info, METH_NOARGS, "The collector's library, version, clock and counters, and its failed CUPTI calls\n"
+     "(errors, last_error: 'call(args): CUPTI's error string')."},
     {"gpu_set_windows", mod_gpu_set_windows, METH_O, "Whether Wrapper spans open GPU attribution windows."},
     {"gpu_window_open", mod_gpu_window_open, METH_VARARGS,
      "gpu_window_open(stage, name_id, t0_ns) -> window id (0 when the table is full)."},

@@ -11,6 +11,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,10 @@ void st_cupti_get_info(st_cupti_info *out)
     memset(out, 0, sizeof *out);
 }
 
+void st_cupti_fork_prepare(void) {}
+void st_cupti_fork_parent(void) {}
+void st_cupti_fork_child(void) {}
+
 #else
 
 #include <cupti.h>
@@ -133,23 +138,46 @@ static struct {
 } api;
 #undef DECLARE
 
+/* Locks, in the order they may be taken (a thread holding one takes only
+ * those after it):
+ *   ctl_lock     start, stop and flush; held ACROSS CUPTI control calls
+ *                (Subscribe, RegisterCallbacks, Enable/Disable, FlushAll,
+ *                Unsubscribe), which may call buffer_requested and
+ *                buffer_completed synchronously, on this thread or on a CUPTI
+ *                thread this one waits for. So the callbacks never take it:
+ *                what they share with the control side is atomics.
+ *   decode_lock  buffer_completed only: the kernel-name cache, for buffers
+ *                completed concurrently; under it st_gpu's and st_intern's
+ *                own locks.
+ *   error_lock   a leaf: the last failed call's text.
+ * pthread_atfork (st_cupti_fork_*) takes ctl_lock and decode_lock in that
+ * order, so a fork never copies them held. */
 static struct {
-    pthread_mutex_t lock;
-    int tried;              /* loading was attempted (once per process) */
+    pthread_mutex_t ctl_lock;
+    int tried;              /* loading was attempted (once per process); ctl_lock */
     void *handle;           /* the library, kept loaded for the process */
     st_cupti_status load_status;
     char load_why[512];
     char library[512];
     uint32_t version;
-    int active;
+    atomic_int active;      /* written under ctl_lock, read anywhere */
     CUpti_SubscriberHandle subscriber;
     int own_clock;
-    int64_t clock_offset;
-    size_t buffer_bytes, max_buffers, outstanding; /* outstanding: buffers CUPTI holds */
-    uint64_t buffers_completed, buffers_refused, records;
-    pthread_mutex_t decode_lock; /* kernel-name cache, for buffers completed concurrently */
-} cupti = {.lock = PTHREAD_MUTEX_INITIALIZER, .decode_lock = PTHREAD_MUTEX_INITIALIZER};
+    _Atomic int64_t clock_offset;
+    /* set by start before callbacks are registered, read by the callbacks */
+    _Atomic size_t buffer_bytes, max_buffers;
+    _Atomic size_t outstanding; /* buffers CUPTI holds */
+    _Atomic uint64_t buffers_completed, buffers_refused, records;
+    pthread_mutex_t decode_lock;
+    pthread_mutex_t error_lock;
+    uint64_t errors;        /* failed CUPTI calls; error_lock */
+    char last_error[256];   /* the last one, "call: CUPTI's error string"; error_lock */
+} cupti = {.ctl_lock = PTHREAD_MUTEX_INITIALIZER,
+           .decode_lock = PTHREAD_MUTEX_INITIALIZER,
+           .error_lock = PTHREAD_MUTEX_INITIALIZER};
 
+/* CUPTI's name for r (cuptiGetResultString, resolved like every other entry
+ * point; the checker's own helper, so not itself checked). */
 static const char *result_text(CUptiResult r)
 {
     const char *s = NULL;
@@ -158,6 +186,40 @@ static const char *result_text(CUptiResult r)
     }
     return "unknown CUPTI error";
 }
+
+/* The checking behind CUPTI_CALL: r unless it failed (anything but success
+ * and also_ok); a failure is counted, kept as the last error "call: CUPTI's
+ * error string", and logged as one line on stderr the first time this call
+ * site fails (*logged). Takes error_lock, a leaf. Returns r. */
+static CUptiResult cupti_check(CUptiResult r, CUptiResult also_ok, const char *fn, const char *what,
+                               atomic_int *logged)
+{
+    if (r == CUPTI_SUCCESS || r == also_ok) {
+        return r;
+    }
+    const char *text = result_text(r);
+    pthread_mutex_lock(&cupti.error_lock);
+    cupti.errors++;
+    snprintf(cupti.last_error, sizeof cupti.last_error, "%s(%s): %s", fn, what, text);
+    pthread_mutex_unlock(&cupti.error_lock);
+    if (!atomic_exchange_explicit(logged, 1, memory_order_relaxed)) {
+        fprintf(stderr, "stagetrace: CUPTI call %s(%s) failed: %s\n", fn, what, text);
+    }
+    return r;
+}
+
+/* Every CUPTI call goes through this: evaluates to the CUptiResult of
+ * api.fn(...), a failure counted, kept and logged by cupti_check as
+ * "fn(what): CUPTI's error string"; what names the arguments ("MEMCPY") or is
+ * "". */
+#define CUPTI_CALL(what, fn, ...) CUPTI_CALL_ALLOWING(CUPTI_SUCCESS, what, fn, __VA_ARGS__)
+/* The same, for a call where also_ok is an answer, not a failure (the record
+ * iterator's CUPTI_ERROR_MAX_LIMIT_REACHED at the end of a buffer). */
+#define CUPTI_CALL_ALLOWING(also_ok, what, fn, ...)                                                  \
+    __extension__({                                                                                  \
+        static atomic_int logged_;                                                                   \
+        cupti_check(api.fn(__VA_ARGS__), (also_ok), #fn, (what), &logged_);                          \
+    })
 
 /* Load the first library of paths that opens and has every function. The
  * lock is held. */
@@ -185,7 +247,7 @@ static st_cupti_status load(const char *const *paths, size_t n_paths)
         *(void **)&api.cuptiActivityRegisterTimestampCallback = dlsym(h, "cuptiActivityRegisterTimestampCallback");
         cupti.handle = h;
         snprintf(cupti.library, sizeof cupti.library, "%s", paths[i]);
-        if (api.cuptiGetVersion(&cupti.version) != CUPTI_SUCCESS) {
+        if (CUPTI_CALL("", cuptiGetVersion, &cupti.version) != CUPTI_SUCCESS) {
             cupti.version = 0;
         }
         return ST_CUPTI_OK;
@@ -195,34 +257,39 @@ static st_cupti_status load(const char *const *paths, size_t n_paths)
     return ST_CUPTI_NOT_FOUND;
 }
 
+static const CUpti_ActivityKind kinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
+                                           CUPTI_ACTIVITY_KIND_MEMSET};
+static const char *const kind_names[] = {"CONCURRENT_KERNEL", "MEMCPY", "MEMSET"};
+
 // --- Buffers ------------------------------------------------------------------
 
+/* CUPTI asks for a buffer: from a CUPTI thread, or synchronously from inside
+ * a control call on a thread that holds ctl_lock. Takes no lock: the cap on
+ * outstanding buffers is claimed with a compare-and-swap. */
 static void CUPTIAPI buffer_requested(uint8_t **buffer, size_t *size, size_t *max_records)
 {
     *buffer = NULL;
     *size = 0;
     *max_records = 0; /* as many as fit */
-    pthread_mutex_lock(&cupti.lock);
-    int room = cupti.outstanding < cupti.max_buffers;
-    if (room) {
-        cupti.outstanding++;
-    } else {
-        cupti.buffers_refused++; /* CUPTI drops records and counts them */
-    }
-    pthread_mutex_unlock(&cupti.lock);
-    if (!room) {
-        return;
-    }
+    size_t max = atomic_load_explicit(&cupti.max_buffers, memory_order_relaxed);
+    size_t held = atomic_load_explicit(&cupti.outstanding, memory_order_relaxed);
+    do {
+        if (held >= max) {
+            atomic_fetch_add_explicit(&cupti.buffers_refused, 1, memory_order_relaxed); /* CUPTI drops
+                                                                                      and counts */
+            return;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&cupti.outstanding, &held, held + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    size_t bytes = atomic_load_explicit(&cupti.buffer_bytes, memory_order_relaxed);
     void *p = NULL;
-    if (posix_memalign(&p, 8, cupti.buffer_bytes) != 0) {
-        pthread_mutex_lock(&cupti.lock);
-        cupti.outstanding--;
-        cupti.buffers_refused++;
-        pthread_mutex_unlock(&cupti.lock);
+    if (posix_memalign(&p, 8, bytes) != 0) {
+        atomic_fetch_sub_explicit(&cupti.outstanding, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&cupti.buffers_refused, 1, memory_order_relaxed);
         return;
     }
     *buffer = p;
-    *size = cupti.buffer_bytes;
+    *size = bytes;
 }
 
 /* Kernel names: CUPTI shares one name string among all records of a kernel,
@@ -278,7 +345,7 @@ static uint8_t copy_direction(uint8_t kind)
 
 static uint64_t on_trace_clock(uint64_t t)
 {
-    return (uint64_t)((int64_t)t + cupti.clock_offset);
+    return (uint64_t)((int64_t)t + atomic_load_explicit(&cupti.clock_offset, memory_order_relaxed));
 }
 
 #define BATCH 512
@@ -293,6 +360,9 @@ static uint64_t on_trace_clock(uint64_t t)
         (r)->stream = (rec)->streamId;                                                               \
     } while (0)
 
+/* CUPTI hands a buffer back: from a CUPTI thread, or synchronously from
+ * inside a control call (FlushAll, Disable...) whose caller holds ctl_lock.
+ * Takes decode_lock (then st_gpu's and st_intern's locks), never ctl_lock. */
 static void CUPTIAPI buffer_completed(CUcontext context, uint32_t stream, uint8_t *buffer, size_t size,
                                       size_t valid)
 {
@@ -301,7 +371,8 @@ static void CUPTIAPI buffer_completed(CUcontext context, uint32_t stream, uint8_
     size_t n = 0, total = 0;
     CUpti_Activity *record = NULL;
     pthread_mutex_lock(&cupti.decode_lock);
-    while (buffer && api.cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
+    while (buffer && CUPTI_CALL_ALLOWING(CUPTI_ERROR_MAX_LIMIT_REACHED, "", cuptiActivityGetNextRecord, buffer,
+                                         valid, &record) == CUPTI_SUCCESS) {
         st_gpu_record *r = &batch[n];
         memset(r, 0, sizeof *r);
         switch (record->kind) {
@@ -339,17 +410,15 @@ static void CUPTIAPI buffer_completed(CUcontext context, uint32_t stream, uint8_
     pthread_mutex_unlock(&cupti.decode_lock);
     total += st_gpu_consume(batch, n);
     size_t dropped = 0;
-    if (api.cuptiActivityGetNumDroppedRecords(context, stream, &dropped) == CUPTI_SUCCESS && dropped) {
+    if (CUPTI_CALL("", cuptiActivityGetNumDroppedRecords, context, stream, &dropped) == CUPTI_SUCCESS && dropped) {
         st_gpu_add_dropped(dropped);
     }
     free(buffer);
-    pthread_mutex_lock(&cupti.lock);
-    if (buffer && cupti.outstanding) {
-        cupti.outstanding--;
+    if (buffer) {
+        atomic_fetch_sub_explicit(&cupti.outstanding, 1, memory_order_relaxed);
     }
-    cupti.buffers_completed++;
-    cupti.records += total;
-    pthread_mutex_unlock(&cupti.lock);
+    atomic_fetch_add_explicit(&cupti.buffers_completed, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&cupti.records, total, memory_order_relaxed);
 }
 
 // --- Clock --------------------------------------------------------------------
@@ -367,7 +436,7 @@ static int64_t measure_offset(void)
     uint64_t best_gap = UINT64_MAX;
     for (int i = 0; i < 3; i++) {
         uint64_t before = st_clock_now_ns(), gpu = 0;
-        if (api.cuptiGetTimestamp(&gpu) != CUPTI_SUCCESS) {
+        if (CUPTI_CALL("", cuptiGetTimestamp, &gpu) != CUPTI_SUCCESS) {
             return 0;
         }
         uint64_t after = st_clock_now_ns();
@@ -389,9 +458,6 @@ static void CUPTIAPI no_callback(void *userdata, CUpti_CallbackDomain domain, CU
     (void)data;
 }
 
-static const CUpti_ActivityKind kinds[] = {CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL, CUPTI_ACTIVITY_KIND_MEMCPY,
-                                           CUPTI_ACTIVITY_KIND_MEMSET};
-static const char *const kind_names[] = {"CONCURRENT_KERNEL", "MEMCPY", "MEMSET"};
 
 st_cupti_status st_cupti_start(const char *const *paths, size_t n_paths, const st_cupti_config *config,
                                char *why, size_t why_len)
@@ -399,8 +465,10 @@ st_cupti_status st_cupti_start(const char *const *paths, size_t n_paths, const s
     st_cupti_status status = ST_CUPTI_OK;
     size_t enabled = 0;
     int subscribed = 0;
-    pthread_mutex_lock(&cupti.lock);
-    if (cupti.active) {
+    /* lock order: ctl_lock, held across the CUPTI calls below (the callbacks
+     * they may run take no lock of this side) */
+    pthread_mutex_lock(&cupti.ctl_lock);
+    if (atomic_load(&cupti.active)) {
         goto done;
     }
     if (!cupti.tried) {
@@ -411,9 +479,9 @@ st_cupti_status st_cupti_start(const char *const *paths, size_t n_paths, const s
         say(why, why_len, "%s", cupti.load_why);
         goto done;
     }
-    cupti.buffer_bytes = config && config->buffer_bytes ? config->buffer_bytes : (size_t)2 << 20;
-    cupti.max_buffers = config && config->max_buffers ? config->max_buffers : 32;
-    CUptiResult r = api.cuptiSubscribe(&cupti.subscriber, no_callback, NULL);
+    atomic_store(&cupti.buffer_bytes, config && config->buffer_bytes ? config->buffer_bytes : (size_t)2 << 20);
+    atomic_store(&cupti.max_buffers, config && config->max_buffers ? config->max_buffers : 32);
+    CUptiResult r = CUPTI_CALL("", cuptiSubscribe, &cupti.subscriber, no_callback, NULL);
     if (r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED) {
         say(why, why_len,
             "another CUPTI client holds the GPU (Nsight Systems, torch.profiler or another profiler): "
@@ -429,81 +497,111 @@ st_cupti_status st_cupti_start(const char *const *paths, size_t n_paths, const s
     }
     subscribed = 1;
     cupti.own_clock = api.cuptiActivityRegisterTimestampCallback &&
-                      api.cuptiActivityRegisterTimestampCallback(trace_clock) == CUPTI_SUCCESS;
-    if ((r = api.cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed)) != CUPTI_SUCCESS) {
+                      CUPTI_CALL("", cuptiActivityRegisterTimestampCallback, trace_clock) == CUPTI_SUCCESS;
+    if ((r = CUPTI_CALL("", cuptiActivityRegisterCallbacks, buffer_requested, buffer_completed)) !=
+        CUPTI_SUCCESS) {
         say(why, why_len, "cuptiActivityRegisterCallbacks failed: %s", result_text(r));
         status = ST_CUPTI_CALL_FAILED;
         goto error;
     }
     for (; enabled < sizeof kinds / sizeof kinds[0]; enabled++) {
-        if ((r = api.cuptiActivityEnable(kinds[enabled])) != CUPTI_SUCCESS) {
+        if ((r = CUPTI_CALL(kind_names[enabled], cuptiActivityEnable, kinds[enabled])) != CUPTI_SUCCESS) {
             say(why, why_len, "cuptiActivityEnable(%s) failed: %s", kind_names[enabled], result_text(r));
             status = r == CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED ? ST_CUPTI_OTHER_SUBSCRIBER
                                                                          : ST_CUPTI_CALL_FAILED;
             goto error;
         }
     }
-    cupti.clock_offset = cupti.own_clock ? 0 : measure_offset();
-    cupti.active = 1;
+    atomic_store(&cupti.clock_offset, cupti.own_clock ? 0 : measure_offset());
+    atomic_store(&cupti.active, 1);
     goto done;
 error:
     while (enabled > 0) {
-        api.cuptiActivityDisable(kinds[--enabled]);
+        enabled--;
+        CUPTI_CALL(kind_names[enabled], cuptiActivityDisable, kinds[enabled]);
     }
     if (subscribed) {
-        api.cuptiUnsubscribe(cupti.subscriber);
+        CUPTI_CALL("", cuptiUnsubscribe, cupti.subscriber);
     }
 done:
-    pthread_mutex_unlock(&cupti.lock);
+    pthread_mutex_unlock(&cupti.ctl_lock);
     return status;
 }
 
 void st_cupti_flush(int forced)
 {
-    pthread_mutex_lock(&cupti.lock);
-    int active = cupti.active;
-    pthread_mutex_unlock(&cupti.lock);
-    if (active) { /* buffer_completed takes the lock: flush without it */
-        api.cuptiActivityFlushAll(forced ? CUPTI_ACTIVITY_FLAG_FLUSH_FORCED : 0);
+    /* lock order: ctl_lock, held across FlushAll (buffer_completed, which it
+     * runs here or on a CUPTI thread it waits for, takes no lock of this side) */
+    pthread_mutex_lock(&cupti.ctl_lock);
+    if (atomic_load(&cupti.active)) {
+        CUPTI_CALL(forced ? "FLUSH_FORCED" : "0", cuptiActivityFlushAll,
+                   forced ? CUPTI_ACTIVITY_FLAG_FLUSH_FORCED : 0);
     }
+    pthread_mutex_unlock(&cupti.ctl_lock);
 }
 
 void st_cupti_stop(void)
 {
-    pthread_mutex_lock(&cupti.lock);
-    int active = cupti.active;
-    cupti.active = 0;
-    if (active) {
+    /* lock order: ctl_lock, held across Disable, FlushAll and Unsubscribe */
+    pthread_mutex_lock(&cupti.ctl_lock);
+    if (atomic_exchange(&cupti.active, 0)) {
         for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
-            api.cuptiActivityDisable(kinds[i]);
+            CUPTI_CALL(kind_names[i], cuptiActivityDisable, kinds[i]);
         }
+        CUPTI_CALL("FLUSH_FORCED", cuptiActivityFlushAll, CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+        CUPTI_CALL("", cuptiUnsubscribe, cupti.subscriber);
     }
-    pthread_mutex_unlock(&cupti.lock);
-    if (active) {
-        api.cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
-        api.cuptiUnsubscribe(cupti.subscriber);
-    }
+    pthread_mutex_unlock(&cupti.ctl_lock);
 }
 
 int st_cupti_active(void)
 {
-    pthread_mutex_lock(&cupti.lock);
-    int active = cupti.active;
-    pthread_mutex_unlock(&cupti.lock);
-    return active;
+    return atomic_load(&cupti.active);
 }
 
 void st_cupti_get_info(st_cupti_info *out)
 {
-    pthread_mutex_lock(&cupti.lock);
+    memset(out, 0, sizeof *out);
+    /* lock order: ctl_lock, then error_lock */
+    pthread_mutex_lock(&cupti.ctl_lock);
     out->library = cupti.handle ? cupti.library : NULL;
     out->version = cupti.version;
     out->own_clock = cupti.own_clock;
-    out->clock_offset = cupti.clock_offset;
-    out->buffers_completed = cupti.buffers_completed;
-    out->buffers_refused = cupti.buffers_refused;
-    out->records = cupti.records;
-    pthread_mutex_unlock(&cupti.lock);
+    pthread_mutex_unlock(&cupti.ctl_lock);
+    out->clock_offset = atomic_load(&cupti.clock_offset);
+    out->buffers_completed = atomic_load(&cupti.buffers_completed);
+    out->buffers_refused = atomic_load(&cupti.buffers_refused);
+    out->records = atomic_load(&cupti.records);
+    pthread_mutex_lock(&cupti.error_lock);
+    out->errors = cupti.errors;
+    snprintf(out->last_error, sizeof out->last_error, "%s", cupti.last_error);
+    pthread_mutex_unlock(&cupti.error_lock);
+}
+
+// --- fork() -------------------------------------------------------------------
+
+void st_cupti_fork_prepare(void)
+{
+    /* lock order: ctl_lock, decode_lock, error_lock (see the top of the file) */
+    pthread_mutex_lock(&cupti.ctl_lock);
+    pthread_mutex_lock(&cupti.decode_lock);
+    pthread_mutex_lock(&cupti.error_lock);
+}
+
+void st_cupti_fork_parent(void)
+{
+    pthread_mutex_unlock(&cupti.error_lock);
+    pthread_mutex_unlock(&cupti.decode_lock);
+    pthread_mutex_unlock(&cupti.ctl_lock);
+}
+
+void st_cupti_fork_child(void)
+{
+    /* CUDA (and so CUPTI) does not carry over into a child: it collects
+     * nothing, and never calls into the parent's subscription. */
+    atomic_store(&cupti.active, 0);
+    atomic_store(&cupti.outstanding, 0);
+    st_cupti_fork_parent();
 }
 
 #endif /* ST_HAVE_CUPTI */

@@ -32,8 +32,11 @@ typedef struct st_cupti_config {
  * the buffer callbacks and enable kernel, memcpy and memset activity. On
  * failure undo what was done and write a one-line reason into why. Loading
  * happens once per process (later calls reuse the library, or the reason it
- * could not load); starting while started returns OK. Takes its own lock;
- * no GIL needed. */
+ * could not load); starting while started returns OK. Takes the control
+ * lock and holds it across the CUPTI calls, whose buffer callbacks take no
+ * lock of the control side, so CUPTI may run them synchronously. No GIL
+ * needed. Every CUPTI call is checked: a failure is counted, kept (info's
+ * last_error) and logged as one line on stderr, once per call site. */
 st_cupti_status st_cupti_start(const char *const *paths, size_t n_paths, const st_cupti_config *config,
                                char *why, size_t why_len);
 
@@ -46,7 +49,7 @@ void st_cupti_flush(int forced);
  * Can't fail. */
 void st_cupti_stop(void);
 
-/* Whether collection is running. Can't fail. */
+/* Whether collection is running. Lock-free; can't fail. */
 int st_cupti_active(void);
 
 /* What the collector knows about itself. Can't fail. */
@@ -56,9 +59,18 @@ typedef struct st_cupti_info {
     int own_clock;        /* 1: CUPTI stamps records with the trace clock itself */
     int64_t clock_offset; /* else: added to CUPTI timestamps to get the trace clock */
     uint64_t buffers_completed, buffers_refused, records;
+    uint64_t errors;       /* CUPTI calls that failed (every call is checked) */
+    char last_error[256];  /* the last: "cuptiActivityFlushAll(): CUPTI_ERROR_..." or "" */
 } st_cupti_info;
 
 void st_cupti_get_info(st_cupti_info *out);
+
+/* pthread_atfork handlers, registered by st_fork (which orders every unit's
+ * locks): prepare takes the collector's locks, parent releases them, child
+ * releases them and leaves collection off (CUDA does not survive fork). */
+void st_cupti_fork_prepare(void);
+void st_cupti_fork_parent(void);
+void st_cupti_fork_child(void);
 
 /* A short English description of a status. Static storage. */
 const char *st_cupti_status_text(st_cupti_status status);

@@ -37,8 +37,9 @@ def build_fake(out, own_clock: bool = True) -> str:
         pytest.skip("gcc is not installed")
     lib = os.path.join(str(out), f"libfake_cupti_{'own' if own_clock else 'cupti'}_clock.so")
     extra = [] if own_clock else ["-DFAKE_NO_TIMESTAMP_CALLBACK"]
-    subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Werror", "-fPIC", "-shared", *extra,
-                    *(f"-I{d}" for d in include), os.path.join(ROOT, "tests", "cupti", "fake_cupti.c"), "-o", lib],
+    subprocess.run(["gcc", "-std=c11", "-D_GNU_SOURCE", "-O1", "-Wall", "-Werror", "-fPIC", "-shared", "-pthread",
+                    *extra, *(f"-I{d}" for d in include), os.path.join(ROOT, "tests", "cupti", "fake_cupti.c"),
+                    "-o", lib],
                    check=True)
     return lib
 
@@ -59,12 +60,17 @@ def out(value):
 """
 
 
-def run(script: str, **env) -> dict:
+def run_process(script: str, timeout: float = 60, **env) -> tuple[dict, str]:
+    """Run script in a fresh interpreter: (its RESULT, its stderr)."""
     proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(script)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **env})
+                          text=True, timeout=timeout, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT "):]), proc.stderr
+
+
+def run(script: str, **env) -> dict:
+    return run_process(script, **env)[0]
 
 
 def real_libcupti() -> str | None:
@@ -93,6 +99,7 @@ def test_real_libcupti_without_a_driver_says_why_and_leaves_libcuda_unloaded(nat
     assert result["ok"] is False
     assert result["status"] == "a CUPTI call failed"
     assert result["reason"].startswith("cupti")  # names the call that failed and CUPTI's error
+    assert result["info"]["errors"] >= 1 and result["info"]["last_error"].startswith("cupti")
     assert result["libcupti"] and result["info"]["library"] == path and result["info"]["version"] > 0
     assert result["libcuda"] is False
     assert result["info"]["active"] is False
@@ -137,6 +144,69 @@ def test_a_failed_enable_undoes_everything(native, fakes):
     assert "cuptiActivityEnable(CONCURRENT_KERNEL)" in result["reason"]
     assert "INSUFFICIENT_PRIVILEGES" in result["reason"]
     assert result["enabled"] == 0 and result["subscribed"] == 0
+
+
+# --- Callbacks from inside CUPTI's own calls, and the checking of every call ---
+
+
+@pytest.mark.parametrize("mode", [1, 2], ids=["on the calling thread", "on a cupti worker the call waits for"])
+def test_callbacks_run_from_inside_control_calls_do_not_deadlock(native, fakes, mode):
+    """CUPTI may call buffer requested/completed synchronously from inside Subscribe, RegisterCallbacks,
+    Enable/Disable, FlushAll and Unsubscribe. A lock StageTrace held across those calls and took again in a
+    callback hung here (and on a real GPU); the timeout turns such a regression into a failure."""
+    lib = fakes["own_clock"]
+    script = f"""
+        fake = ctypes.CDLL({lib!r})
+        fake.fake_cupti_set_reentry({mode})
+        ok, _, reason = n.cupti_start([{lib!r}])
+        assert ok, reason
+        t = n.now_ns()
+        w = n.gpu_window_open(1, n.intern("node"), t)
+        n.gpu_window_close(w, t + 10**6)
+        fake.fake_cupti_kernel(10, U(t + 10), U(t + 20), 0, 7, b"inside")
+        n.cupti_flush()
+        report = n.gpu_report()
+        n.cupti_stop()
+        out({{"reentries": fake.fake_cupti_reentries(), "info": n.cupti_info(), "report": report}})
+    """
+    try:
+        result = run(script, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("deadlock: a CUPTI callback run from inside a CUPTI call waited for a lock its caller held")
+    # register, 3 enables, flush, 3 disables, flush, unsubscribe: each called back into StageTrace
+    assert result["reentries"] == 10
+    (window,) = result["report"]
+    assert window["kernels"] == 1 and window["top_kernels"][0][0] == "inside"
+    info = result["info"]
+    assert info["active"] is False and info["errors"] == 0 and info["buffers_refused"] == 0
+    assert info["buffers_completed"] >= result["reentries"]
+
+
+def test_a_failed_cupti_call_is_logged_once_with_cuptis_error_string(native, fakes):
+    lib = fakes["own_clock"]
+    result, stderr = run_process(f"""
+        fake = ctypes.CDLL({lib!r})
+        ok, _, reason = n.cupti_start([{lib!r}])
+        assert ok, reason
+        fake.fake_cupti_set_flush_result(13)  # CUPTI_ERROR_NOT_READY
+        n.cupti_flush()
+        n.cupti_flush()
+        out(n.cupti_info())
+    """)
+    assert result["errors"] == 2  # every failure counted
+    assert result["last_error"] == "cuptiActivityFlushAll(FLUSH_FORCED): CUPTI_ERROR_NOT_READY"
+    lines = [line for line in stderr.splitlines() if "CUPTI" in line]
+    assert lines == ["stagetrace: CUPTI call cuptiActivityFlushAll(FLUSH_FORCED) failed: CUPTI_ERROR_NOT_READY"]
+
+
+def test_the_checking_macro_wraps_every_cupti_call():
+    """No CUPTI entry point is called except through CUPTI_CALL (cuptiGetResultString is the checker's own)."""
+    import re
+    source = open(os.path.join(ROOT, "csrc", "st_cupti.c")).read()
+    direct = [m.group(0) for m in re.finditer(r"api\.cupti\w+\s*\(", source)
+              if not m.group(0).startswith("api.cuptiGetResultString")]
+    assert direct == []
+    assert "cupti_check(api.fn(__VA_ARGS__)" in source
 
 
 # --- Attribution through the buffer-completed path ---

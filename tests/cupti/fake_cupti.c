@@ -6,10 +6,16 @@
  * path, record decoding and attribution run exactly as with CUPTI. The test
  * scripts it through the fake_cupti_* functions (ctypes).
  *
+ * Like the real CUPTI, it can run StageTrace's buffer callbacks from inside
+ * the control calls (fake_cupti_set_reentry): on the calling thread, or on a
+ * thread of its own that the call waits for (CUPTI's worker thread), so a
+ * lock StageTrace held across such a call deadlocks here as on a GPU.
+ *
  * Built by tests/test_gpu.py; -DFAKE_NO_TIMESTAMP_CALLBACK leaves out
  * cuptiActivityRegisterTimestampCallback (CUPTI before 12.x), so records
  * carry the fake GPU clock and StageTrace must convert them. */
 #include <cupti.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -23,6 +29,12 @@ static CUptiResult subscribe_result = CUPTI_SUCCESS;
 static CUptiResult enable_result = CUPTI_SUCCESS;
 static int subscribed, own_clock, enabled_kinds;
 static size_t dropped_next; /* reported by cuptiActivityGetNumDroppedRecords once */
+static CUptiResult flush_result = CUPTI_SUCCESS;
+/* 0: callbacks only when records need a buffer or a flush delivers; 1: also
+ * from inside every control call, on the calling thread; 2: the same on a
+ * thread of the fake's own, which the control call waits for */
+static int reentry;
+static unsigned long long reentries; /* callback round trips made from inside control calls */
 
 static uint8_t *buffer;
 static size_t buffer_size, used;
@@ -53,6 +65,35 @@ static uint64_t stamp(uint64_t trace_ns)
     return own_clock ? trace_ns : trace_ns + FAKE_GPU_CLOCK_OFFSET;
 }
 
+/* One buffer round trip, as CUPTI makes from inside a control call: ask
+ * StageTrace for a buffer and hand it straight back, empty. */
+static void *round_trip(void *unused)
+{
+    (void)unused;
+    uint8_t *b = NULL;
+    size_t size = 0, max_records = 0;
+    if (requested && completed) {
+        requested(&b, &size, &max_records);
+        completed(NULL, 0, b, size, 0);
+        reentries++;
+    }
+    return NULL;
+}
+
+/* Run StageTrace's callbacks from inside the control call in progress, the
+ * way reentry says. */
+static void reenter(void)
+{
+    if (reentry == 1) {
+        round_trip(NULL);
+    } else if (reentry == 2) {
+        pthread_t worker;
+        if (pthread_create(&worker, NULL, round_trip, NULL) == 0) {
+            pthread_join(worker, NULL); /* the control call waits for its worker */
+        }
+    }
+}
+
 // --- The CUPTI API ------------------------------------------------------------
 
 CUptiResult CUPTIAPI cuptiGetVersion(uint32_t *version)
@@ -70,6 +111,9 @@ CUptiResult CUPTIAPI cuptiGetResultString(CUptiResult result, const char **str)
     case CUPTI_ERROR_INSUFFICIENT_PRIVILEGES:
         *str = "CUPTI_ERROR_INSUFFICIENT_PRIVILEGES";
         break;
+    case CUPTI_ERROR_NOT_READY:
+        *str = "CUPTI_ERROR_NOT_READY";
+        break;
     default:
         *str = result == CUPTI_SUCCESS ? "CUPTI_SUCCESS" : "CUPTI_ERROR_UNKNOWN";
     }
@@ -85,12 +129,14 @@ CUptiResult CUPTIAPI cuptiSubscribe(CUpti_SubscriberHandle *subscriber, CUpti_Ca
     }
     *subscriber = (CUpti_SubscriberHandle)&subscribed;
     subscribed = 1;
+    reenter();
     return CUPTI_SUCCESS;
 }
 
 CUptiResult CUPTIAPI cuptiUnsubscribe(CUpti_SubscriberHandle subscriber)
 {
     (void)subscriber;
+    reenter();
     subscribed = 0;
     return CUPTI_SUCCESS;
 }
@@ -100,6 +146,7 @@ CUptiResult CUPTIAPI cuptiActivityRegisterCallbacks(CUpti_BuffersCallbackRequest
 {
     requested = request;
     completed = complete;
+    reenter();
     return CUPTI_SUCCESS;
 }
 
@@ -117,12 +164,14 @@ CUptiResult CUPTIAPI cuptiActivityEnable(CUpti_ActivityKind kind)
         return enable_result;
     }
     enabled_kinds |= 1 << (kind & 31);
+    reenter();
     return CUPTI_SUCCESS;
 }
 
 CUptiResult CUPTIAPI cuptiActivityDisable(CUpti_ActivityKind kind)
 {
     enabled_kinds &= ~(1 << (kind & 31));
+    reenter();
     return CUPTI_SUCCESS;
 }
 
@@ -195,10 +244,26 @@ static void deliver_current(void)
     buffer_size = used = n_records = 0;
 }
 
+static void *deliver_on_worker(void *unused)
+{
+    (void)unused;
+    deliver();
+    return NULL;
+}
+
 CUptiResult CUPTIAPI cuptiActivityFlushAll(uint32_t flag)
 {
     (void)flag;
-    deliver();
+    if (flush_result != CUPTI_SUCCESS) {
+        return flush_result;
+    }
+    pthread_t worker;
+    if (reentry == 2 && pthread_create(&worker, NULL, deliver_on_worker, NULL) == 0) {
+        pthread_join(worker, NULL); /* CUPTI's worker delivers; the flush waits for it */
+    } else {
+        deliver();
+    }
+    reenter();
     return CUPTI_SUCCESS;
 }
 
@@ -207,6 +272,21 @@ CUptiResult CUPTIAPI cuptiActivityFlushAll(uint32_t flag)
 void fake_cupti_set_subscribe_result(int result)
 {
     subscribe_result = (CUptiResult)result;
+}
+
+void fake_cupti_set_flush_result(int result)
+{
+    flush_result = (CUptiResult)result;
+}
+
+void fake_cupti_set_reentry(int mode)
+{
+    reentry = mode;
+}
+
+unsigned long long fake_cupti_reentries(void)
+{
+    return reentries;
 }
 
 void fake_cupti_set_enable_result(int result)
