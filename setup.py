@@ -44,6 +44,7 @@ SOURCES = [
     "csrc/st_clock.c",
     "csrc/st_cupti.c",
     "csrc/st_events.c",
+    "csrc/st_fork.c",
     "csrc/st_gpu.c",
     "csrc/st_intern.c",
     "csrc/st_json.c",

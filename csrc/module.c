@@ -13,6 +13,8 @@
  * compares. */
 #include "bind.h"
 
+#include "st_fork.h"
+
 // --- Module state -------------------------------------------------------------
 
 static int module_traverse(PyObject *m, visitproc visit, void *arg)
@@ -71,6 +73,13 @@ static int module_exec(PyObject *m)
     if (bind_names_init(m, st) < 0 || bind_events_init(m, st) < 0 ||
         bind_spans_init(m, st) < 0 || bind_trace_init(m, st) < 0 ||
         bind_safetensors_init(m, st) < 0) {
+        return -1;
+    }
+    /* StageTrace's locks across fork(): without the handlers a child forked
+     * while another thread drains could deadlock; say so, and carry on */
+    if (st_fork_install() != 0 &&
+        PyErr_WarnEx(PyExc_RuntimeWarning,
+                     "stagetrace: could not register fork handlers; do not fork while recording", 1) < 0) {
         return -1;
     }
 #ifdef Py_LIMITED_API

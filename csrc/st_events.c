@@ -6,7 +6,21 @@
  * head - tail == capacity. An event's args are contiguous in the arena (a
  * record that would straddle its end starts again at its beginning) and the
  * event keeps the low 32 bits of their position: the arena is smaller than
- * 4 GiB, so the drainer recovers the position from its own tail. */
+ * 4 GiB, so the drainer recovers the position from its own tail.
+ *
+ * A buffer outlives its thread until drained: at thread exit (a pthread key
+ * destructor, on the exiting thread) the thread first forgets its buffer
+ * (its thread-local pointer is cleared and the thread marked exited, so
+ * anything it records later, from a later destructor, is counted as dropped
+ * instead of touching the buffer), and only then marks the buffer dead
+ * (release). The drainer frees a dead buffer once empty: by then no pointer
+ * but the registry's reaches it.
+ *
+ * fork(): st_events_fork_* (registered by st_fork) take registry_lock around
+ * the fork; the child keeps only the forking thread's buffer, emptied (the
+ * parent keeps those events), and frees the others: their threads do not
+ * exist in the child, and a thread of the parent may have been half way
+ * through an append. */
 #include "st_events.h"
 
 #include <pthread.h>
@@ -46,6 +60,8 @@ static _Atomic uint64_t orphan_args_dropped;
  * __tls_get_addr call; two words fit glibc's surplus static TLS for dlopen. */
 #define ST_FAST_TLS __attribute__((tls_model("initial-exec")))
 static _Thread_local st_buffer *thread_buffer ST_FAST_TLS;
+/* 1: the buffer could not be made; 2: the thread is exiting. Either way its
+ * events are counted as dropped. */
 static _Thread_local int thread_buffer_failed ST_FAST_TLS;
 static pthread_key_t exit_key;
 static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
@@ -53,6 +69,8 @@ static pthread_once_t exit_key_once = PTHREAD_ONCE_INIT;
 static void on_thread_exit(void *arg)
 {
     st_buffer *buf = arg;
+    thread_buffer = NULL; /* first: nothing on this thread reaches buf from now on */
+    thread_buffer_failed = 2;
     atomic_store_explicit(&buf->thread_alive, 0, memory_order_release);
 }
 
@@ -324,6 +342,41 @@ uint64_t st_events_args_dropped(void)
     }
     pthread_mutex_unlock(&registry_lock);
     return total;
+}
+
+void st_events_fork_prepare(void)
+{
+    pthread_mutex_lock(&registry_lock);
+}
+
+void st_events_fork_parent(void)
+{
+    pthread_mutex_unlock(&registry_lock);
+}
+
+void st_events_fork_child(void)
+{
+    st_buffer *own = thread_buffer, **link = &registry;
+    while (*link) {
+        st_buffer *b = *link;
+        if (b == own) {
+            uint64_t head = atomic_load_explicit(&b->head, memory_order_relaxed);
+            atomic_store_explicit(&b->tail, head, memory_order_relaxed);
+            atomic_store_explicit(&b->arena_tail, b->arena_head, memory_order_relaxed);
+            atomic_store_explicit(&b->dropped, 0, memory_order_relaxed);
+            atomic_store_explicit(&b->args_dropped, 0, memory_order_relaxed);
+            link = &b->next;
+            continue;
+        }
+        *link = b->next; /* another thread's: gone in the child */
+        registry_size--;
+        free(b->arena);
+        free(b->ring);
+        free(b);
+    }
+    atomic_store(&orphan_dropped, 0);
+    atomic_store(&orphan_args_dropped, 0);
+    pthread_mutex_unlock(&registry_lock);
 }
 
 void st_events_stats(uint32_t *buffers, uint32_t *capacity)

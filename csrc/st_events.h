@@ -85,7 +85,8 @@ st_events_stored st_events_append_args(st_event *ev, const char *args, size_t le
 /* Move every buffered event of every thread, with its args, into a new batch,
  * oldest first per thread; free it with st_events_batch_free. out->n may be 0.
  * Takes the registry lock (lock order: registry lock only; never held while a
- * producer waits). Buffers of threads that have exited are freed once empty.
+ * producer waits). Buffers of threads that have exited are freed once empty:
+ * an exiting thread clears its own pointer to its buffer first.
  * Fails with NO_MEMORY and leaves every event in place. */
 st_events_status st_events_drain(st_events_batch *out);
 
@@ -97,6 +98,14 @@ uint64_t st_events_dropped(void);
 
 /* Events stored without their args since the process started. Can't fail. */
 uint64_t st_events_args_dropped(void);
+
+/* pthread_atfork handlers, registered by st_fork: prepare takes the registry
+ * lock, parent releases it; child keeps only the calling thread's buffer,
+ * emptied, frees the other threads' buffers (those threads do not exist in
+ * the child), zeroes the drop counters and releases the lock. */
+void st_events_fork_prepare(void);
+void st_events_fork_parent(void);
+void st_events_fork_child(void);
 
 /* Number of live buffers and the capacity new buffers get. Can't fail. */
 void st_events_stats(uint32_t *buffers, uint32_t *capacity);

@@ -9,8 +9,9 @@
  * and every cap has a drop counter.
  *
  * Independent of CUPTI: st_cupti feeds records in; tests and the benchmark
- * can feed them directly. Thread-safe: one mutex, taken once per window
- * open/close and once per batch of records (never per record). */
+ * can feed them directly. Thread-safe: opening and closing a window (the
+ * per-call path) is lock-free; one mutex is taken once per batch of records
+ * (never per record), per report and per reset. */
 #ifndef ST_GPU_H
 #define ST_GPU_H
 
@@ -70,17 +71,19 @@ typedef struct st_gpu_window_report {
     st_gpu_totals totals;
 } st_gpu_window_report;
 
-/* Window table capacity for a collection round (from now on; the current
- * round keeps its table). Default 8192. Can't fail. */
+/* Window table capacity for the next collection round (the current round
+ * keeps its capacity), at most 4 Mi windows. Default 8192. Can't fail. */
 void st_gpu_set_window_capacity(size_t capacity);
 
 /* Open a window at t0 on the calling thread; its parent is the window the
  * thread has open. Returns its id (> 0), or 0 when the table is full (counted
- * in dropped windows) or out of memory. Takes the lock. */
+ * in dropped windows) or out of memory. Lock-free. */
 uint32_t st_gpu_window_open(uint8_t stage, uint32_t name_id, uint64_t t0);
 
 /* Close window id at t1 (ids of 0 are ignored) and make its parent the
- * calling thread's open window again. Takes the lock. Can't fail. */
+ * calling thread's open window again. Only the thread that opened the window
+ * closes it; a window opened before the last reset is ignored. Lock-free;
+ * can't fail. */
 void st_gpu_window_close(uint32_t id, uint64_t t1);
 
 /* Attribute n records (any order) to their windows and fold them in. Takes
@@ -125,5 +128,11 @@ uint64_t st_gpu_detail_dropped(void);
  * caller has flushed and reported). Windows still open on other threads
  * become unknown ids and are ignored when closed. Takes the lock. */
 void st_gpu_reset(void);
+
+/* pthread_atfork handlers, registered by st_fork: prepare takes the lock,
+ * parent and child release it. */
+void st_gpu_fork_prepare(void);
+void st_gpu_fork_parent(void);
+void st_gpu_fork_child(void);
 
 #endif

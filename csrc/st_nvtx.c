@@ -1,6 +1,17 @@
 /* st_nvtx: NVTX v3 (header-only) emission. The headers come from the CUDA
  * toolkit or NVIDIA's nvidia-nvtx pip wheels at build time (setup.py); none
- * are copied into this repository. */
+ * are copied into this repository.
+ *
+ * Balance: the switch may flip while a range is open. A thread keeps a stack
+ * of bits, one per st_nvtx_push, saying whether that push reached NVTX;
+ * st_nvtx_pop pops NVTX only for a push that did, whatever the switch says
+ * now, and does nothing on a thread with no push open. A start/end range is
+ * ended whenever it was started (its id is not 0). With no tool attached
+ * none of this runs: the domain is NULL for good, checked first.
+ *
+ * Names are registered once: a registered handle is read lock-free (an
+ * atomic slot in a chunk that never moves); only a name's first
+ * registration takes names_lock. */
 #include "st_nvtx.h"
 
 #include "st_stage.h"
@@ -20,24 +31,41 @@
 
 /* NULL when no tool is attached: NVTX's no-tool path returns a null domain,
  * and a tool can only attach at NVTX's one-time initialisation. */
-static nvtxDomainHandle_t domain;
+static _Atomic(nvtxDomainHandle_t) domain_handle;
 static atomic_int enabled;
+
+/* The domain, NULL when no tool listens (for good). */
+static inline nvtxDomainHandle_t domain_of(void)
+{
+    return atomic_load_explicit(&domain_handle, memory_order_acquire);
+}
 
 /* Emission is wanted and some tool listens. */
 static inline int active(void)
 {
-    return atomic_load_explicit(&enabled, memory_order_relaxed) && domain != NULL;
+    return atomic_load_explicit(&enabled, memory_order_relaxed) && domain_of() != NULL;
 }
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
-static nvtxStringHandle_t *_Atomic name_chunks[CHUNK_COUNT];
+typedef _Atomic(nvtxStringHandle_t) name_slot;
+static name_slot *_Atomic name_chunks[CHUNK_COUNT];
+
+/* The calling thread's pushes: bit i of pushed says whether push number i
+ * (from the bottom) reached NVTX. Pushes deeper than PUSH_DEPTH are not
+ * emitted (and so not popped). */
+#define PUSH_DEPTH 256u
+static __thread struct {
+    uint32_t depth;
+    uint64_t pushed[PUSH_DEPTH / 64];
+} stack;
 
 static void init_domain(void)
 {
-    domain = nvtxDomainCreateA("StageTrace");
+    nvtxDomainHandle_t d = nvtxDomainCreateA("StageTrace");
     for (unsigned s = 0; s < ST_STAGE_COUNT; s++) {
-        nvtxDomainNameCategoryA(domain, s + 1, st_stage_name(s));
+        nvtxDomainNameCategoryA(d, s + 1, st_stage_name(s));
     }
+    atomic_store_explicit(&domain_handle, d, memory_order_release);
     atomic_store(&enabled, 1);
 }
 
@@ -66,20 +94,43 @@ int st_nvtx_enabled(void)
 
 void st_nvtx_register_name(uint32_t name_id, const char *utf8)
 {
-    if (name_id >= ST_INTERN_MAX || !domain) {
+    nvtxDomainHandle_t d = domain_of();
+    if (name_id >= ST_INTERN_MAX || !d) {
         return;
     }
+    name_slot *chunk = atomic_load_explicit(&name_chunks[name_id >> CHUNK_BITS], memory_order_acquire);
+    if (chunk && atomic_load_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], memory_order_acquire)) {
+        return; /* the hot path: registered before, no lock */
+    }
+    /* lock order: names_lock only (NVTX's tool is called under it, and
+     * calls nothing of StageTrace's) */
     pthread_mutex_lock(&names_lock);
-    nvtxStringHandle_t *chunk = atomic_load(&name_chunks[name_id >> CHUNK_BITS]);
+    chunk = atomic_load_explicit(&name_chunks[name_id >> CHUNK_BITS], memory_order_relaxed);
     if (!chunk) {
         chunk = calloc(CHUNK_SIZE, sizeof *chunk);
         if (chunk) {
-            atomic_store(&name_chunks[name_id >> CHUNK_BITS], chunk);
+            atomic_store_explicit(&name_chunks[name_id >> CHUNK_BITS], chunk, memory_order_release);
         }
     }
-    if (chunk && !chunk[name_id & (CHUNK_SIZE - 1)]) {
-        chunk[name_id & (CHUNK_SIZE - 1)] = nvtxDomainRegisterStringA(domain, utf8);
+    if (chunk && !atomic_load_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], memory_order_relaxed)) {
+        atomic_store_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], nvtxDomainRegisterStringA(d, utf8),
+                              memory_order_release);
     }
+    pthread_mutex_unlock(&names_lock);
+}
+
+void st_nvtx_fork_prepare(void)
+{
+    pthread_mutex_lock(&names_lock);
+}
+
+void st_nvtx_fork_parent(void)
+{
+    pthread_mutex_unlock(&names_lock);
+}
+
+void st_nvtx_fork_child(void)
+{
     pthread_mutex_unlock(&names_lock);
 }
 
@@ -96,10 +147,11 @@ static void attributes(nvtxEventAttributes_t *a, unsigned stage, uint32_t name_i
     a->payloadType = NVTX_PAYLOAD_TYPE_UNSIGNED_INT64;
     a->reserved0 = 0;
     a->payload.ullValue = payload;
-    nvtxStringHandle_t *chunk = name_id < ST_INTERN_MAX
+    name_slot *chunk = name_id < ST_INTERN_MAX
         ? atomic_load_explicit(&name_chunks[name_id >> CHUNK_BITS], memory_order_acquire)
         : NULL;
-    nvtxStringHandle_t handle = chunk ? chunk[name_id & (CHUNK_SIZE - 1)] : NULL;
+    nvtxStringHandle_t handle =
+        chunk ? atomic_load_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], memory_order_acquire) : NULL;
     if (handle) {
         a->messageType = NVTX_MESSAGE_TYPE_REGISTERED;
         a->message.registered = handle;
@@ -111,22 +163,36 @@ static void attributes(nvtxEventAttributes_t *a, unsigned stage, uint32_t name_i
     }
 }
 
-void st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload)
+int st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload)
 {
-    if (!active()) {
-        return;
+    nvtxDomainHandle_t d = domain_of();
+    if (!d) {
+        return 0; /* no tool: nothing to balance */
     }
-    nvtxEventAttributes_t a;
-    attributes(&a, stage, name_id, payload);
-    nvtxDomainRangePushEx(domain, &a);
+    uint32_t level = stack.depth++;
+    int emit = atomic_load_explicit(&enabled, memory_order_relaxed) && level < PUSH_DEPTH;
+    if (level < PUSH_DEPTH) {
+        uint64_t bit = (uint64_t)1 << (level & 63);
+        stack.pushed[level / 64] = emit ? stack.pushed[level / 64] | bit : stack.pushed[level / 64] & ~bit;
+    }
+    if (emit) {
+        nvtxEventAttributes_t a;
+        attributes(&a, stage, name_id, payload);
+        nvtxDomainRangePushEx(d, &a);
+    }
+    return emit;
 }
 
 void st_nvtx_pop(void)
 {
-    if (!active()) {
-        return;
+    nvtxDomainHandle_t d = domain_of();
+    if (!d || stack.depth == 0) {
+        return; /* no pop without a push */
     }
-    nvtxDomainRangePop(domain);
+    uint32_t level = --stack.depth;
+    if (level < PUSH_DEPTH && (stack.pushed[level / 64] >> (level & 63) & 1)) {
+        nvtxDomainRangePop(d); /* pushed: popped even if emission went off since */
+    }
 }
 
 uint64_t st_nvtx_start(unsigned stage, uint32_t name_id, uint64_t payload)
@@ -136,13 +202,14 @@ uint64_t st_nvtx_start(unsigned stage, uint32_t name_id, uint64_t payload)
     }
     nvtxEventAttributes_t a;
     attributes(&a, stage, name_id, payload);
-    return nvtxDomainRangeStartEx(domain, &a);
+    return nvtxDomainRangeStartEx(domain_of(), &a);
 }
 
 void st_nvtx_end(uint64_t range_id)
 {
-    if (range_id && active()) {
-        nvtxDomainRangeEnd(domain, range_id);
+    nvtxDomainHandle_t d = domain_of();
+    if (range_id && d) { /* started: ended even if emission went off since */
+        nvtxDomainRangeEnd(d, range_id);
     }
 }
 
@@ -153,7 +220,7 @@ void st_nvtx_mark(unsigned stage, uint32_t name_id, uint64_t payload)
     }
     nvtxEventAttributes_t a;
     attributes(&a, stage, name_id, payload);
-    nvtxDomainMarkEx(domain, &a);
+    nvtxDomainMarkEx(domain_of(), &a);
 }
 
 #else /* built without NVTX headers */
@@ -163,9 +230,10 @@ void st_nvtx_init(void) {}
 void st_nvtx_set_enabled(int on) { (void)on; }
 int st_nvtx_enabled(void) { return 0; }
 void st_nvtx_register_name(uint32_t name_id, const char *utf8) { (void)name_id; (void)utf8; }
-void st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload)
+int st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload)
 {
     (void)stage; (void)name_id; (void)payload;
+    return 0;
 }
 void st_nvtx_pop(void) {}
 uint64_t st_nvtx_start(unsigned stage, uint32_t name_id, uint64_t payload)
@@ -178,5 +246,8 @@ void st_nvtx_mark(unsigned stage, uint32_t name_id, uint64_t payload)
 {
     (void)stage; (void)name_id; (void)payload;
 }
+void st_nvtx_fork_prepare(void) {}
+void st_nvtx_fork_parent(void) {}
+void st_nvtx_fork_child(void) {}
 
 #endif

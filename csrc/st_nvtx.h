@@ -18,22 +18,32 @@ void st_nvtx_set_enabled(int on);
 int st_nvtx_enabled(void);
 
 /* Register the interned name id with NVTX so ranges carry a registered
- * string instead of copying the text every call. Idempotent; takes the
- * table's mutex; can't fail (a failed registration falls back to an
- * unregistered message). */
+ * string instead of copying the text every call. Idempotent; lock-free once
+ * the name is registered (its first registration takes the table's mutex);
+ * can't fail (a failed registration falls back to an unregistered message). */
 void st_nvtx_register_name(uint32_t name_id, const char *utf8);
 
 /* Push/pop a thread-bound range (sync calls). Payload is a uint64 (node id).
- * Lock-free; no GIL needed. Can't fail. */
-void st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload);
+ * Balanced whatever the switch does in between: push returns 1 when it
+ * reached NVTX, and the matching pop pops NVTX exactly then (even if emission
+ * was turned off meanwhile); a pop with no push open on the thread does
+ * nothing. Lock-free; no GIL needed. Can't fail. */
+int st_nvtx_push(unsigned stage, uint32_t name_id, uint64_t payload);
 void st_nvtx_pop(void);
 
 /* Start/end a range not bound to a thread (coroutines that may suspend).
- * Returns the range id to pass to st_nvtx_end (0 when disabled). */
+ * Returns the range id to pass to st_nvtx_end (0 when disabled); a started
+ * range is ended even if emission was turned off since. */
 uint64_t st_nvtx_start(unsigned stage, uint32_t name_id, uint64_t payload);
 void st_nvtx_end(uint64_t range_id);
 
 /* An instantaneous marker. */
 void st_nvtx_mark(unsigned stage, uint32_t name_id, uint64_t payload);
+
+/* pthread_atfork handlers, registered by st_fork: prepare takes the name
+ * table's lock, parent and child release it. */
+void st_nvtx_fork_prepare(void);
+void st_nvtx_fork_parent(void);
+void st_nvtx_fork_child(void);
 
 #endif
