@@ -4,7 +4,7 @@ PYTHON ?= python3
 # extra pytest arguments, e.g. make test PYTEST_ARGS="-k demo -x"
 PYTEST_ARGS ?=
 
-.PHONY: build test bench lint format sanitize valgrind fuzz clean
+.PHONY: build test bench lint format sanitize tsan valgrind fuzz clean
 
 build:
 	$(PYTHON) setup.py build_ext --inplace
@@ -37,13 +37,22 @@ format:
 	$(PYTHON) -m ruff format comfy_nodes tests benchmarks
 	clang-format -i csrc/*.c csrc/*.h
 
-# The native tests under AddressSanitizer/UBSan (a separate in-place build).
+# The native tests under AddressSanitizer/UBSan (a separate in-place build), then the C stress
+# program (tests/native_stress.c: 8 threads, drains, NVTX toggles, fork) built with ASan+UBSan.
+# STRESS_SECONDS sets the stress run's length.
+STRESS_SECONDS ?= 5
 sanitize:
 	CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" LDFLAGS="-fsanitize=address,undefined" \
 	    $(PYTHON) setup.py build_ext --inplace --force
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
 	    $(PYTHON) -m pytest tests/test_native_core.py tests/test_native_args.py tests/test_safetensors_reader.py tests/test_anatomy_groups.py tests/test_gpu.py -q
 	$(PYTHON) setup.py build_ext --inplace --force
+	STAGETRACE_STRESS_SECONDS=$(STRESS_SECONDS) $(PYTHON) -m pytest tests/test_native_stress.py -q -k asan
+
+# The C stress program under ThreadSanitizer: no report at all may come from StageTrace's code
+# (there are no suppressions).
+tsan:
+	STAGETRACE_STRESS_SECONDS=$(STRESS_SECONDS) $(PYTHON) -m pytest tests/test_native_stress.py -q -k tsan
 
 # The native tests under valgrind (the real interpreter, not a pyenv shim
 # script, so valgrind traces Python itself). CPython's own reports (its

@@ -150,8 +150,8 @@ static struct {
  *                completed concurrently; under it st_gpu's and st_intern's
  *                own locks.
  *   error_lock   a leaf: the last failed call's text.
- * pthread_atfork (st_cupti_fork_*) takes ctl_lock and decode_lock in that
- * order, so a fork never copies them held. */
+ * fork(): a child starts these afresh (st_cupti_fork_child says why they
+ * are not held across the fork). */
 static struct {
     pthread_mutex_t ctl_lock;
     int tried;              /* loading was attempted (once per process); ctl_lock */
@@ -580,28 +580,25 @@ void st_cupti_get_info(st_cupti_info *out)
 
 // --- fork() -------------------------------------------------------------------
 
-void st_cupti_fork_prepare(void)
-{
-    /* lock order: ctl_lock, decode_lock, error_lock (see the top of the file) */
-    pthread_mutex_lock(&cupti.ctl_lock);
-    pthread_mutex_lock(&cupti.decode_lock);
-    pthread_mutex_lock(&cupti.error_lock);
-}
+/* CUPTI's locks are not taken around fork(): a thread may hold ctl_lock or
+ * decode_lock while inside CUPTI, waiting for CUPTI's own locks, which
+ * CUPTI's fork handlers (registered after StageTrace's, so run before them)
+ * may hold in the forking thread. Taking them here could deadlock the
+ * parent. The child instead starts them afresh: no thread holds them there,
+ * and the child never calls CUPTI. */
+void st_cupti_fork_prepare(void) {}
 
-void st_cupti_fork_parent(void)
-{
-    pthread_mutex_unlock(&cupti.error_lock);
-    pthread_mutex_unlock(&cupti.decode_lock);
-    pthread_mutex_unlock(&cupti.ctl_lock);
-}
+void st_cupti_fork_parent(void) {}
 
 void st_cupti_fork_child(void)
 {
     /* CUDA (and so CUPTI) does not carry over into a child: it collects
      * nothing, and never calls into the parent's subscription. */
+    pthread_mutex_init(&cupti.ctl_lock, NULL);
+    pthread_mutex_init(&cupti.decode_lock, NULL);
+    pthread_mutex_init(&cupti.error_lock, NULL);
     atomic_store(&cupti.active, 0);
     atomic_store(&cupti.outstanding, 0);
-    st_cupti_fork_parent();
 }
 
 #endif /* ST_HAVE_CUPTI */

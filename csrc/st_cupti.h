@@ -65,9 +65,9 @@ typedef struct st_cupti_info {
 
 void st_cupti_get_info(st_cupti_info *out);
 
-/* pthread_atfork handlers, registered by st_fork (which orders every unit's
- * locks): prepare takes the collector's locks, parent releases them, child
- * releases them and leaves collection off (CUDA does not survive fork). */
+/* pthread_atfork handlers, registered by st_fork: the child starts the
+ * collector's locks afresh and leaves collection off (CUDA does not survive
+ * fork); prepare and parent do nothing (st_cupti.c says why). */
 void st_cupti_fork_prepare(void);
 void st_cupti_fork_parent(void);
 void st_cupti_fork_child(void);

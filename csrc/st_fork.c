@@ -2,12 +2,16 @@
  * takes them in the lock order below (a thread holding one only ever takes
  * those after it), parent and child release them in reverse:
  *
- *   st_cupti  ctl_lock, decode_lock, error_lock  (buffer_completed takes
- *                                                  decode_lock, then...)
- *   st_gpu    g.lock                               (...st_gpu's lock and...)
- *   st_intern table_lock                           (...st_intern's, for names)
- *   st_nvtx   names_lock
+ *   st_gpu    g.lock        (CUPTI's buffer_completed takes it, and...)
+ *   st_intern table_lock    (...st_intern's, for kernel names)
  *   st_events registry_lock
+ *
+ * st_cupti's locks are not held across fork (a thread may wait inside CUPTI
+ * while holding them): its child handler starts them afresh, and the child
+ * never calls CUPTI.
+ *
+ * st_nvtx has no lock (names are registered by compare-and-swap), so no
+ * NVTX tool's locks, nor its own fork handlers, order against these.
  *
  * st_nvml keeps its own handlers (its sampler thread does not exist in a
  * child). The per-call paths take none of these locks, so prepare waits only
@@ -20,7 +24,6 @@
 #include "st_events.h"
 #include "st_gpu.h"
 #include "st_intern.h"
-#include "st_nvtx.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static int install_status;
@@ -30,14 +33,12 @@ static void prepare(void)
     st_cupti_fork_prepare();
     st_gpu_fork_prepare();
     st_intern_fork_prepare();
-    st_nvtx_fork_prepare();
     st_events_fork_prepare();
 }
 
 static void parent(void)
 {
     st_events_fork_parent();
-    st_nvtx_fork_parent();
     st_intern_fork_parent();
     st_gpu_fork_parent();
     st_cupti_fork_parent();
@@ -46,7 +47,6 @@ static void parent(void)
 static void child(void)
 {
     st_events_fork_child();
-    st_nvtx_fork_child();
     st_intern_fork_child();
     st_gpu_fork_child();
     st_cupti_fork_child();

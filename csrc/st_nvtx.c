@@ -9,9 +9,11 @@
  * ended whenever it was started (its id is not 0). With no tool attached
  * none of this runs: the domain is NULL for good, checked first.
  *
- * Names are registered once: a registered handle is read lock-free (an
- * atomic slot in a chunk that never moves); only a name's first
- * registration takes names_lock. */
+ * Names are registered once, with no lock: the first thread to claim a
+ * name's slot (compare-and-swap) registers it and publishes the handle;
+ * every later call is one atomic load. No lock of StageTrace's is held while
+ * NVTX or its tool runs, so a tool's own locks (and its fork handlers) can
+ * never order against ours. */
 #include "st_nvtx.h"
 
 #include "st_stage.h"
@@ -46,9 +48,12 @@ static inline int active(void)
     return atomic_load_explicit(&enabled, memory_order_relaxed) && domain_of() != NULL;
 }
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
-static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
+/* A name's slot: NULL until claimed, then REGISTERING while the claiming
+ * thread registers it, then its handle (UNREGISTERED if the tool gave none). */
 typedef _Atomic(nvtxStringHandle_t) name_slot;
 static name_slot *_Atomic name_chunks[CHUNK_COUNT];
+#define REGISTERING ((nvtxStringHandle_t)(uintptr_t)1)
+#define UNREGISTERED ((nvtxStringHandle_t)(uintptr_t)2)
 
 /* The calling thread's pushes: bit i of pushed says whether push number i
  * (from the bottom) reached NVTX. Pushes deeper than PUSH_DEPTH are not
@@ -98,40 +103,29 @@ void st_nvtx_register_name(uint32_t name_id, const char *utf8)
     if (name_id >= ST_INTERN_MAX || !d) {
         return;
     }
-    name_slot *chunk = atomic_load_explicit(&name_chunks[name_id >> CHUNK_BITS], memory_order_acquire);
-    if (chunk && atomic_load_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], memory_order_acquire)) {
-        return; /* the hot path: registered before, no lock */
-    }
-    /* lock order: names_lock only (NVTX's tool is called under it, and
-     * calls nothing of StageTrace's) */
-    pthread_mutex_lock(&names_lock);
-    chunk = atomic_load_explicit(&name_chunks[name_id >> CHUNK_BITS], memory_order_relaxed);
-    if (!chunk) {
-        chunk = calloc(CHUNK_SIZE, sizeof *chunk);
-        if (chunk) {
-            atomic_store_explicit(&name_chunks[name_id >> CHUNK_BITS], chunk, memory_order_release);
+    name_slot *_Atomic *at = &name_chunks[name_id >> CHUNK_BITS];
+    name_slot *chunk = atomic_load_explicit(at, memory_order_acquire);
+    if (!chunk) { /* first name of its chunk: make the chunk, first maker wins */
+        name_slot *fresh = calloc(CHUNK_SIZE, sizeof *fresh);
+        if (!fresh) {
+            return;
+        }
+        if (atomic_compare_exchange_strong_explicit(at, &chunk, fresh, memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            chunk = fresh;
+        } else {
+            free(fresh);
         }
     }
-    if (chunk && !atomic_load_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], memory_order_relaxed)) {
-        atomic_store_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], nvtxDomainRegisterStringA(d, utf8),
-                              memory_order_release);
+    name_slot *slot = &chunk[name_id & (CHUNK_SIZE - 1)];
+    nvtxStringHandle_t seen = atomic_load_explicit(slot, memory_order_acquire);
+    if (seen || !atomic_compare_exchange_strong_explicit(slot, &seen, REGISTERING, memory_order_acquire,
+                                                         memory_order_relaxed)) {
+        return; /* the hot path: registered before (or being registered now) */
     }
-    pthread_mutex_unlock(&names_lock);
-}
-
-void st_nvtx_fork_prepare(void)
-{
-    pthread_mutex_lock(&names_lock);
-}
-
-void st_nvtx_fork_parent(void)
-{
-    pthread_mutex_unlock(&names_lock);
-}
-
-void st_nvtx_fork_child(void)
-{
-    pthread_mutex_unlock(&names_lock);
+    /* this thread claimed the name: the tool is called under no lock of ours */
+    nvtxStringHandle_t handle = nvtxDomainRegisterStringA(d, utf8);
+    atomic_store_explicit(slot, handle ? handle : UNREGISTERED, memory_order_release);
 }
 
 /* Fill attributes: registered name (or the text), stage colour and category,
@@ -152,7 +146,7 @@ static void attributes(nvtxEventAttributes_t *a, unsigned stage, uint32_t name_i
         : NULL;
     nvtxStringHandle_t handle =
         chunk ? atomic_load_explicit(&chunk[name_id & (CHUNK_SIZE - 1)], memory_order_acquire) : NULL;
-    if (handle) {
+    if (handle && handle != REGISTERING && handle != UNREGISTERED) {
         a->messageType = NVTX_MESSAGE_TYPE_REGISTERED;
         a->message.registered = handle;
     } else {
@@ -246,8 +240,5 @@ void st_nvtx_mark(unsigned stage, uint32_t name_id, uint64_t payload)
 {
     (void)stage; (void)name_id; (void)payload;
 }
-void st_nvtx_fork_prepare(void) {}
-void st_nvtx_fork_parent(void) {}
-void st_nvtx_fork_child(void) {}
 
 #endif

@@ -18,9 +18,10 @@ void st_nvtx_set_enabled(int on);
 int st_nvtx_enabled(void);
 
 /* Register the interned name id with NVTX so ranges carry a registered
- * string instead of copying the text every call. Idempotent; lock-free once
- * the name is registered (its first registration takes the table's mutex);
- * can't fail (a failed registration falls back to an unregistered message). */
+ * string instead of copying the text every call. Idempotent and lock-free
+ * (the first caller for a name registers it; until its handle is published
+ * ranges carry the text); can't fail (a failed registration falls back to
+ * an unregistered message). */
 void st_nvtx_register_name(uint32_t name_id, const char *utf8);
 
 /* Push/pop a thread-bound range (sync calls). Payload is a uint64 (node id).
@@ -39,11 +40,5 @@ void st_nvtx_end(uint64_t range_id);
 
 /* An instantaneous marker. */
 void st_nvtx_mark(unsigned stage, uint32_t name_id, uint64_t payload);
-
-/* pthread_atfork handlers, registered by st_fork: prepare takes the name
- * table's lock, parent and child release it. */
-void st_nvtx_fork_prepare(void);
-void st_nvtx_fork_parent(void);
-void st_nvtx_fork_child(void);
 
 #endif

@@ -270,6 +270,55 @@ def test_dead_threads_buffers_are_drained_then_freed(fresh):
     assert fresh.stats()["buffers"] == before  # then the buffer is freed
 
 
+FORK_SCRIPT = """
+import os, signal, sys, threading
+from comfy_nodes import _native as n
+STEP = n.STAGES.index("sample.step")
+stop = threading.Event()
+def hammer(k):
+    i = 0
+    while not stop.is_set():
+        n.stage_end(n.stage_begin(STEP, f"parent {k}"), {"i": i})
+        n.Wrapper(lambda: None, 1, f"wrapped {i % 50}")()
+        i += 1
+def drain():
+    while not stop.is_set():
+        n.drain()
+threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)] + [threading.Thread(target=drain)]
+[t.start() for t in threads]
+codes = []
+for _ in range(10):
+    pid = os.fork()
+    if pid == 0:  # the child: its own buffer only, and it records
+        signal.alarm(10)
+        if n.stats()["buffers"] > 1:
+            os._exit(3)
+        for j in range(100):
+            n.stage_end(n.stage_begin(STEP, "child"), {"j": j})
+        names = [e["name"] for e in n.drain().events()]
+        os._exit(0 if names == ["child"] * 100 else 4)
+    _, status = os.waitpid(pid, 0)
+    codes.append(os.waitstatus_to_exitcode(status))
+stop.set()
+[t.join() for t in threads]
+print(codes)
+"""
+
+
+def test_fork_while_threads_record_gives_a_child_that_records_and_exits(native):
+    """os.fork() while four threads record spans and one drains: each child starts with only its own (empty)
+    buffer, records, drains exactly its own events and exits (its alarm turns a deadlock into a failure)."""
+    import subprocess
+    import sys
+    try:
+        done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], cwd=os.path.dirname(os.path.dirname(__file__)),
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a forked child or the parent hung")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str([0] * 10), done.stdout + done.stderr  # -14 would be the child's alarm
+
+
 def test_record_validates_fields(fresh):
     with pytest.raises(ValueError, match="stage 99"):
         fresh.record(99, 0, 0, 1, 2)

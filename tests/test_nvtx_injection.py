@@ -88,8 +88,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_recorded(tmp_path, recorder_lib, mode="on"):
-    """Run SCRIPT under the recorder; return (calls in log order, the script's facts)."""
+def run_recorded(tmp_path, recorder_lib, mode="on", script=SCRIPT):
+    """Run script (SCRIPT by default) under the recorder; return (calls in log order, the script's facts)."""
     log = tmp_path / f"nvtx-{mode}.log"
     env = dict(os.environ, STAGETRACE_NVTX_LOG=str(log))
     if recorder_lib:
@@ -97,7 +97,7 @@ def run_recorded(tmp_path, recorder_lib, mode="on"):
     else:
         env.pop("NVTX_INJECTION64_PATH", None)
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, mode], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, mode], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
     calls = [Call(*line.split("\t")) for line in log.read_text().splitlines()] if log.exists() else []
@@ -190,3 +190,49 @@ def test_without_a_tool_nvtx_stays_silent(tmp_path, native):
         pytest.skip("the extension was built without NVTX headers (NVTX_COMPILED is 0)")
     calls, facts = run_recorded(tmp_path, None)
     assert calls == [] and facts["manual_range_id"] == 0  # NVTX's no-tool path: no range ids
+
+
+# NVTX switched off (or on) while a range is open: every push that reached NVTX is popped, no pop without one.
+TOGGLE_SCRIPT = textwrap.dedent("""
+    import json
+    from comfy_nodes import _native as n
+    NODE, STEP = n.STAGES.index("node"), n.STAGES.index("sample.step")
+    def turn(on):
+        def body():
+            n.nvtx_set_enabled(on)
+            return 1
+        return body
+    n.Wrapper(turn(False), NODE, "OpenedOn")()  # pushed while on, switched off inside: popped
+    n.Wrapper(turn(True), NODE, "OpenedOff")()  # not pushed (off), switched on inside: not popped
+    token = n.stage_begin(STEP, "StepOn")  # a start/end range: ended though off by then
+    n.nvtx_set_enabled(False)
+    n.stage_end(token)
+    n.nvtx_set_enabled(True)
+    manual = n.intern("Manual")
+    n.nvtx_push(NODE, manual, 1)
+    n.nvtx_set_enabled(False)
+    n.nvtx_pop()  # popped: its push reached NVTX
+    n.nvtx_pop()  # no push open on this thread: nothing
+    n.nvtx_push(NODE, manual, 2)  # off: not pushed
+    n.nvtx_set_enabled(True)
+    n.nvtx_pop()  # so not popped
+    n.Wrapper(lambda: n.Wrapper(turn(False), STEP, "Inner")(), NODE, "Outer")()  # nested, off inside the inner
+    n.nvtx_set_enabled(True)
+    n.Wrapper(lambda: 1, NODE, "After")()
+    print(json.dumps({}))
+""")
+
+
+def test_push_pop_stay_balanced_when_nvtx_is_switched_mid_span(recorder_lib, tmp_path):
+    calls, _ = run_recorded(tmp_path, recorder_lib, script=TOGGLE_SCRIPT)
+    ranges = [(c.op, text(c) if c.op in ("push", "start") else "-") for c in calls
+              if c.op in ("push", "pop", "start", "end")]
+    assert ranges == [
+        ("push", "OpenedOn"), ("pop", "-"),
+        ("start", "StepOn"), ("end", "-"),
+        ("push", "Manual"), ("pop", "-"),
+        ("push", "Outer"), ("push", "Inner"), ("pop", "-"), ("pop", "-"),
+        ("push", "After"), ("pop", "-"),
+    ]  # fmt: skip
+    starts = [c.range_id for c in calls if c.op == "start"]
+    assert [c.range_id for c in calls if c.op == "end"] == starts

@@ -151,6 +151,18 @@ static void NVTX_API on_mark(nvtxDomainHandle_t domain, const nvtxEventAttribute
     log_call("mark", domain, a, NULL, 0);
 }
 
+/* A tool must survive fork() itself: log_lock is held across it, so a child
+ * forked while another thread logs does not deadlock on it. */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&log_lock);
+}
+
+static void fork_release(void)
+{
+    pthread_mutex_unlock(&log_lock);
+}
+
 // --- Attaching --------------------------------------------------------------
 
 /* Called once by NVTX. Returns 1 to attach, 0 to leave NVTX in its no-tool
@@ -168,7 +180,7 @@ __attribute__((visibility("default"))) int InitializeInjectionNvtx2(NvtxGetExpor
     }
     const char *path = getenv("STAGETRACE_NVTX_LOG");
     log_file = path ? fopen(path, "a") : NULL;
-    if (!log_file) {
+    if (!log_file || pthread_atfork(fork_prepare, fork_release, fork_release) != 0) {
         return 0;
     }
     const NvtxExportTableVersionInfo *version = get(NVTX_ETID_VERSIONINFO);
