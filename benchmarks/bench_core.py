@@ -13,6 +13,14 @@
    STAGETRACE_BENCH_WRITER_BASELINE=<git revision>, also against the writer of
    that revision, built from its csrc/ into a temporary directory (the ratio
    old / new in the same run).
+4. The per-call path against the core before it was lock-free (issue 14: GPU
+   windows, interning and NVTX registration took locks), same run: the
+   baseline revision (STAGETRACE_BENCH_CORE_BASELINE, default 8fe780d, the
+   last one before) is built from `git archive` into a temporary directory.
+   From Python, each build loaded in its own subprocess: a wrapped call
+   (namer, GPU window) and a stage span with args, on 1 thread and on 8
+   threads at once. In C (hotpath.c linked with each tree's csrc/): the same
+   per-call work on 1 and 8 threads, with no GIL to serialise them.
 
 Figures are medians of repeats; the variants of a section take turns within each
 repeat, so drift in machine speed hits them alike. Exits 0 unless --check is
@@ -263,22 +271,28 @@ def load_extension(name: str, path: str):
 def build_baseline(tmp: str, rev: str):
     """The extension of git revision rev (its csrc/ and setup.py), built into tmp and loaded as
     stagetrace_baseline._native. Raises BuildFailed."""
-    src = os.path.join(tmp, "baseline-src")
+    return load_extension("stagetrace_baseline._native", build_baseline_so(tmp, rev)[0])
+
+
+def build_baseline_so(tmp: str, rev: str) -> tuple[str, str]:
+    """Build the extension of git revision rev (its csrc/ and setup.py) into tmp/<rev>-*: the path of the
+    .so and of the revision's csrc/. Raises BuildFailed."""
+    src = os.path.join(tmp, f"{rev}-src")
     os.makedirs(os.path.join(src, "comfy_nodes"), exist_ok=True)
     archive = subprocess.run(["git", "archive", rev, "csrc", "setup.py"], cwd=ROOT, capture_output=True)
     if archive.returncode != 0:
         raise BuildFailed(last_line(archive.stderr.decode(errors="replace"), f"git archive {rev} failed"))
     subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
-    lib = os.path.join(tmp, "baseline-lib")
+    lib = os.path.join(tmp, f"{rev}-lib")
     proc = subprocess.run(
         [sys.executable, "setup.py", "build_ext", "--build-lib", lib,
-         "--build-temp", os.path.join(tmp, "baseline-obj")],
+         "--build-temp", os.path.join(tmp, f"{rev}-obj")],
         cwd=src, capture_output=True, text=True,
     )  # fmt: skip
     built = glob.glob(os.path.join(lib, "stagetrace", "_native*.so"))
     if proc.returncode != 0 or not built:
         raise BuildFailed(last_line(proc.stderr, "no extension produced"))
-    return load_extension("stagetrace_baseline._native", built[0])
+    return built[0], os.path.join(src, "csrc")
 
 
 def record_events(native, count: int, with_args: bool):
@@ -379,6 +393,131 @@ def bench_writer(tmp: str, events: int, repeats: int, targets: list) -> None:
     targets.append(("trace writer >= 3 M events with args/s", f"{args_rate / 1e6:.2f} M/s", args_rate >= 3e6))
 
 
+# --- 4. The per-call path, before and after the lock-free core ---------------------
+
+CORE_BASELINE_ENV = "STAGETRACE_BENCH_CORE_BASELINE"
+CORE_BASELINE_DEFAULT = "8fe780d"  # the last revision before the lock-free core (issue 14)
+
+# Runs in a subprocess with one build loaded: ns per wrapped call and per stage span, on `threads` threads at once.
+HOT_SCRIPT = """
+import importlib.machinery, importlib.util, json, sys, threading, time
+path, threads, calls = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+NAME = "stagetrace_hot._native"
+loader = importlib.machinery.ExtensionFileLoader(NAME, path)
+n = importlib.util.module_from_spec(importlib.util.spec_from_file_location(NAME, path, loader=loader))
+loader.exec_module(n)
+NODE, STEP = n.STAGES.index("node"), n.STAGES.index("sample.step")
+names = [f"node {i}" for i in range(64)]
+wrapped = n.Wrapper(lambda i: None, NODE, "bench", namer=lambda i: (names[i & 63], "7"))
+def wrapper_calls():
+    for i in range(calls):
+        wrapped(i)
+def stage_spans():
+    begin, end = n.stage_begin, n.stage_end
+    for i in range(calls):
+        end(begin(STEP, names[i & 63]), {"step": i})
+n.set_buffer_capacity(1 << 17)
+n.gpu_set_window_capacity(1 << 22)
+n.gpu_set_windows(True)
+out = {}
+for label, body in (("wrapper", wrapper_calls), ("stage span", stage_spans)):
+    n.gpu_reset()
+    workers = [threading.Thread(target=body) for _ in range(threads)]
+    t0 = time.perf_counter_ns()
+    [w.start() for w in workers]
+    [w.join() for w in workers]
+    out[label] = (time.perf_counter_ns() - t0) / (calls * threads)
+    n.drain()
+print(json.dumps(out))
+"""
+
+
+def hot_in_python(so: str, threads: int, calls: int) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", HOT_SCRIPT, so, str(threads), str(calls)], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def build_hotpath(tmp: str, csrc: str, label: str, include: str | None) -> str:
+    """hotpath.c linked with the units of csrc (NVTX compiled in when include is given). Raises BuildFailed."""
+    exe = os.path.join(tmp, f"hotpath-{label}")
+    units = [os.path.join(csrc, f) for f in ("st_clock.c", "st_events.c", "st_gpu.c", "st_intern.c", "st_nvtx.c",
+                                             "st_stage.c", "st_stagespan.c")]  # fmt: skip
+    nvtx = ["-DST_HAVE_NVTX=1", f"-I{include}"] if include else []
+    proc = subprocess.run(
+        ["gcc", "-std=c11", "-O2", "-D_GNU_SOURCE", *nvtx, f"-I{csrc}", os.path.join(ROOT, "benchmarks", "hotpath.c"),
+         *units, "-o", exe, "-ldl", "-lpthread"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise BuildFailed(last_line(proc.stderr, "gcc failed"))
+    return exe
+
+
+def hot_in_c(exe: str, ops: int, threads: list[int]) -> dict[int, tuple[float, float]]:
+    """{threads: (wall ns a call while all threads run, CPU ns a call)}."""
+    out = subprocess.run([exe, str(ops), *map(str, threads)], capture_output=True, text=True, check=True).stdout
+    return {int(t): (float(wall), float(cpu)) for t, wall, cpu in (line.split() for line in out.splitlines())}
+
+
+def bench_hot_path(tmp: str, calls: int, c_ops: int, repeats: int, targets: list) -> None:
+    rev = os.environ.get(CORE_BASELINE_ENV, CORE_BASELINE_DEFAULT)
+    print(f"4. The per-call path, lock-free core (now) against {rev} (before), same run")
+    try:
+        old_so, old_csrc = build_baseline_so(tmp, rev)
+    except (BuildFailed, subprocess.CalledProcessError, OSError) as e:
+        print(f"   skipped: baseline {rev} does not build: {e} (set {CORE_BASELINE_ENV}=<revision>)")
+        return
+    builds = {"before": old_so, "now": _native.__file__}
+    samples = {(b, t, k): [] for b in builds for t in (1, 8) for k in ("wrapper", "stage span")}
+    for _ in range(repeats):  # the builds take turns within each repeat
+        for threads in (1, 8):
+            for build, so in builds.items():
+                for kind, ns in hot_in_python(so, threads, calls).items():
+                    samples[build, threads, kind].append(ns)
+    ns = {key: statistics.median(values) for key, values in samples.items()}
+    print(f"   from Python ({calls:,} calls a thread, median of {repeats}; ns a call, threads share the GIL):")
+    print(f"   {'':<28} {'before':>9} {'now':>9} {'before/now':>11}")
+    for threads in (1, 8):
+        for kind in ("wrapper", "stage span"):
+            old, new = ns["before", threads, kind], ns["now", threads, kind]
+            label = f"{kind}, {threads} thread{'s' if threads > 1 else ''}"
+            print(f"   {label:<28} {old:9.1f} {new:9.1f} {old / new:10.2f}x")
+    new_wrapper, old_wrapper = ns["now", 1, "wrapper"], ns["before", 1, "wrapper"]
+    targets.append(("lock-free wrapper call no slower than before (1 thread)", f"{old_wrapper / new_wrapper:.2f}x",
+                    new_wrapper <= old_wrapper * 1.05))  # fmt: skip
+    if shutil.which("gcc") is None:
+        print("   in C: skipped: needs gcc")
+        return
+    include = setup_py_function("find_nvtx_include")()
+    try:
+        exes = {"before": build_hotpath(tmp, old_csrc, "before", include),
+                "now": build_hotpath(tmp, os.path.join(ROOT, "csrc"), "now", include)}
+    except BuildFailed as e:
+        print(f"   in C: skipped: hotpath.c does not build: {e}")
+        return
+    c_samples = {(b, t): [] for b in exes for t in (1, 8)}
+    c_repeats = repeats * 3
+    for _ in range(c_repeats):
+        for build, exe in exes.items():
+            for threads, value in hot_in_c(exe, c_ops, [1, 8]).items():
+                c_samples[build, threads].append(value)
+    # the least disturbed run of each (machines are shared), wall and CPU alike
+    c_ns = {key: (min(w for w, _ in values), min(c for _, c in values)) for key, values in c_samples.items()}
+    print(f"   in C, no GIL ({c_ops:,} calls a thread after a warm-up pass, best of {c_repeats}, "
+          f"{os.cpu_count()} CPUs):")
+    print("   intern + NVTX name + GPU window + NVTX range + stage span + event; wall: ns a call while every thread")
+    print("   makes its own; CPU: CPU ns a call")
+    print(f"   {'':<28} {'before':>9} {'now':>9} {'before/now':>11}")
+    for threads in (1, 8):
+        for i, what in enumerate(("wall", "CPU")):
+            old, new = c_ns["before", threads][i], c_ns["now", threads][i]
+            label = f"{threads} thread{'s' if threads > 1 else ''}, {what}"
+            print(f"   {label:<28} {old:9.1f} {new:9.1f} {old / new:10.2f}x")
+    ratio = c_ns["before", 8][1] / c_ns["now", 8][1]
+    targets.append(("lock-free per-call path: less CPU a call on 8 threads (C)", f"{ratio:.2f}x", ratio > 1))
+
+
 # --- Main -------------------------------------------------------------------------
 
 
@@ -386,8 +525,10 @@ def main() -> int:
     args = parse_args("StageTrace core overhead and throughput benchmarks")
     if args.quick:
         calls, repeats, c_pairs, writer_events, writer_repeats = 20_000, 3, 1_000_000, 100_000, 1
+        hot_calls, hot_c_ops, hot_repeats = 10_000, 20_000, 1
     else:
         calls, repeats, c_pairs, writer_events, writer_repeats = 200_000, 7, 10_000_000, 1_000_000, 3
+        hot_calls, hot_c_ops, hot_repeats = 50_000, 50_000, 3
 
     build = "abi3" if _native.LIMITED_API else "full API (expected abi3: rebuild with `make build`)"
     print(f"StageTrace core benchmarks: Python {platform.python_version()}, {platform.machine()}, ", end="")
@@ -401,6 +542,8 @@ def main() -> int:
         bench_nvtx(tmp, calls, repeats, c_pairs, targets)
         print()
         bench_writer(tmp, writer_events, writer_repeats, targets)
+        print()
+        bench_hot_path(tmp, hot_calls, hot_c_ops, hot_repeats, targets)
 
     print()
     return print_targets(targets, args.check)
