@@ -76,7 +76,25 @@ static struct {
     uint64_t detail_dropped;
 } g = {.lock = PTHREAD_MUTEX_INITIALIZER, .round = 1};
 
-/* The window the calling thread has open in a round, and its serial. */
+/* A window's id: the low 8 bits of its round, then its slot + 1 (never 0),
+ * so an id from before a reset names no window of the new round (until the
+ * round number comes round again, 256 resets later). */
+#define ID_SLOT_BITS 24
+#define ID_SLOT_MASK ((1u << ID_SLOT_BITS) - 1)
+_Static_assert(MAX_WINDOWS < ID_SLOT_MASK, "a slot + 1 fits in an id");
+
+static inline uint32_t id_of(uint32_t round, uint32_t slot)
+{
+    return (round & 0xFFu) << ID_SLOT_BITS | (slot + 1);
+}
+
+/* The consumer's index of an id (slot + 1; 0 stays 0). */
+static inline uint32_t index_of(uint32_t id)
+{
+    return id & ID_SLOT_MASK;
+}
+
+/* The window the calling thread has open in a round (an id), and its serial. */
 static __thread struct {
     uint32_t round, id, serial;
 } current;
@@ -91,7 +109,7 @@ void st_gpu_set_window_capacity(size_t capacity)
 
 /* The slot of index i; its chunk is made on first use when create. NULL:
  * out of memory, or (not create) never made. Lock-free. */
-static window *window_slot(uint32_t i, int create)
+static inline window *window_slot(uint32_t i, int create)
 {
     window *_Atomic *at = &chunks[i >> CHUNK_BITS];
     window *chunk = atomic_load_explicit(at, memory_order_acquire);
@@ -150,8 +168,8 @@ uint32_t st_gpu_window_open(uint8_t stage, uint32_t name_id, uint64_t t0)
     atomic_store_explicit(&w->t1, OPEN_END, memory_order_relaxed);
     atomic_store_explicit(&w->tag, round, memory_order_release);
     current.round = round;
-    current.id = slot + 1;
-    return slot + 1;
+    current.id = id_of(round, slot);
+    return current.id;
 dropped:
     atomic_fetch_add_explicit(&dropped_windows, 1, memory_order_relaxed);
     return 0;
@@ -160,10 +178,10 @@ dropped:
 void st_gpu_window_close(uint32_t id, uint64_t t1)
 {
     uint32_t round = (uint32_t)(atomic_load_explicit(&opens, memory_order_acquire) >> 32);
-    if (!id || current.round != round) {
+    if (!id || index_of(id) == 0 || current.round != round || id >> ID_SLOT_BITS != (round & 0xFFu)) {
         return; /* none, or opened before the round was reset: ignored */
     }
-    window *w = window_slot(id - 1, 0);
+    window *w = window_slot(index_of(id) - 1, 0);
     uint32_t tag = round;
     if (!w || !atomic_compare_exchange_strong_explicit(&w->tag, &tag, WRITING, memory_order_acquire,
                                                        memory_order_relaxed)) {
@@ -294,7 +312,8 @@ static uint32_t find_window(const st_gpu_record *r)
         pos = lo - 1;
     }
     g.last_pos = pos;
-    for (uint32_t id = g.by_start[pos]; id; id = atomic_load_explicit(&indexed(id)->parent, memory_order_relaxed)) {
+    for (uint32_t id = g.by_start[pos]; id;
+         id = index_of(atomic_load_explicit(&indexed(id)->parent, memory_order_relaxed))) {
         if (contains(indexed(id), r)) {
             return id;
         }
@@ -510,7 +529,7 @@ size_t st_gpu_report(st_gpu_window_report *out, size_t max)
         if (count < max) {
             st_gpu_window_report *rep = &out[count];
             memset(rep, 0, sizeof *rep);
-            rep->id = (uint32_t)id;
+            rep->id = id ? id_of(g.round, (uint32_t)id - 1) : 0;
             if (id) {
                 window *w = indexed((uint32_t)id);
                 rep->parent = atomic_load_explicit(&w->parent, memory_order_relaxed);

@@ -76,7 +76,9 @@ typedef struct st_gpu_window_report {
 void st_gpu_set_window_capacity(size_t capacity);
 
 /* Open a window at t0 on the calling thread; its parent is the window the
- * thread has open. Returns its id (> 0), or 0 when the table is full (counted
+ * thread has open. Returns its id (> 0: the round's low 8 bits, then the
+ * window's slot + 1 in 24 bits, so an id from before st_gpu_reset names no
+ * window of the new round), or 0 when the table is full (counted
  * in dropped windows) or out of memory. Lock-free. */
 uint32_t st_gpu_window_open(uint8_t stage, uint32_t name_id, uint64_t t0);
 

@@ -337,7 +337,9 @@ def test_window_table_cap_counts_what_it_refuses(native, fakes):
         ids = [n.gpu_window_open(1, 0, 1000 * i) for i in range(6)]
         out({"ids": ids, "counters": n.gpu_counters()})
     """)
-    assert result["ids"][:4] == [1, 2, 3, 4] and result["ids"][4:] == [0, 0]
+    slots = [i & 0xFFFFFF for i in result["ids"]]  # an id: the round's low 8 bits, then the slot + 1
+    assert slots[:4] == [1, 2, 3, 4] and result["ids"][4:] == [0, 0]
+    assert len({i >> 24 for i in result["ids"][:4]}) == 1
     assert result["counters"]["dropped_windows"] == 2
 
 
@@ -359,6 +361,32 @@ def test_wrapper_spans_open_windows_that_collect_their_kernels(native, fakes):
     (window,) = result
     assert window["stage"] == 1 and window["kernels"] == 1 and window["top_kernels"][0][0] == "inside"
     assert window["t1"] > window["t0"] > 0
+
+
+def test_a_window_id_from_before_a_reset_closes_nothing_of_the_new_round(native, fakes):
+    """A prompt's window opened before the round's reset sits in the slot the new round hands out again (to a
+    node, on the same thread): closing the old id must leave the node's window open, so its kernel stays in it."""
+    lib = fakes["own_clock"]
+    result = run(f"""
+        fake = ctypes.CDLL({lib!r})
+        ok, _, reason = n.cupti_start([{lib!r}])
+        assert ok, reason
+        n.gpu_reset()
+        t = n.now_ns()
+        prompt = n.gpu_window_open(0, n.intern("prompt"), t)
+        n.gpu_reset()  # the round begins after the prompt's window opened
+        node = n.gpu_window_open(1, n.intern("node"), t + 10)
+        n.gpu_window_close(prompt, t + 20)  # the old round's id
+        n.gpu_window_close(node, t + 1000)
+        fake.fake_cupti_kernel(10, U(t + 500), U(t + 600), 0, 7, b"in node")
+        n.cupti_flush()
+        out({{"ids": [prompt, node], "report": n.gpu_report()}})
+    """)
+    prompt, node = result["ids"]
+    assert prompt & 0xFFFFFF == node & 0xFFFFFF and prompt != node  # the same slot, two rounds
+    (window,) = result["report"]
+    assert window["window"] == result["ids"][1] and window["kernels"] == 1
+    assert window["t1"] - window["t0"] == 990
 
 
 def test_stop_disables_and_unsubscribes(native, fakes):
