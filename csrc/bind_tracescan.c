@@ -154,11 +154,11 @@ static const double *doubles_of(PyObject *b, size_t *n)
     return (const double *)p;
 }
 
-static PyObject *spans_union(PyObject *self, PyObject *args)
+/* spans_union and spans_first_begin: (begins, ends) of one column. */
+static PyObject *one_column(PyObject *args, const char *format, int first)
 {
-    (void)self;
     PyObject *b, *e;
-    if (!PyArg_ParseTuple(args, "SS:spans_union", &b, &e)) {
+    if (!PyArg_ParseTuple(args, format, &b, &e)) {
         return NULL;
     }
     size_t nb, ne;
@@ -171,12 +171,24 @@ static PyObject *spans_union(PyObject *self, PyObject *args)
         return NULL;
     }
     double total;
-    Py_BEGIN_ALLOW_THREADS total = st_spans_union(begins, ends, nb);
-    Py_END_ALLOW_THREADS if (total < 0)
+    Py_BEGIN_ALLOW_THREADS total = first ? st_spans_first_begin(begins, ends, nb) : st_spans_union(begins, ends, nb);
+    Py_END_ALLOW_THREADS if (!first && total < 0)
     {
         return PyErr_NoMemory();
     }
     return PyFloat_FromDouble(total);
+}
+
+static PyObject *spans_union(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return one_column(args, "SS:spans_union", 0);
+}
+
+static PyObject *spans_first_begin(PyObject *self, PyObject *args)
+{
+    (void)self;
+    return one_column(args, "SS:spans_first_begin", 1);
 }
 
 static PyObject *spans_exclusive(PyObject *self, PyObject *args)
@@ -266,6 +278,9 @@ PyMethodDef bind_tracescan_methods[] = {
      "Read a Chrome Trace Event JSON file from fd to its end in chunks (see st_tracescan.h)."},
     {"spans_union", spans_union, METH_VARARGS,
      "spans_union(begins: bytes, ends: bytes) -> float: the length of the union of the intervals (doubles)."},
+    {"spans_first_begin", spans_first_begin, METH_VARARGS,
+     "spans_first_begin(begins: bytes, ends: bytes) -> float: the smallest begin of an interval of positive\n"
+     "length (inf when none)."},
     {"spans_exclusive", spans_exclusive, METH_VARARGS,
      "spans_exclusive(columns: [(begins, ends)], ranks: [int]) -> [(float, float)]: each column's own time and\nthe start of its first owned stretch."},
     {NULL, NULL, 0, NULL},

@@ -218,6 +218,33 @@ static int put_code_point(bytes *out, unsigned long cp)
     return bytes_put(out, u, n);
 }
 
+/* The length of the run of bytes at p (up to len) that need no attention in
+ * a string: not '"', '\\' or a control character (bytes >= 0x80 were checked
+ * as UTF-8 already). Eight bytes at a time while a word holds none. */
+static size_t plain_run(const char *p, size_t len)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
+        /* a byte below 0x20, '"' or '\\' sets its high bit here (bytes >= 0x80 never do) */
+        uint64_t special = (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) &
+                           highs;
+        if (special) {
+            break;
+        }
+    }
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c < 0x20 || c == '"' || c == '\\') {
+            break;
+        }
+    }
+    return i;
+}
+
 /* The string at *i (its opening quote); decoded into out when out is not
  * NULL. Escapes as Python's json reads them: a surrogate pair is one code
  * point, a lone surrogate is kept. */
@@ -233,14 +260,7 @@ static lex lex_string(reader *r, size_t *i, bytes *out)
         out->p[0] = '\0';
     }
     for (;;) {
-        size_t run = j;
-        while (run < n) {
-            unsigned char c = (unsigned char)p[run];
-            if (c == '"' || c == '\\' || c < 0x20) {
-                break;
-            }
-            run++;
-        }
+        size_t run = j + plain_run(p + j, n - j);
         if (out && run > j && bytes_put(out, p + j, run - j) < 0) {
             return bad(r, j, "out of memory");
         }
@@ -1183,6 +1203,17 @@ double st_spans_union(const double *begins, const double *ends, size_t n)
     }
     free(v);
     return total;
+}
+
+double st_spans_first_begin(const double *begins, const double *ends, size_t n)
+{
+    double first = INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        if (ends[i] > begins[i] && begins[i] < first) {
+            first = begins[i];
+        }
+    }
+    return first;
 }
 
 typedef struct edge {

@@ -89,6 +89,11 @@ void st_tscan_free(st_tscan *t);
  * (so the sum is the same to the last bit). -1 when out of memory. */
 double st_spans_union(const double *begins, const double *ends, size_t n);
 
+/* The smallest begin of the intervals of positive length (infinity when
+ * none): where a category first runs in st_spans_exclusive's sweep. Can't
+ * fail. */
+double st_spans_first_begin(const double *begins, const double *ends, size_t n);
+
 /* Each category's own time: a sweep over every interval boundary (intervals
  * of zero or negative length left out), each stretch between boundaries given
  * to the running category of the highest rank (rank[k], distinct). cats[k]

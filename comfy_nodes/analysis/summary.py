@@ -92,8 +92,7 @@ def span_figures(columns: dict[str, tuple[bytes, bytes]]) -> tuple[dict[str, flo
     # exclusive_times gives a stretch to the highest rank; among equal ranks, to the stage whose first span
     # came first (then the smaller name): the order of the sweep's dict. Ranks here are that total order.
     def first_begin(stage: str) -> float:
-        b, e = (array("d", c) for c in columns[stage])
-        return min((x for x, y in zip(b, e, strict=True) if y > x), default=float("inf"))
+        return native.spans_first_begin(*columns[stage])
 
     ties = sorted(stages, key=lambda st: (first_begin(st) if st not in order else 0.0, st), reverse=True)
     ranked = sorted(ties, key=lambda st: (DEPTH.get(st, 2), order.get(st, len(order))))
