@@ -55,6 +55,7 @@ SOURCES = [
     "csrc/st_safetensors.c",
     "csrc/st_sfgroup.c",
     "csrc/st_sink.c",
+    "csrc/st_spanmath.c",
     "csrc/st_stage.c",
     "csrc/st_stagespan.c",
     "csrc/st_trace.c",

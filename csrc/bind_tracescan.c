@@ -76,18 +76,34 @@ static PyObject *scan_result(const st_tscan *t)
     for (size_t k = 0; k < t->n_cats; k++) {
         const st_tscan_cat *c = &t->cats[k];
         PyObject *item = Py_BuildValue(
-            "(NNNddn)", PyUnicode_DecodeUTF8(c->name, (Py_ssize_t)c->name_len, "surrogatepass"),
+            "(NNNddnKd)", PyUnicode_DecodeUTF8(c->name, (Py_ssize_t)c->name_len, "surrogatepass"),
             PyBytes_FromStringAndSize((const char *)c->begins, (Py_ssize_t)(c->n * sizeof(double))),
             PyBytes_FromStringAndSize((const char *)c->ends, (Py_ssize_t)(c->n * sizeof(double))), c->min_begin,
-            c->max_end, (Py_ssize_t)c->omitted);
+            c->max_end, (Py_ssize_t)c->omitted, (unsigned long long)c->other_names, c->other_names_us);
         if (!item || PyList_Append(cats, item) < 0) {
             Py_XDECREF(item);
             goto done;
         }
         Py_DECREF(item);
     }
+    PyObject *names = PyList_New(0);
+    if (!names) {
+        goto done;
+    }
+    for (size_t k = 0; k < t->n_names; k++) {
+        const st_tscan_name *e = &t->names[k];
+        PyObject *item = Py_BuildValue("(INKd)", e->cat,
+                                       PyUnicode_DecodeUTF8(e->name, (Py_ssize_t)e->name_len, "surrogatepass"),
+                                       (unsigned long long)e->count, e->total_us);
+        if (!item || PyList_Append(names, item) < 0) {
+            Py_XDECREF(item);
+            Py_DECREF(names);
+            goto done;
+        }
+        Py_DECREF(item);
+    }
     out = Py_BuildValue(
-        "{s:s,s:K,s:K,s:s,s:s,s:s,s:i,s:K,s:N,s:N,s:N,s:N,s:K,s:K}", "status", STATUS_NAMES[t->status], "offset",
+        "{s:N,s:s,s:K,s:K,s:s,s:s,s:s,s:i,s:K,s:N,s:N,s:N,s:N,s:K,s:K}", "names", names, "status", STATUS_NAMES[t->status], "offset",
         (unsigned long long)t->err_offset, "index", (unsigned long long)t->err_index, "field",
         t->err_field ? t->err_field : "", "text", t->err_text ? t->err_text : "", "errno_text",
         t->err_errno ? strerror(t->err_errno) : "", "errno", t->err_errno, "events", (unsigned long long)t->events,
@@ -191,6 +207,52 @@ static PyObject *spans_first_begin(PyObject *self, PyObject *args)
     return one_column(args, "SS:spans_first_begin", 1);
 }
 
+static PyObject *spans_bins(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *b, *e;
+    double lo, hi;
+    Py_ssize_t nbins;
+    if (!PyArg_ParseTuple(args, "SSddn:spans_bins", &b, &e, &lo, &hi, &nbins)) {
+        return NULL;
+    }
+    size_t nb, ne;
+    const double *begins = doubles_of(b, &nb), *ends = begins ? doubles_of(e, &ne) : NULL;
+    if (!ends) {
+        return NULL;
+    }
+    if (nb != ne || nbins <= 0 || nbins > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "spans_bins: begins and ends of one length, 1..2**20 bins");
+        return NULL;
+    }
+    uint64_t *count = malloc((size_t)nbins * sizeof *count);
+    double *first = malloc((size_t)nbins * sizeof *first), *last = malloc((size_t)nbins * sizeof *last);
+    double *covered = malloc((size_t)nbins * sizeof *covered);
+    PyObject *out = NULL;
+    if (!count || !first || !last || !covered) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS st_spans_bins(begins, ends, nb, lo, hi, (size_t)nbins, count, first, last, covered);
+    Py_END_ALLOW_THREADS out = PyList_New(0);
+    for (Py_ssize_t k = 0; out && k < nbins; k++) {
+        if (!count[k]) {
+            continue;
+        }
+        PyObject *item = Py_BuildValue("(Kddd)", (unsigned long long)count[k], first[k], last[k], covered[k]);
+        if (!item || PyList_Append(out, item) < 0) {
+            Py_CLEAR(out);
+        }
+        Py_XDECREF(item);
+    }
+done:
+    free(count);
+    free(first);
+    free(last);
+    free(covered);
+    return out;
+}
+
 static PyObject *spans_exclusive(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -281,6 +343,9 @@ PyMethodDef bind_tracescan_methods[] = {
     {"spans_first_begin", spans_first_begin, METH_VARARGS,
      "spans_first_begin(begins: bytes, ends: bytes) -> float: the smallest begin of an interval of positive\n"
      "length (inf when none)."},
+    {"spans_bins", spans_bins, METH_VARARGS,
+     "spans_bins(begins, ends, lo, hi, nbins) -> [(count, first begin, last end, summed duration)]: the\n"
+     "non-empty bins of nbins equal bins of [lo, hi), the intervals put in by their begin."},
     {"spans_exclusive", spans_exclusive, METH_VARARGS,
      "spans_exclusive(columns: [(begins, ends)], ranks: [int]) -> [(float, float)]: each column's own time and\nthe start of its first owned stretch."},
     {NULL, NULL, 0, NULL},

@@ -835,6 +835,57 @@ static long cat_index(st_tscan *t, const char *p, size_t n)
     return (long)t->n_cats++;
 }
 
+/* Count a span of (cat, name) in the names table (or under its category when
+ * the table is full). 0, or -1 out of memory. */
+static int name_count(st_tscan *t, uint32_t cat, const char *p, size_t n, double dur)
+{
+    if (!t->name_slots) {
+        size_t size = 2 * ST_TSCAN_MAX_NAMES; /* never more than half full */
+        t->name_slots = malloc(size * sizeof *t->name_slots);
+        if (!t->name_slots) {
+            return -1;
+        }
+        memset(t->name_slots, 0xFF, size * sizeof *t->name_slots);
+        t->name_mask = size - 1;
+    }
+    size_t s = (fnv1a(p, n) ^ (cat * 0x9E3779B97F4A7C15u)) & t->name_mask;
+    while (t->name_slots[s] != UINT32_MAX) {
+        st_tscan_name *e = &t->names[t->name_slots[s]];
+        if (e->cat == cat && e->name_len == n && memcmp(e->name, p, n) == 0) {
+            e->count++;
+            e->total_us += dur;
+            return 0;
+        }
+        s = (s + 1) & t->name_mask;
+    }
+    if (t->n_names >= ST_TSCAN_MAX_NAMES) {
+        t->cats[cat].other_names++;
+        t->cats[cat].other_names_us += dur;
+        return 0;
+    }
+    if (t->n_names == t->names_cap) {
+        size_t cap = t->names_cap ? t->names_cap * 2 : 64;
+        st_tscan_name *names = realloc(t->names, cap * sizeof *names);
+        if (!names) {
+            return -1;
+        }
+        t->names = names;
+        t->names_cap = cap;
+    }
+    st_tscan_name *e = &t->names[t->n_names];
+    if (!(e->name = malloc(n + 1))) {
+        return -1;
+    }
+    memcpy(e->name, p, n);
+    e->name[n] = '\0';
+    e->name_len = n;
+    e->cat = cat;
+    e->count = 1;
+    e->total_us = dur;
+    t->name_slots[s] = (uint32_t)t->n_names++;
+    return 0;
+}
+
 static int cat_push(st_tscan_cat *c, double begin, double end)
 {
     if (c->n == c->cap) {
@@ -914,6 +965,10 @@ static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, cons
             return -1;
         }
         t->cats[k].omitted += !keep;
+        if (!priority && name_count(t, (uint32_t)k, ev->name == FLD_OK ? ev->name_s.p : "",
+                                    ev->name == FLD_OK ? ev->name_s.len : 0, ev->dur_v) < 0) {
+            return -1;
+        }
     }
     if (keep) {
         if (t->n_kept == t->kept_index_cap) {
@@ -1162,130 +1217,12 @@ void st_tscan_free(st_tscan *t)
         free(t->cats[k].ends);
     }
     free(t->cats);
+    for (size_t k = 0; k < t->n_names; k++) {
+        free(t->names[k].name);
+    }
+    free(t->names);
+    free(t->name_slots);
     free(t->other);
     free(t->cat_slots);
     memset(t, 0, sizeof *t);
-}
-
-// --- Span arithmetic --------------------------------------------------------------
-
-typedef struct interval {
-    double begin, end;
-} interval;
-
-static int by_begin_end(const void *a, const void *b)
-{
-    const interval *x = a, *y = b;
-    if (x->begin != y->begin) {
-        return x->begin < y->begin ? -1 : 1;
-    }
-    return x->end < y->end ? -1 : x->end > y->end;
-}
-
-double st_spans_union(const double *begins, const double *ends, size_t n)
-{
-    interval *v = malloc((n ? n : 1) * sizeof *v);
-    if (!v) {
-        return -1;
-    }
-    for (size_t i = 0; i < n; i++) {
-        v[i].begin = begins[i];
-        v[i].end = ends[i];
-    }
-    qsort(v, n, sizeof *v, by_begin_end);
-    double total = 0.0, end = -INFINITY;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i].end <= end) {
-            continue;
-        }
-        total += v[i].end - (v[i].begin > end ? v[i].begin : end);
-        end = v[i].end;
-    }
-    free(v);
-    return total;
-}
-
-double st_spans_first_begin(const double *begins, const double *ends, size_t n)
-{
-    double first = INFINITY;
-    for (size_t i = 0; i < n; i++) {
-        if (ends[i] > begins[i] && begins[i] < first) {
-            first = begins[i];
-        }
-    }
-    return first;
-}
-
-typedef struct edge {
-    double t;
-    int32_t delta, cat;
-} edge;
-
-static int by_time(const void *a, const void *b)
-{
-    const edge *x = a, *y = b;
-    return x->t < y->t ? -1 : x->t > y->t;
-}
-
-int st_spans_exclusive(const double *const *begins, const double *const *ends, const size_t *counts,
-                       const int *rank, size_t k, double *owned, double *first)
-{
-    size_t n = 0;
-    for (size_t c = 0; c < k; c++) {
-        owned[c] = 0.0;
-        first[c] = INFINITY;
-        for (size_t i = 0; i < counts[c]; i++) {
-            n += ends[c][i] > begins[c][i];
-        }
-    }
-    /* by_rank[r]: the category of rank r; tree: the running count over rank
-     * ranges, a segment tree, so the highest running rank is found in log k */
-    size_t size = 1;
-    while (size < k) {
-        size *= 2;
-    }
-    edge *edges = malloc((2 * n + 1) * sizeof *edges);
-    int *by_rank = malloc((k + 1) * sizeof *by_rank);
-    long *tree = calloc(2 * size, sizeof *tree);
-    if (!edges || !by_rank || !tree) {
-        free(edges);
-        free(by_rank);
-        free(tree);
-        return -1;
-    }
-    size_t m = 0;
-    for (size_t c = 0; c < k; c++) {
-        by_rank[rank[c]] = (int)c;
-        for (size_t i = 0; i < counts[c]; i++) {
-            if (ends[c][i] > begins[c][i]) {
-                edges[m++] = (edge){begins[c][i], 1, (int32_t)c};
-                edges[m++] = (edge){ends[c][i], -1, (int32_t)c};
-            }
-        }
-    }
-    qsort(edges, m, sizeof *edges, by_time);
-    double last = 0.0;
-    int have_last = 0;
-    for (size_t i = 0; i < m; i++) {
-        if (have_last && edges[i].t > last && tree[1] > 0) {
-            size_t node = 1; /* descend to the highest rank with a running span */
-            while (node < size) {
-                node = tree[2 * node + 1] > 0 ? 2 * node + 1 : 2 * node;
-            }
-            int owner = by_rank[node - size];
-            if (isinf(first[owner])) {
-                first[owner] = last;
-            }
-            owned[owner] += edges[i].t - last;
-        }
-        for (size_t node = size + (size_t)rank[edges[i].cat]; node >= 1; node /= 2) {
-            tree[node] += edges[i].delta;
-        }
-        last = edges[i].t;
-        have_last = 1;
-    }
-    free(edges);
-    free(by_rank);
-    free(tree);
-    return 0;
 }

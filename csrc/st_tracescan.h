@@ -51,7 +51,20 @@ typedef struct st_tscan_cat {
     size_t n, cap;
     size_t omitted; /* X events of this category not kept whole */
     double min_begin, max_end;
+    uint64_t other_names;    /* spans whose name found no room in the names table */
+    double other_names_us;   /* and their summed duration */
 } st_tscan_cat;
+
+/* The spans of one name in one category (categories not kept whole only). */
+typedef struct st_tscan_name {
+    uint32_t cat;
+    char *name; /* decoded; "" for a missing name */
+    size_t name_len;
+    uint64_t count;
+    double total_us; /* summed durations */
+} st_tscan_name;
+
+#define ST_TSCAN_MAX_NAMES 8192 /* names kept per trace; the rest count under their category */
 
 typedef struct st_tscan {
     /* results */
@@ -63,6 +76,8 @@ typedef struct st_tscan {
     uint64_t omitted_priority, omitted_other;
     st_tscan_cat *cats;
     size_t n_cats, cats_cap;
+    st_tscan_name *names; /* X events of categories not in keep_cats, by category and name */
+    size_t n_names, names_cap;
     char *other; /* the otherData value's JSON text, or NULL */
     size_t other_len;
     /* failure */
@@ -74,6 +89,8 @@ typedef struct st_tscan {
     /* private */
     uint32_t *cat_slots;
     size_t slot_mask;
+    uint32_t *name_slots;
+    size_t name_mask;
 } st_tscan;
 
 /* Read the trace at descriptor fd to its end with opts into *out (zeroed
@@ -102,5 +119,12 @@ double st_spans_first_begin(const double *begins, const double *ends, size_t n);
  * memory. */
 int st_spans_exclusive(const double *const *begins, const double *const *ends, const size_t *counts,
                        const int *rank, size_t k, double *owned, double *first);
+
+/* The n intervals put in nbins (> 0) equal bins of [lo, hi) by their begin
+ * (those outside go to the first or last bin): each bin's count, smallest
+ * begin (infinity when empty), largest end and summed duration, in arrays of
+ * nbins. Can't fail. */
+void st_spans_bins(const double *begins, const double *ends, size_t n, double lo, double hi, size_t nbins,
+                   uint64_t *count, double *first, double *last, double *covered);
 
 #endif

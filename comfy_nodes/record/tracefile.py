@@ -111,6 +111,8 @@ class SpanColumn:
     min_begin: float
     max_end: float
     omitted: int  # of these events, how many were not kept whole
+    names: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (spans, summed µs)
+    other_names: tuple[int, float] = (0, 0.0)  # the spans of names beyond the scanner's names table
 
     def __len__(self) -> int:
         return len(self.begins) // 8
@@ -197,8 +199,12 @@ def read(path: str) -> dict:
         raise TraceError(f"{path}: field 'traceEvents[{result['index']}]{result['field']}': {result['text']}")
     digest = Digest(result["events"], omitted_priority=result["omitted_priority"],
                     omitted_other=result["omitted_other"])
-    for name, begins, ends, lo, hi, omitted in result["cats"]:
-        digest.columns[None if name == MISSING_CAT else name] = SpanColumn(begins, ends, lo, hi, omitted)
+    columns = []
+    for name, begins, ends, lo, hi, omitted, other_n, other_us in result["cats"]:
+        columns.append(SpanColumn(begins, ends, lo, hi, omitted, other_names=(other_n, other_us)))
+        digest.columns[None if name == MISSING_CAT else name] = columns[-1]
+    for cat, name, count, total_us in result["names"]:  # only categories that are not StageTrace's stages
+        columns[cat].names[name] = (count, total_us)
     trace = StreamedTrace(traceEvents=events)
     if result["other"] is not None:
         trace["otherData"] = other
