@@ -21,6 +21,9 @@ KERNELS = ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFu
            "sm80_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x32_stage4_warpsize2x2x1_tensor16x8x16")
 
 
+KERNEL_JSON = [json.dumps(k) for k in KERNELS]
+
+
 class _Writer:
     """Events into a file as one compact JSON array, a line each."""
 
@@ -28,7 +31,10 @@ class _Writer:
         self.f, self.count, self._first = f, 0, True
 
     def __call__(self, event: dict) -> None:
-        self.f.write(("\n" if self._first else ",\n") + json.dumps(event, separators=(",", ":")))
+        self.raw(json.dumps(event, separators=(",", ":")))
+
+    def raw(self, text: str) -> None:
+        self.f.write(("\n" if self._first else ",\n") + text)
         self._first = False
         self.count += 1
 
@@ -62,9 +68,10 @@ def write_stagetrace(path: str, events: int = 2_000_000, kernels_per_step: int =
                    window=i + 1, busy_ms=800.0, window_ms=step_us / 1e3, kernels=kernels_per_step, kernel_ms=810.0,
                    top_kernels=[{"name": KERNELS[1], "count": 400, "ms": 500.0}],
                    copies={"htod": {"count": 4, "bytes": 200_000_000, "ms": 20.0}}))
-            for k in range(kernels_per_step):
-                put(_x("gpu.kernel", KERNELS[k % len(KERNELS)], ts + 20 + k * 480, 100 + rng.random() * 300,
-                       tid=0x67700001 + k % 2, device=0, stream=7 + k % 2, window=i + 1))
+            for k in range(kernels_per_step):  # the bulk, formatted directly: json.dumps per event is slow
+                put.raw(f'{{"ph":"X","cat":"gpu.kernel","name":{KERNEL_JSON[k % len(KERNELS)]},'
+                        f'"ts":{round(ts + 20 + k * 480, 3)},"dur":{round(100 + rng.random() * 300, 3)},"pid":1,'
+                        f'"tid":{0x67700001 + k % 2},"args":{{"device":0,"stream":{7 + k % 2},"window":{i + 1}}}}}')
             put({"ph": "C", "name": "GPU 0 utilisation (%)", "pid": 1, "tid": 9, "ts": ts, "args": {"gpu": 80}})
         put({"ph": "i", "s": "p", "cat": "comfyui_log", "name": "loaded_partially", "ts": t0 - 10, "pid": 1, "tid": 1,
              "args": {"message": "loaded partially 9000 MB"}})
@@ -95,17 +102,17 @@ def write_torch_profiler(path: str, events: int = 2_000_000) -> int:
         ts, i = 1_000_000.0, 0
         while put.count < events - 8:
             i += 1
-            put({"ph": "X", "cat": "cpu_op", "name": "aten::linear", "pid": 1, "tid": 1, "ts": round(ts, 3),
-                 "dur": 40.0, "args": {"External id": i, "Sequence number": i, "Fwd thread id": 0}})
-            put({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
-                 "ts": round(ts + 5, 3), "dur": 6.0, "args": {"External id": i, "correlation": i, "cbid": 211}})
-            put({"ph": "s", "id": i, "pid": 1, "tid": 1, "ts": round(ts + 5, 3), "cat": "ac2g", "name": "ac2g"})
-            put({"ph": "X", "cat": "kernel", "name": KERNELS[i % len(KERNELS)], "pid": 0, "tid": 7,
-                 "ts": round(ts + 30, 3), "dur": round(20 + rng.random() * 60, 3),
-                 "args": {"External id": i, "device": 0, "stream": 7, "correlation": i, "registers per thread": 72,
-                          "grid": [128, 1, 1], "block": [256, 1, 1]}})
-            put({"ph": "f", "id": i, "pid": 0, "tid": 7, "ts": round(ts + 30, 3), "cat": "ac2g", "name": "ac2g",
-                 "bp": "e"})
+            put.raw(f'{{"ph":"X","cat":"cpu_op","name":"aten::linear","pid":1,"tid":1,"ts":{round(ts, 3)},'
+                    f'"dur":40.0,"args":{{"External id":{i},"Sequence number":{i},"Fwd thread id":0}}}}')
+            put.raw(f'{{"ph":"X","cat":"cuda_runtime","name":"cudaLaunchKernel","pid":1,"tid":1,'
+                    f'"ts":{round(ts + 5, 3)},"dur":6.0,"args":{{"External id":{i},"correlation":{i},"cbid":211}}}}')
+            put.raw(f'{{"ph":"s","id":{i},"pid":1,"tid":1,"ts":{round(ts + 5, 3)},"cat":"ac2g","name":"ac2g"}}')
+            put.raw(f'{{"ph":"X","cat":"kernel","name":{KERNEL_JSON[i % len(KERNELS)]},"pid":0,"tid":7,'
+                    f'"ts":{round(ts + 30, 3)},"dur":{round(20 + rng.random() * 60, 3)},"args":{{"External id":{i},'
+                    f'"device":0,"stream":7,"correlation":{i},"registers per thread":72,"grid":[128,1,1],'
+                    f'"block":[256,1,1]}}}}')
+            put.raw(f'{{"ph":"f","id":{i},"pid":0,"tid":7,"ts":{round(ts + 30, 3)},"cat":"ac2g","name":"ac2g",'
+                    f'"bp":"e"}}')
             if i % 50 == 0:
                 put({"ph": "X", "cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "pid": 0, "tid": 7,
                      "ts": round(ts + 90, 3), "dur": 300.0, "args": {"bytes": 4_000_000, "device": 0, "stream": 7}})
