@@ -181,8 +181,10 @@ def read(path: str) -> dict:
     if status == "deep":
         raise TraceError(f"{path}: nested too deeply to be read")
     if status == "big":
-        raise TraceError(f"{path}: byte offset {offset}: one value is larger than {MAX_VALUE >> 20} MB, more than "
-                         "StageTrace reads at once")
+        from ..core.units import format_bytes
+
+        raise TraceError(f"{path}: byte offset {offset}: one value is larger than {format_bytes(MAX_VALUE)}, more "
+                         "than StageTrace reads at once")
     if status == "io":
         raise TraceError(f"{path}: cannot read: {result['errno_text'] or 'read error'}")
     if status == "memory":

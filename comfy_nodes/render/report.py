@@ -324,13 +324,16 @@ def read_spans(trace: dict) -> TraceSpans:
             column.events.append(ev)
             first = min(first, ev["ts"])
     out = TraceSpans()
-    out.binned = {(cat if type(cat) is str else "other"): spans for cat, (spans, _) in binned.items()}
+    binned_spans = {(cat if type(cat) is str else "other"): spans for cat, (spans, _) in binned.items()}
     if not by_cat:
         return out
     o = out.origin_us = float(origin if origin is not None else first)
     extra: list[str] = []
     for cat, column in by_cat.items():
-        lane = out.lanes.setdefault(_lane_of(cat, extra), Column())
+        name = _lane_of(cat, extra)
+        lane = out.lanes.setdefault(name, Column())
+        if cat in binned_spans:
+            out.binned[name] = out.binned.get(name, 0) + binned_spans[cat]
         lane.starts += [(b - o) / 1e6 for b in column.starts]
         lane.ends += [(e - o) / 1e6 for e in column.ends]
         lane.events += column.events
