@@ -9,9 +9,9 @@
 // --- scan_trace ---------------------------------------------------------------
 
 static const char *const STATUS_NAMES[] = {
-    [ST_TSCAN_OK] = "ok",           [ST_TSCAN_IO] = "io",       [ST_TSCAN_NOT_UTF8] = "utf8",
-    [ST_TSCAN_BAD_JSON] = "json",   [ST_TSCAN_TOO_DEEP] = "deep", [ST_TSCAN_TOO_BIG] = "big",
-    [ST_TSCAN_SHAPE] = "shape",     [ST_TSCAN_FIELD] = "field", [ST_TSCAN_NO_MEMORY] = "memory",
+    [ST_TSCAN_OK] = "ok",         [ST_TSCAN_IO] = "io",         [ST_TSCAN_NOT_UTF8] = "utf8",
+    [ST_TSCAN_BAD_JSON] = "json", [ST_TSCAN_TOO_DEEP] = "deep", [ST_TSCAN_TOO_BIG] = "big",
+    [ST_TSCAN_SHAPE] = "shape",   [ST_TSCAN_FIELD] = "field",   [ST_TSCAN_NO_MEMORY] = "memory",
 };
 
 /* A NULL-terminated array of UTF-8 copies of the str items of seq, or NULL
@@ -78,8 +78,9 @@ static PyObject *scan_result(const st_tscan *t)
         PyObject *item = Py_BuildValue(
             "(NNNddnKd)", PyUnicode_DecodeUTF8(c->name, (Py_ssize_t)c->name_len, "surrogatepass"),
             PyBytes_FromStringAndSize((const char *)c->begins, (Py_ssize_t)(c->n * sizeof(double))),
-            PyBytes_FromStringAndSize((const char *)c->ends, (Py_ssize_t)(c->n * sizeof(double))), c->min_begin,
-            c->max_end, (Py_ssize_t)c->omitted, (unsigned long long)c->other_names, c->other_names_us);
+            PyBytes_FromStringAndSize((const char *)c->ends, (Py_ssize_t)(c->n * sizeof(double))),
+            c->min_begin, c->max_end, (Py_ssize_t)c->omitted, (unsigned long long)c->other_names,
+            c->other_names_us);
         if (!item || PyList_Append(cats, item) < 0) {
             Py_XDECREF(item);
             goto done;
@@ -92,9 +93,10 @@ static PyObject *scan_result(const st_tscan *t)
     }
     for (size_t k = 0; k < t->n_names; k++) {
         const st_tscan_name *e = &t->names[k];
-        PyObject *item = Py_BuildValue("(INKd)", e->cat,
-                                       PyUnicode_DecodeUTF8(e->name, (Py_ssize_t)e->name_len, "surrogatepass"),
-                                       (unsigned long long)e->count, e->total_us);
+        PyObject *item =
+            Py_BuildValue("(INKd)", e->cat,
+                          PyUnicode_DecodeUTF8(e->name, (Py_ssize_t)e->name_len, "surrogatepass"),
+                          (unsigned long long)e->count, e->total_us);
         if (!item || PyList_Append(names, item) < 0) {
             Py_XDECREF(item);
             Py_DECREF(names);
@@ -103,14 +105,16 @@ static PyObject *scan_result(const st_tscan *t)
         Py_DECREF(item);
     }
     out = Py_BuildValue(
-        "{s:N,s:s,s:K,s:K,s:s,s:s,s:s,s:i,s:K,s:N,s:N,s:N,s:N,s:K,s:K}", "names", names, "status", STATUS_NAMES[t->status], "offset",
-        (unsigned long long)t->err_offset, "index", (unsigned long long)t->err_index, "field",
-        t->err_field ? t->err_field : "", "text", t->err_text ? t->err_text : "", "errno_text",
-        t->err_errno ? strerror(t->err_errno) : "", "errno", t->err_errno, "events", (unsigned long long)t->events,
-        "kept", bytes_or_none(t->kept, t->kept_len), "kept_index",
+        "{s:N,s:s,s:K,s:K,s:s,s:s,s:s,s:i,s:K,s:N,s:N,s:N,s:N,s:K,s:K}", "names", names, "status",
+        STATUS_NAMES[t->status], "offset", (unsigned long long)t->err_offset, "index",
+        (unsigned long long)t->err_index, "field", t->err_field ? t->err_field : "", "text",
+        t->err_text ? t->err_text : "", "errno_text", t->err_errno ? strerror(t->err_errno) : "",
+        "errno", t->err_errno, "events", (unsigned long long)t->events, "kept",
+        bytes_or_none(t->kept, t->kept_len), "kept_index",
         bytes_or_none((const char *)t->kept_index, t->n_kept * sizeof(uint64_t)), "other",
         bytes_or_none(t->other, t->other_len), "cats", cats, "omitted_priority",
-        (unsigned long long)t->omitted_priority, "omitted_other", (unsigned long long)t->omitted_other);
+        (unsigned long long)t->omitted_priority, "omitted_other",
+        (unsigned long long)t->omitted_other);
     return out;
 done:
     Py_DECREF(cats);
@@ -123,16 +127,18 @@ static PyObject *scan_trace(PyObject *self, PyObject *args)
     int fd;
     PyObject *keep_cats, *keep_names, *no_span;
     Py_ssize_t priority_limit, other_limit, max_value, chunk;
-    if (!PyArg_ParseTuple(args, "iOOOnnnn:scan_trace", &fd, &keep_cats, &keep_names, &no_span, &priority_limit,
-                          &other_limit, &max_value, &chunk)) {
+    if (!PyArg_ParseTuple(args, "iOOOnnnn:scan_trace", &fd, &keep_cats, &keep_names, &no_span,
+                          &priority_limit, &other_limit, &max_value, &chunk)) {
         return NULL;
     }
     if (priority_limit < 0 || other_limit < 0 || max_value <= 0 || chunk <= 0) {
         PyErr_SetString(PyExc_ValueError, "scan_trace: limits must be positive");
         return NULL;
     }
-    st_tscan_opts o = {.priority_limit = (size_t)priority_limit, .other_limit = (size_t)other_limit,
-                       .max_value = (size_t)max_value, .chunk = (size_t)chunk};
+    st_tscan_opts o = {.priority_limit = (size_t)priority_limit,
+                       .other_limit = (size_t)other_limit,
+                       .max_value = (size_t)max_value,
+                       .chunk = (size_t)chunk};
     char **cats = strings_of(keep_cats, &o.n_keep_cats);
     char **names = cats ? strings_of(keep_names, &o.n_keep_names) : NULL;
     char **skips = names ? strings_of(no_span, &o.n_no_span) : NULL;
@@ -187,7 +193,8 @@ static PyObject *one_column(PyObject *args, const char *format, int first)
         return NULL;
     }
     double total;
-    Py_BEGIN_ALLOW_THREADS total = first ? st_spans_first_begin(begins, ends, nb) : st_spans_union(begins, ends, nb);
+    Py_BEGIN_ALLOW_THREADS total =
+        first ? st_spans_first_begin(begins, ends, nb) : st_spans_union(begins, ends, nb);
     Py_END_ALLOW_THREADS if (!first && total < 0)
     {
         return PyErr_NoMemory();
@@ -222,24 +229,28 @@ static PyObject *spans_bins(PyObject *self, PyObject *args)
         return NULL;
     }
     if (nb != ne || nbins <= 0 || nbins > (1 << 20)) {
-        PyErr_SetString(PyExc_ValueError, "spans_bins: begins and ends of one length, 1..2**20 bins");
+        PyErr_SetString(PyExc_ValueError,
+                        "spans_bins: begins and ends of one length, 1..2**20 bins");
         return NULL;
     }
     uint64_t *count = malloc((size_t)nbins * sizeof *count);
-    double *first = malloc((size_t)nbins * sizeof *first), *last = malloc((size_t)nbins * sizeof *last);
+    double *first = malloc((size_t)nbins * sizeof *first),
+           *last = malloc((size_t)nbins * sizeof *last);
     double *covered = malloc((size_t)nbins * sizeof *covered);
     PyObject *out = NULL;
     if (!count || !first || !last || !covered) {
         PyErr_NoMemory();
         goto done;
     }
-    Py_BEGIN_ALLOW_THREADS st_spans_bins(begins, ends, nb, lo, hi, (size_t)nbins, count, first, last, covered);
+    Py_BEGIN_ALLOW_THREADS st_spans_bins(begins, ends, nb, lo, hi, (size_t)nbins, count, first,
+                                         last, covered);
     Py_END_ALLOW_THREADS out = PyList_New(0);
     for (Py_ssize_t k = 0; out && k < nbins; k++) {
         if (!count[k]) {
             continue;
         }
-        PyObject *item = Py_BuildValue("(Kddd)", (unsigned long long)count[k], first[k], last[k], covered[k]);
+        PyObject *item =
+            Py_BuildValue("(Kddd)", (unsigned long long)count[k], first[k], last[k], covered[k]);
         if (!item || PyList_Append(out, item) < 0) {
             Py_CLEAR(out);
         }
@@ -336,17 +347,22 @@ done:
 
 PyMethodDef bind_tracescan_methods[] = {
     {"scan_trace", scan_trace, METH_VARARGS,
-     "scan_trace(fd, keep_cats, keep_names, no_span, priority_limit, other_limit, max_value, chunk) -> dict\n"
+     "scan_trace(fd, keep_cats, keep_names, no_span, priority_limit, other_limit, max_value, "
+     "chunk) -> dict\n"
      "Read a Chrome Trace Event JSON file from fd to its end in chunks (see st_tracescan.h)."},
     {"spans_union", spans_union, METH_VARARGS,
-     "spans_union(begins: bytes, ends: bytes) -> float: the length of the union of the intervals (doubles)."},
+     "spans_union(begins: bytes, ends: bytes) -> float: the length of the union of the intervals "
+     "(doubles)."},
     {"spans_first_begin", spans_first_begin, METH_VARARGS,
-     "spans_first_begin(begins: bytes, ends: bytes) -> float: the smallest begin of an interval of positive\n"
+     "spans_first_begin(begins: bytes, ends: bytes) -> float: the smallest begin of an interval of "
+     "positive\n"
      "length (inf when none)."},
     {"spans_bins", spans_bins, METH_VARARGS,
-     "spans_bins(begins, ends, lo, hi, nbins) -> [(count, first begin, last end, summed duration)]: the\n"
+     "spans_bins(begins, ends, lo, hi, nbins) -> [(count, first begin, last end, summed "
+     "duration)]: the\n"
      "non-empty bins of nbins equal bins of [lo, hi), the intervals put in by their begin."},
     {"spans_exclusive", spans_exclusive, METH_VARARGS,
-     "spans_exclusive(columns: [(begins, ends)], ranks: [int]) -> [(float, float)]: each column's own time and\nthe start of its first owned stretch."},
+     "spans_exclusive(columns: [(begins, ends)], ranks: [int]) -> [(float, float)]: each column's "
+     "own time and\nthe start of its first owned stretch."},
     {NULL, NULL, 0, NULL},
 };

@@ -128,8 +128,8 @@ int st_spans_exclusive(const double *const *begins, const double *const *ends, c
     return 0;
 }
 
-void st_spans_bins(const double *begins, const double *ends, size_t n, double lo, double hi, size_t nbins,
-                   uint64_t *count, double *first, double *last, double *covered)
+void st_spans_bins(const double *begins, const double *ends, size_t n, double lo, double hi,
+                   size_t nbins, uint64_t *count, double *first, double *last, double *covered)
 {
     for (size_t b = 0; b < nbins; b++) {
         count[b] = 0;

@@ -184,7 +184,10 @@ static lex bad(reader *r, size_t at, const char *text)
 
 static int hex(char c)
 {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
 }
 
 static long hex4(const char *p)
@@ -230,7 +233,8 @@ static size_t plain_run(const char *p, size_t len)
         memcpy(&w, p + i, 8);
         uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
         /* a byte below 0x20, '"' or '\\' sets its high bit here (bytes >= 0x80 never do) */
-        uint64_t special = (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) | ((backslash - ones) & ~backslash)) &
+        uint64_t special = (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
+                            ((backslash - ones) & ~backslash)) &
                            highs;
         if (special) {
             break;
@@ -361,11 +365,11 @@ static lex lex_number(reader *r, size_t *i, double *value)
 {
     const char *p = r->buf;
     size_t j = *i, n = r->valid;
-#define NEED_MORE()                                                                                              \
-    do {                                                                                                         \
-        if (j >= n && !r->eof) {                                                                                 \
-            return L_END;                                                                                        \
-        }                                                                                                        \
+#define NEED_MORE()                                                                                \
+    do {                                                                                           \
+        if (j >= n && !r->eof) {                                                                   \
+            return L_END;                                                                          \
+        }                                                                                          \
     } while (0)
     NEED_MORE();
     if (j < n && p[j] == 'N') {
@@ -633,7 +637,8 @@ static lex args_field(reader *r, size_t *j, event *ev, bytes *key)
         if (r->buf[*j] != '"') {
             return bad(r, *j, "an unexpected character (a key expected)");
         }
-        if ((l = lex_string(r, j, key)) != L_OK || (l = expect(r, j, ':', "an unexpected character (':' expected)"))) {
+        if ((l = lex_string(r, j, key)) != L_OK ||
+            (l = expect(r, j, ':', "an unexpected character (':' expected)"))) {
             return l;
         }
         skip_ws(r, j);
@@ -694,7 +699,8 @@ static lex read_event(reader *r, size_t *j, event *ev, bytes *key)
         if (r->buf[*j] != '"') {
             return bad(r, *j, "an unexpected character (a key expected)");
         }
-        if ((l = lex_string(r, j, key)) != L_OK || (l = expect(r, j, ':', "an unexpected character (':' expected)"))) {
+        if ((l = lex_string(r, j, key)) != L_OK ||
+            (l = expect(r, j, ':', "an unexpected character (':' expected)"))) {
             return l;
         }
         skip_ws(r, j);
@@ -759,12 +765,14 @@ static const char *event_problem(const event *ev, const char **text)
     if (ev->outcome == FLD_WRONG) {
         return ".args.outcome";
     }
-    int timed = ev->ph == FLD_OK && ev->ph_s.len == 1 && ev->ph_s.p[0] && strchr("XiIBEC", ev->ph_s.p[0]);
+    int timed =
+        ev->ph == FLD_OK && ev->ph_s.len == 1 && ev->ph_s.p[0] && strchr("XiIBEC", ev->ph_s.p[0]);
     if (timed && !(ev->ts == FLD_OK && isfinite(ev->ts_v))) {
         *text = "missing or not a finite number";
         return ".ts";
     }
-    if (ev->ph == FLD_OK && key_is(&ev->ph_s, "X") && !(ev->dur == FLD_OK && isfinite(ev->dur_v) && ev->dur_v >= 0)) {
+    if (ev->ph == FLD_OK && key_is(&ev->ph_s, "X") &&
+        !(ev->dur == FLD_OK && isfinite(ev->dur_v) && ev->dur_v >= 0)) {
         *text = "missing, negative or not a finite number";
         return ".dur";
     }
@@ -929,7 +937,8 @@ static int no_span(const st_tscan_opts *o, const event *ev)
     for (size_t k = 0; k < o->n_no_span; k++) {
         const char *rule = o->no_span[k], *sep = strchr(rule, '\x1f');
         size_t cat_len = sep ? (size_t)(sep - rule) : strlen(rule);
-        if (ev->cat != FLD_OK || ev->cat_s.len != cat_len || memcmp(ev->cat_s.p, rule, cat_len) != 0) {
+        if (ev->cat != FLD_OK || ev->cat_s.len != cat_len ||
+            memcmp(ev->cat_s.p, rule, cat_len) != 0) {
             continue;
         }
         if (!sep || (ev->name == FLD_OK && key_is(&ev->name_s, sep + 1))) {
@@ -941,13 +950,15 @@ static int no_span(const st_tscan_opts *o, const event *ev)
 
 /* File a checked event: its interval, and its text when it is kept. 0, or -1
  * out of memory. */
-static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, const char *text, size_t len,
-                      size_t *n_priority, size_t *n_other)
+static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, const char *text,
+                      size_t len, size_t *n_priority, size_t *n_other)
 {
     int complete = ev->ph == FLD_OK && key_is(&ev->ph_s, "X");
     int instant = ev->ph == FLD_OK && (key_is(&ev->ph_s, "i") || key_is(&ev->ph_s, "I"));
-    int priority = (complete || instant) && ev->cat == FLD_OK && in_list(o->keep_cats, o->n_keep_cats, &ev->cat_s);
-    priority = priority || (instant && ev->name == FLD_OK && in_list(o->keep_names, o->n_keep_names, &ev->name_s));
+    int priority = (complete || instant) && ev->cat == FLD_OK &&
+                   in_list(o->keep_cats, o->n_keep_cats, &ev->cat_s);
+    priority = priority || (instant && ev->name == FLD_OK &&
+                            in_list(o->keep_names, o->n_keep_names, &ev->name_s));
     int keep = 0;
     if (priority) {
         keep = *n_priority < o->priority_limit;
@@ -960,7 +971,8 @@ static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, cons
     }
     if (complete && !no_span(o, ev)) {
         /* a missing category is "\x1e", apart from the empty one */
-        long k = ev->cat == FLD_OK ? cat_index(t, ev->cat_s.p, ev->cat_s.len) : cat_index(t, "\x1e", 1);
+        long k =
+            ev->cat == FLD_OK ? cat_index(t, ev->cat_s.p, ev->cat_s.len) : cat_index(t, "\x1e", 1);
         if (k < 0 || cat_push(&t->cats[k], ev->ts_v, ev->ts_v + ev->dur_v) < 0) {
             return -1;
         }
@@ -995,7 +1007,8 @@ static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, cons
 
 enum { S_TOP, S_OBJ_FIRST, S_OBJ_KEY, S_OBJ_AFTER, S_EV_FIRST, S_EV, S_EV_AFTER, S_END, S_DONE };
 
-static st_tscan_status fail_at(st_tscan *t, const reader *r, st_tscan_status status, size_t at, const char *text)
+static st_tscan_status fail_at(st_tscan *t, const reader *r, st_tscan_status status, size_t at,
+                               const char *text)
 {
     t->status = status;
     t->err_offset = r->base + at;
@@ -1121,7 +1134,8 @@ st_tscan_status st_tscan_read(int fd, const st_tscan_opts *o, st_tscan *t)
                         t->err_index = t->events;
                         t->err_field = field;
                         t->err_text = text;
-                    } else if (take_event(t, o, &ev, r.buf + start, j - start, &n_priority, &n_other) < 0) {
+                    } else if (take_event(t, o, &ev, r.buf + start, j - start, &n_priority,
+                                          &n_other) < 0) {
                         s = ST_TSCAN_NO_MEMORY;
                         break;
                     }
@@ -1160,7 +1174,8 @@ st_tscan_status st_tscan_read(int fd, const st_tscan_opts *o, st_tscan *t)
             s = fail_at(t, &r, ST_TSCAN_BAD_JSON, r.valid, "an unexpected end");
         } else if (l == L_END) {
             if (r.len - r.pos >= r.max_value) {
-                fail_at(t, &r, ST_TSCAN_TOO_BIG, r.pos, "one value is larger than the reader's limit");
+                fail_at(t, &r, ST_TSCAN_TOO_BIG, r.pos,
+                        "one value is larger than the reader's limit");
                 s = t->status;
                 break;
             }

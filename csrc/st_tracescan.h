@@ -16,13 +16,13 @@
 
 typedef enum st_tscan_status {
     ST_TSCAN_OK = 0,
-    ST_TSCAN_IO,        /* read() failed; errno in err_errno */
-    ST_TSCAN_NOT_UTF8,  /* err_offset: the first byte that is not UTF-8 */
-    ST_TSCAN_BAD_JSON,  /* err_offset, err_text */
-    ST_TSCAN_TOO_DEEP,  /* nesting beyond ST_TSCAN_MAX_DEPTH at err_offset */
-    ST_TSCAN_TOO_BIG,   /* one value over max_value bytes, starting at err_offset */
-    ST_TSCAN_SHAPE,     /* not a list nor an object with a traceEvents list */
-    ST_TSCAN_FIELD,     /* event err_index, field err_field: err_text */
+    ST_TSCAN_IO,       /* read() failed; errno in err_errno */
+    ST_TSCAN_NOT_UTF8, /* err_offset: the first byte that is not UTF-8 */
+    ST_TSCAN_BAD_JSON, /* err_offset, err_text */
+    ST_TSCAN_TOO_DEEP, /* nesting beyond ST_TSCAN_MAX_DEPTH at err_offset */
+    ST_TSCAN_TOO_BIG,  /* one value over max_value bytes, starting at err_offset */
+    ST_TSCAN_SHAPE,    /* not a list nor an object with a traceEvents list */
+    ST_TSCAN_FIELD,    /* event err_index, field err_field: err_text */
     ST_TSCAN_NO_MEMORY,
 } st_tscan_status;
 
@@ -51,8 +51,8 @@ typedef struct st_tscan_cat {
     size_t n, cap;
     size_t omitted; /* X events of this category not kept whole */
     double min_begin, max_end;
-    uint64_t other_names;    /* spans whose name found no room in the names table */
-    double other_names_us;   /* and their summed duration */
+    uint64_t other_names;  /* spans whose name found no room in the names table */
+    double other_names_us; /* and their summed duration */
 } st_tscan_cat;
 
 /* The spans of one name in one category (categories not kept whole only). */
@@ -68,8 +68,8 @@ typedef struct st_tscan_name {
 
 typedef struct st_tscan {
     /* results */
-    uint64_t events;   /* elements of traceEvents */
-    char *kept;        /* "[ev,ev,...]": the kept events' JSON text */
+    uint64_t events; /* elements of traceEvents */
+    char *kept;      /* "[ev,ev,...]": the kept events' JSON text */
     size_t kept_len, kept_cap;
     uint64_t *kept_index; /* each kept event's index in traceEvents */
     size_t n_kept, kept_index_cap;
@@ -124,7 +124,7 @@ int st_spans_exclusive(const double *const *begins, const double *const *ends, c
  * (those outside go to the first or last bin): each bin's count, smallest
  * begin (infinity when empty), largest end and summed duration, in arrays of
  * nbins. Can't fail. */
-void st_spans_bins(const double *begins, const double *ends, size_t n, double lo, double hi, size_t nbins,
-                   uint64_t *count, double *first, double *last, double *covered);
+void st_spans_bins(const double *begins, const double *ends, size_t n, double lo, double hi,
+                   size_t nbins, uint64_t *count, double *first, double *last, double *covered);
 
 #endif
