@@ -5,9 +5,12 @@
 Writes two traces of N events (default 2 000 000; --quick: 200 000) in a temporary folder with
 benchmarks/bigtrace.py: StageTrace's own with per-kernel detail, and a torch.profiler-shaped foreign one.
 Then runs `python -m comfy_nodes report TRACE` (text) and `--format html` on each in a subprocess and reads
-its wall time and peak resident memory (wait4's ru_maxrss) and the size of the page. With --before REV,
-the same commands in the same run on REV's code (exported with `git archive` into the temporary folder and
-built there), and the ratios. Targets: the text report under 5 s and 500 MB, the HTML page under 2 MB.
+its wall time, its CPU time (user + system, from wait4), its peak resident memory (wait4's ru_maxrss) and
+the size of the page. With --before REV, the same commands in the same run on REV's code (exported with
+`git archive` into the temporary folder and built there), and the ratios. Targets: the text report under
+5 s and 500 MB, the HTML page under 2 MB. The report runs on one core, so on an idle machine its wall time
+is its CPU time; on a shared one the wall time grows with the other load, so the time target is judged on
+the CPU time and both are printed.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from benchutil import print_targets  # noqa: E402
 MB = 1 << 20
 
 
-def run_report(tree: str, trace: str, fmt: str, out_path: str) -> tuple[float, float, int, int]:
-    """(seconds, peak RSS in MB, bytes written, exit status) of one `report` run on the code in tree."""
+def run_report(tree: str, trace: str, fmt: str, out_path: str) -> tuple[float, float, int, int, float]:
+    """(wall seconds, peak RSS in MB, bytes written, exit status, CPU seconds) of one `report` run on the code
+    in tree."""
     env = dict(os.environ, PYTHONPATH=tree)
     with open(out_path, "wb") as out, tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
@@ -44,7 +48,7 @@ def run_report(tree: str, trace: str, fmt: str, out_path: str) -> tuple[float, f
     if proc.returncode != 0:
         print(f"   ! {os.path.basename(tree)} report --format {fmt} {os.path.basename(trace)}: exit "
               f"{proc.returncode}: {err.strip()[-300:]}")
-    return took, usage.ru_maxrss / 1024, os.path.getsize(out_path), proc.returncode
+    return took, usage.ru_maxrss / 1024, os.path.getsize(out_path), proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def export(rev: str, folder: str) -> str:
@@ -81,23 +85,26 @@ def main() -> int:
             started = time.perf_counter()
             trees = {"before": export(args.before, tmp), "after": ROOT}
             print(f"{args.before} exported and built in {time.perf_counter() - started:.1f} s")
-        results: dict[tuple[str, str, str], tuple[float, float, int, int]] = {}
-        print(f"{'trace':<22}{'format':<8}{'code':<8}{'time':>9}{'peak RSS':>11}{'output':>11}")
+        results: dict[tuple[str, str, str], tuple[float, float, int, int, float]] = {}
+        print(f"{'trace':<22}{'format':<8}{'code':<8}{'wall':>9}{'CPU':>9}{'peak RSS':>11}{'output':>11}")
         for kind, path in traces.items():
             for fmt in ("text", "html"):
                 for label, tree in trees.items():
                     r = results[kind, fmt, label] = run_report(tree, path, fmt, os.path.join(tmp, f"out.{fmt}"))
-                    print(f"{kind:<22}{fmt:<8}{label:<8}{r[0]:>7.2f} s{r[1]:>8.0f} MB{r[2] / 1024:>8.0f} kB")
+                    print(f"{kind:<22}{fmt:<8}{label:<8}{r[0]:>7.2f} s{r[4]:>7.2f} s{r[1]:>8.0f} MB"
+                          f"{r[2] / 1024:>8.0f} kB")
                 if args.before:
                     b, a = results[kind, fmt, "before"], results[kind, fmt, "after"]
-                    print(f"{'':<22}{'':<8}{'ratio':<8}{b[0] / a[0]:>7.1f} ×{b[1] / a[1]:>9.1f} ×"
-                          f"{b[2] / max(1, a[2]):>9.1f} ×   (before / after)")
+                    print(f"{'':<22}{'':<8}{'ratio':<8}{b[0] / a[0]:>7.1f} ×{b[4] / a[4]:>7.1f} ×"
+                          f"{b[1] / a[1]:>9.1f} ×{b[2] / max(1, a[2]):>9.1f} ×   (before / after)")
     after = {key[:2]: value for key, value in results.items() if key[2] == "after"}
-    text_s = max(after[kind, "text"][0] for kind in traces)
+    text_s = max(after[kind, "text"][4] for kind in traces)
+    text_wall = max(after[kind, "text"][0] for kind in traces)
     text_mb = max(after[kind, "text"][1] for kind in traces)
     page_kb = max(after[kind, "html"][2] for kind in traces) / 1024
     ok = all(r[3] == 0 for key, r in results.items() if key[2] == "after")
-    return print_targets([(f"text report of {events:,} events under 5 s", f"{text_s:.2f} s", text_s < 5.0),
+    return print_targets([(f"text report of {events:,} events under 5 s (CPU)",
+                           f"{text_s:.2f} s CPU, {text_wall:.2f} s wall", text_s < 5.0),
                           ("text report under 500 MB peak RSS", f"{text_mb:.0f} MB", text_mb < 500),
                           ("HTML page under 2 MB", f"{page_kb:.0f} kB", page_kb < 2048),
                           ("every report ran (exit 0)", "yes" if ok else "no", ok)], args.check)

@@ -358,6 +358,65 @@ static int is_digit(char c)
     return c >= '0' && c <= '9';
 }
 
+/* The value of the RFC 8259 number text p[0, len) when it is exact in one
+ * IEEE operation (Clinger's fast path: at most 15 significant digits, so the
+ * digits are an exact double, and a power of ten up to 1e22, also exact; one
+ * correctly rounded multiply or divide gives strtod's result). 0 otherwise. */
+static int fast_decimal(const char *p, size_t len, double *value)
+{
+    static const double pow10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                   1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                   1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+    size_t k = 0;
+    int negative = 0, digits = 0, scale = 0;
+    uint64_t m = 0;
+    if (k < len && p[k] == '-') {
+        negative = 1;
+        k++;
+    }
+    for (; k < len && is_digit(p[k]); k++) {
+        if (m || p[k] != '0') {
+            if (++digits > 15) {
+                return 0;
+            }
+        }
+        m = m * 10 + (uint64_t)(p[k] - '0');
+    }
+    if (k < len && p[k] == '.') {
+        for (k++; k < len && is_digit(p[k]); k++) {
+            if (m || p[k] != '0') {
+                if (++digits > 15) {
+                    return 0;
+                }
+            }
+            m = m * 10 + (uint64_t)(p[k] - '0');
+            scale--;
+        }
+    }
+    if (k < len) { /* an exponent */
+        k++;
+        int sign = 1, e = 0;
+        if (k < len && (p[k] == '+' || p[k] == '-')) {
+            sign = p[k] == '-' ? -1 : 1;
+            k++;
+        }
+        for (; k < len; k++) {
+            if (e > 1000) {
+                return 0;
+            }
+            e = e * 10 + (p[k] - '0');
+        }
+        scale += sign * e;
+    }
+    if (scale < -22 || scale > 22) {
+        return 0;
+    }
+    double v = (double)m;
+    v = scale >= 0 ? v * pow10[scale] : v / pow10[-scale];
+    *value = negative ? -v : v;
+    return 1;
+}
+
 /* A number (RFC 8259, or NaN, Infinity, -Infinity) at *i; its value in *value
  * when value is not NULL. A number that reaches the end of what was read is
  * complete only at the end of the file. */
@@ -432,6 +491,10 @@ static lex lex_number(reader *r, size_t *i, double *value)
         NEED_MORE();
     }
 #undef NEED_MORE
+    if (value && fast_decimal(p + *i, j - *i, value)) {
+        *i = j;
+        return L_OK;
+    }
     if (value) {
         char small[64];
         size_t len = j - *i;
@@ -955,8 +1018,21 @@ static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, cons
 {
     int complete = ev->ph == FLD_OK && key_is(&ev->ph_s, "X");
     int instant = ev->ph == FLD_OK && (key_is(&ev->ph_s, "i") || key_is(&ev->ph_s, "I"));
-    int priority = (complete || instant) && ev->cat == FLD_OK &&
-                   in_list(o->keep_cats, o->n_keep_cats, &ev->cat_s);
+    /* events come in runs of one category: the last one's index and kept flag are looked up once */
+    const char *cat = ev->cat == FLD_OK ? ev->cat_s.p : "\x1e";
+    size_t cat_len = ev->cat == FLD_OK ? ev->cat_s.len : 1;
+    long k = t->last_cat;
+    if (!(complete || instant)) {
+        k = -1;
+    } else if (k < 0 || t->cats[k].name_len != cat_len ||
+               memcmp(t->cats[k].name, cat, cat_len) != 0) {
+        if ((k = cat_index(t, cat, cat_len)) < 0) {
+            return -1;
+        }
+        t->last_cat = k;
+        t->last_cat_kept = ev->cat == FLD_OK && in_list(o->keep_cats, o->n_keep_cats, &ev->cat_s);
+    }
+    int priority = (complete || instant) && t->last_cat_kept;
     priority = priority || (instant && ev->name == FLD_OK &&
                             in_list(o->keep_names, o->n_keep_names, &ev->name_s));
     int keep = 0;
@@ -969,11 +1045,8 @@ static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, cons
         *n_other += keep;
         t->omitted_other += !keep;
     }
-    if (complete && !no_span(o, ev)) {
-        /* a missing category is "\x1e", apart from the empty one */
-        long k =
-            ev->cat == FLD_OK ? cat_index(t, ev->cat_s.p, ev->cat_s.len) : cat_index(t, "\x1e", 1);
-        if (k < 0 || cat_push(&t->cats[k], ev->ts_v, ev->ts_v + ev->dur_v) < 0) {
+    if (complete && !no_span(o, ev)) { /* a missing category is "\x1e", apart from the empty one */
+        if (cat_push(&t->cats[k], ev->ts_v, ev->ts_v + ev->dur_v) < 0) {
             return -1;
         }
         t->cats[k].omitted += !keep;
@@ -1038,6 +1111,7 @@ static void utf8_to_end(st_tscan *t, reader *r)
 st_tscan_status st_tscan_read(int fd, const st_tscan_opts *o, st_tscan *t)
 {
     memset(t, 0, sizeof *t);
+    t->last_cat = -1;
     reader r = {.fd = fd, .max_value = o->max_value, .chunk = o->chunk ? o->chunk : (1u << 20)};
     event ev;
     memset(&ev, 0, sizeof ev);

@@ -91,6 +91,8 @@ typedef struct st_tscan {
     size_t slot_mask;
     uint32_t *name_slots;
     size_t name_mask;
+    long last_cat;     /* the category of the last complete event (-1: none yet) */
+    int last_cat_kept; /* whether it is in keep_cats */
 } st_tscan;
 
 /* Read the trace at descriptor fd to its end with opts into *out (zeroed
