@@ -247,3 +247,12 @@ def test_several_traces_each_reported_and_the_failed_ones_named(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", *SCENARIOS[:2]], cwd=ROOT,
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stderr == ""
+
+
+def test_an_integer_past_pythons_digit_limit_is_one_clear_error(tmp_path):
+    path = tmp_path / "bigint.json"
+    path.write_text('{"traceEvents": [{"ph": "X", "cat": "node", "ts": 0, "dur": 1, "args": {"n": ' + "1" * 5000
+                    + "}}]}")
+    for fn in (read, load):
+        with pytest.raises(TraceError, match="cannot be read: Exceeds the limit"):
+            fn(str(path))
