@@ -17,6 +17,7 @@ bench: build
 	$(PYTHON) benchmarks/bench_safetensors.py
 	$(PYTHON) benchmarks/bench_gpu.py
 	$(PYTHON) benchmarks/bench_report.py
+	$(PYTHON) benchmarks/bench_bigtrace.py
 	$(PYTHON) benchmarks/bench_spans.py
 	$(PYTHON) benchmarks/bench_prompt.py
 	$(PYTHON) benchmarks/bench_routes.py

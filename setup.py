@@ -41,6 +41,7 @@ SOURCES = [
     "csrc/bind_safetensors.c",
     "csrc/bind_spans.c",
     "csrc/bind_trace.c",
+    "csrc/bind_tracescan.c",
     "csrc/st_clock.c",
     "csrc/st_cupti.c",
     "csrc/st_events.c",
@@ -55,9 +56,11 @@ SOURCES = [
     "csrc/st_safetensors.c",
     "csrc/st_sfgroup.c",
     "csrc/st_sink.c",
+    "csrc/st_spanmath.c",
     "csrc/st_stage.c",
     "csrc/st_stagespan.c",
     "csrc/st_trace.c",
+    "csrc/st_tracescan.c",
 ]
 LIMITED_API_HEX = "0x030A0000"  # abi3 for CPython 3.10 and newer
 

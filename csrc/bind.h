@@ -10,6 +10,7 @@
  *   bind_safetensors.c  read_safetensors_header, GroupKeys, SafetensorsError
  *   bind_gpu.c          CUPTI collection and GPU attribution windows
  *   bind_nvml.c         the NVML sampler
+ *   bind_tracescan.c    the streaming trace reader and the span arithmetic
  *
  * module.c owns the module's life cycle: it calls each file's bind_X_init()
  * from its exec slot and adds each file's method table. All of these need the
@@ -171,5 +172,8 @@ extern PyMethodDef bind_gpu_methods[];
 // --- bind_nvml.c ----------------------------------------------------------------
 
 extern PyMethodDef bind_nvml_methods[];
+
+// --- bind_tracescan.c -----------------------------------------------------------
+extern PyMethodDef bind_tracescan_methods[];
 
 #endif

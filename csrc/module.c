@@ -59,7 +59,7 @@ static void module_free(void *m)
 /* Every binding file's functions, in the order help() lists them. */
 static PyMethodDef *const method_tables[] = {
     bind_names_methods, bind_events_methods, bind_spans_methods, bind_trace_methods,
-    bind_safetensors_methods, bind_gpu_methods, bind_nvml_methods,
+    bind_safetensors_methods, bind_gpu_methods, bind_nvml_methods, bind_tracescan_methods,
 };
 
 static int module_exec(PyObject *m)

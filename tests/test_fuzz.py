@@ -1,5 +1,5 @@
-"""A bounded libFuzzer run of the safetensors reader (with prefix grouping) and the JSON escaper
-under ASan/UBSan, from the seed corpus in tests/fuzz/corpus (copied: the
+"""Bounded libFuzzer runs under ASan/UBSan: the safetensors reader (with prefix grouping) and the JSON
+escaper; the streaming trace reader and the span arithmetic. From the seed corpus in tests/fuzz/corpus (copied: the
 repository's corpus is never modified). Skips when clang with libFuzzer is
 missing (.ci/run installs it)."""
 
@@ -31,6 +31,31 @@ def test_fuzz_safetensors_reader_and_escaper(tmp_path):
     shutil.copytree(os.path.join(ROOT, "tests", "fuzz", "corpus", "safetensors"), corpus)
     run = subprocess.run([str(exe), str(corpus), f"-max_total_time={SECONDS}", "-timeout=5", "-rss_limit_mb=1024",
                           f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True, timeout=SECONDS + 120)
+    tail = "\n".join(run.stderr.splitlines()[-25:])
+    assert run.returncode == 0, tail
+    done = re.search(r"Done (\d+) runs", run.stderr)
+    assert done and int(done.group(1)) > 1000, tail
+
+
+TRACESCAN_SOURCES = ["tests/fuzz/fuzz_tracescan.c", "csrc/st_tracescan.c", "csrc/st_spanmath.c"]
+
+
+def test_fuzz_trace_reader_and_span_arithmetic(tmp_path):
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.skip("clang (with libFuzzer) is not installed: apt-get install clang libclang-rt-14-dev")
+    exe = tmp_path / "fuzz_tracescan"
+    build = subprocess.run([clang, "-g", "-O1", "-std=c11", "-D_GNU_SOURCE", "-fsanitize=fuzzer,address,undefined",
+                            "-fno-sanitize-recover=undefined", "-Icsrc", *TRACESCAN_SOURCES, "-lm", "-lpthread",
+                            "-o", str(exe)], cwd=ROOT, capture_output=True, text=True)
+    if build.returncode != 0 and "fuzzer" in build.stderr:
+        pytest.skip(f"clang has no libFuzzer runtime: {build.stderr.strip().splitlines()[-1]}")
+    assert build.returncode == 0, build.stderr
+    corpus = tmp_path / "corpus"
+    shutil.copytree(os.path.join(ROOT, "tests", "fuzz", "corpus", "tracescan"), corpus)
+    run = subprocess.run([str(exe), str(corpus), f"-max_total_time={SECONDS}", "-timeout=5", "-rss_limit_mb=1024",
+                          "-max_len=4096", f"-artifact_prefix={tmp_path}/"], capture_output=True, text=True,
+                         timeout=SECONDS + 120)
     tail = "\n".join(run.stderr.splitlines()[-25:])
     assert run.returncode == 0, tail
     done = re.search(r"Done (\d+) runs", run.stderr)

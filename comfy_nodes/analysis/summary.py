@@ -3,6 +3,7 @@ console summary and ``stagetrace report TRACE`` always agree."""
 
 from __future__ import annotations
 
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -70,6 +71,39 @@ def exclusive_times(spans: dict[str, list[tuple[float, float]]]) -> dict[str, fl
     return {stage: owned[stage] / 1e6 for stage in ordered if owned[stage] > 0}
 
 
+def _native():
+    from ..core import native
+
+    module = native._native
+    return module if module is not None and hasattr(module, "spans_exclusive") else None
+
+
+def span_figures(columns: dict[str, tuple[bytes, bytes]]) -> tuple[dict[str, float], dict[str, float]]:
+    """(each stage's union, each stage's own time), in µs and seconds, from the intervals (µs) of each
+    stage as packed doubles: the C core's sweep over millions of intervals, the same to the last bit as
+    ``_union_us`` and ``exclusive_times`` (which stand in without the C extension)."""
+    native = _native()
+    if native is None:
+        spans = {stage: list(zip(array("d", b), array("d", e), strict=True)) for stage, (b, e) in columns.items()}
+        return {stage: _union_us(iv) for stage, iv in spans.items()}, exclusive_times(spans)
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    stages = list(columns)
+    union = {stage: native.spans_union(*columns[stage]) for stage in stages}
+    # exclusive_times gives a stretch to the highest rank; among equal ranks, to the stage whose first span
+    # came first (then the smaller name): the order of the sweep's dict. Ranks here are that total order.
+    def first_begin(stage: str) -> float:
+        return native.spans_first_begin(*columns[stage])
+
+    ties = sorted(stages, key=lambda st: (first_begin(st) if st not in order else 0.0, st), reverse=True)
+    ranked = sorted(ties, key=lambda st: (DEPTH.get(st, 2), order.get(st, len(order))))
+    rank = {stage: i for i, stage in enumerate(ranked)}
+    owned = native.spans_exclusive([columns[st] for st in stages], [rank[st] for st in stages])
+    firsts = {stage: first for stage, (secs, first) in zip(stages, owned, strict=True) if secs > 0}
+    ordered = sorted(firsts, key=lambda st: (order.get(st, len(order)), firsts[st]))
+    own = {stage: secs for stage, (secs, _) in zip(stages, owned, strict=True)}
+    return union, {stage: own[stage] / 1e6 for stage in ordered}
+
+
 def first_line(text: object) -> str:
     """The first non-blank line of a message (ComfyUI's exception messages run on for lines)."""
     lines = str(text).strip().splitlines()
@@ -86,11 +120,30 @@ def _union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def _columns(trace: dict, events: list) -> dict[str, tuple[bytes, bytes]] | None:
+    """Each stage's intervals from the streaming reader's digest (every complete event of the file, not
+    only the ones kept whole), or None for a trace held whole."""
+    from ..record.tracefile import digest_of
+
+    digest = digest_of(trace)
+    if digest is None:
+        return None
+    out: dict[str, tuple[bytes, bytes]] = {}
+    for cat, column in digest.columns.items():
+        stage = cat or UNCATEGORISED
+        b, e = out.get(stage, (b"", b""))
+        out[stage] = (b + column.begins, e + column.ends)
+    return out
+
+
 def summarize(trace: dict, trace_path: str | None = None) -> Summary:
-    """Summary of the (first) prompt in a parsed trace."""
+    """Summary of the (first) prompt in a parsed trace (``tracefile.load``'s or ``tracefile.read``'s)."""
+    from ..record.tracefile import digest_of
+
     events = trace.get("traceEvents", [])
     other = trace.get("otherData") or {}
-    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    columns = _columns(trace, events)
+    spans: dict[str, tuple[array, array]] = defaultdict(lambda: (array("d"), array("d")))
     node_time: dict[str, NodeTime] = {}
     cached: dict[str, NodeTime] = {}
     failures: list[str] = []
@@ -117,7 +170,10 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
             continue
         if cat == "prompt" and prompt is None:
             prompt = ev
-        spans[cat].append((ts, ts + dur))
+        if columns is None:
+            begins, ends = spans[cat]
+            begins.append(ts)
+            ends.append(ts + dur)
         if cat == "node":
             node_id = str(args.get("node_id", "?"))
             outcome = args.get("outcome", "ok")
@@ -128,19 +184,30 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
             entry.seconds += dur / 1e6
             if outcome != "pending":
                 entry.outcome = outcome
+    if columns is None:
+        columns = {stage: (b.tobytes(), e.tobytes()) for stage, (b, e) in spans.items()}
+    columns = {stage: c for stage, c in columns.items() if c[0]}
     if prompt is not None:
         wall = float(prompt["dur"]) / 1e6
         prompt_id = str((prompt.get("args") or {}).get("prompt_id", other.get("prompt_id", "?")))
         outcome = (prompt.get("args") or {}).get("outcome", "ok")
     else:  # a trace without a prompt span: the extent of everything in it
-        all_spans = [iv for ivs in spans.values() for iv in ivs]
-        wall = (max(e for _, e in all_spans) - min(b for b, _ in all_spans)) / 1e6 if all_spans else 0.0
+        ends = [max(array("d", e)) for _, e in columns.values()]
+        begins = [min(array("d", b)) for b, _ in columns.values()]
+        wall = (max(ends) - min(begins)) / 1e6 if ends else 0.0
         prompt_id, outcome = str(other.get("prompt_id", "?")), "ok"
-    stage_s = {stage: _union_us(spans[stage]) / 1e6 for stage in STAGES if spans.get(stage)}
-    for stage in spans.keys() - set(STAGES):  # categories from newer versions
-        stage_s[stage] = _union_us(spans[stage]) / 1e6
+    union, exclusive = span_figures(columns)
+    stage_s = {stage: union[stage] / 1e6 for stage in STAGES if stage in union}
+    for stage in union.keys() - set(STAGES):  # categories from newer versions
+        stage_s[stage] = union[stage] / 1e6
     for node_id in cached.keys() & node_time.keys():
         del cached[node_id]
+    digest = digest_of(trace)
+    warnings = _warnings(other)
+    if digest is not None and digest.omitted:
+        warnings.append(f"{digest.omitted:,} of the trace's {digest.events:,} events were read as figures only "
+                        "(a trace this big is read in bounded memory): the stage times count every span; the "
+                        "per-span findings and pictures use the first ones")
     return Summary(
         prompt_id=prompt_id,
         outcome=outcome,
@@ -150,12 +217,12 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
         nodes=sorted(node_time.values(), key=lambda n: n.seconds, reverse=True),
         cached=sorted(cached.values(), key=lambda n: n.node_id),
         failures=failures,
-        warnings=_warnings(other),
-        events=len(events),
+        warnings=warnings,
+        events=digest.events if digest is not None else len(events),
         dropped=int(other.get("dropped_events", 0) or 0),
         trace_path=trace_path,
         gpu=_gpu_line(other.get("gpu"), gpu_windows, wall),
-        exclusive_s=exclusive_times(spans),
+        exclusive_s=exclusive,
     )
 
 

@@ -47,21 +47,22 @@ import logging
 import os
 import sys
 
-from ..record.tracefile import TraceError, load
+from ..record.tracefile import TraceError
 
 
 def _report(args) -> int:
     from ..analysis.diagnose import diagnose
+    from ..record.tracefile import read
     from ..render.report import render
 
-    status = 0
+    failed: list[str] = []
     fmt = "json" if args.json else args.format
     for path in args.trace:
         try:
-            trace = load(path)
+            trace = read(path)  # streams, in bounded memory
         except TraceError as exc:
             print(f"stagetrace: {exc}", file=sys.stderr)
-            status = 2
+            failed.append(path)
             continue
         try:
             report = diagnose(trace)
@@ -72,10 +73,14 @@ def _report(args) -> int:
         except Exception as exc:  # noqa: BLE001 - one trace StageTrace cannot analyse never stops the others
             print(f"stagetrace: {path}: this trace could not be analysed ({type(exc).__name__}: {exc})",
                   file=sys.stderr)
-            status = 2
+            failed.append(path)
             continue
         print(text)
-    return status
+        del trace, report, text  # one trace's events at a time
+    if failed and len(args.trace) > 1:
+        print(f"stagetrace report: {len(failed)} of {len(args.trace)} traces failed: {', '.join(failed)}",
+              file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _inspect(args) -> int:

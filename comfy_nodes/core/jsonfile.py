@@ -25,3 +25,5 @@ def read_json(path: str, error: type[Exception]):
         raise error(f"{path}: nested too deeply to be read") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: byte offset {len(text[: exc.pos].encode('utf-8'))}: invalid JSON: {exc.msg}") from None
+    except ValueError as exc:  # what json itself refuses past the grammar: an integer of over 4300 digits
+        raise error(f"{path}: cannot be read: {exc}") from None

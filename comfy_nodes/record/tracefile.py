@@ -3,10 +3,12 @@ name the file and the byte offset or field."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import time
+from dataclasses import dataclass, field
 
 from ..core.jsonfile import read_json
 
@@ -58,12 +60,7 @@ def load(path: str) -> dict:
         trace = {"traceEvents": trace}
     if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
         raise TraceError(f"{path}: field 'traceEvents': missing or not a list")
-    other = trace.get("otherData", {})
-    if not isinstance(other, dict):
-        raise TraceError(f"{path}: field 'otherData': not an object")
-    for key, ok, what in OTHER_FIELDS:
-        if other.get(key) is not None and not ok(other[key]):
-            raise TraceError(f"{path}: field 'otherData.{key}': not {what}")
+    _check_other(path, trace.get("otherData", {}))
     for i, event in enumerate(trace["traceEvents"]):
         where = f"{path}: field 'traceEvents[{i}]"
         if not isinstance(event, dict):
@@ -81,6 +78,139 @@ def load(path: str) -> dict:
             raise TraceError(f"{where}.ts': missing or not a finite number")
         if ph == "X" and not (_number(event.get("dur")) and event["dur"] >= 0):
             raise TraceError(f"{where}.dur': missing, negative or not a finite number")
+    return trace
+
+
+def _check_other(path: str, other: object) -> None:
+    if not isinstance(other, dict):
+        raise TraceError(f"{path}: field 'otherData': not an object")
+    for key, ok, what in OTHER_FIELDS:
+        if other.get(key) is not None and not ok(other[key]):
+            raise TraceError(f"{path}: field 'otherData.{key}': not {what}")
+
+
+# --- Reading big traces: streaming and bounded ------------------------------------------------------
+
+# What the analysis reads whole: the spans of StageTrace's stages and its GPU windows, ComfyUI's log lines
+# and prompt events. Every other complete event (per-kernel detail, a foreign trace's CPU ops and kernels)
+# is kept whole only up to OTHER_KEPT; beyond, it is its interval in its category's columns and a count.
+# Counters, metadata and flow events are counted and checked, never kept.
+PRIORITY_KEPT = 100_000
+OTHER_KEPT = 20_000
+MAX_VALUE = 256 << 20  # the most bytes of one event, or of one top-level value such as otherData
+CHUNK = 1 << 20
+MISSING_CAT = "\x1e"  # the scanner's name for the category of an event that has none
+
+
+@dataclass
+class SpanColumn:
+    """The intervals (µs) of every complete event of one category, as packed doubles in file order."""
+
+    begins: bytes
+    ends: bytes
+    min_begin: float
+    max_end: float
+    omitted: int  # of these events, how many were not kept whole
+    names: dict[str, tuple[int, float]] = field(default_factory=dict)  # name -> (spans, summed µs)
+    other_names: tuple[int, float] = (0, 0.0)  # the spans of names beyond the scanner's names table
+
+    def __len__(self) -> int:
+        return len(self.begins) // 8
+
+
+@dataclass
+class Digest:
+    """What the streaming reader measured over all of a trace's events, beside the events it kept whole."""
+
+    events: int  # traceEvents in the file
+    columns: dict[str | None, SpanColumn] = field(default_factory=dict)  # category (None: none) -> intervals
+    omitted_priority: int = 0  # StageTrace-stage events beyond PRIORITY_KEPT
+    omitted_other: int = 0  # other complete events beyond OTHER_KEPT
+
+    @property
+    def omitted(self) -> int:
+        return self.omitted_priority + self.omitted_other
+
+
+class StreamedTrace(dict):
+    """A trace as ``read`` gives it: a dict like ``load``'s whose traceEvents holds the events kept whole,
+    with ``digest`` (Digest) for the figures over all of them."""
+
+    digest: Digest
+
+
+def digest_of(trace: object) -> Digest | None:
+    return getattr(trace, "digest", None)
+
+
+def _scan(path: str, fd: int):
+    from ..core import native as core_native
+    from ..core.stages import STAGES
+
+    native = core_native._native
+    if native is None or not hasattr(native, "scan_trace"):
+        return None
+    keep = (*STAGES, "gpu", "comfyui_log")
+    return native.scan_trace(fd, keep, ("execution_error", "execution_interrupted"), ("gpu", "prompt\x1fqueue_wait"),
+                             PRIORITY_KEPT, OTHER_KEPT, MAX_VALUE, CHUNK)
+
+
+def read(path: str) -> dict:
+    """The trace at path for the report, read in one streaming pass in bounded memory: the same checks and
+    the same error messages as ``load`` (the file and the byte offset, or the field), the events the
+    analysis reads whole kept whole (see PRIORITY_KEPT, OTHER_KEPT), and a Digest of every complete event's
+    interval by category. Memory is about 16 bytes per complete event plus the kept events, never one
+    object per event. Without the C extension: ``load``."""
+    from ..core.files import open_regular
+
+    try:
+        fd = open_regular(path)
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        result = _scan(path, fd)
+    finally:
+        os.close(fd)
+    if result is None:
+        return load(path)
+    status, offset = result["status"], result["offset"]
+    if status == "utf8":
+        raise TraceError(f"{path}: byte offset {offset}: not UTF-8")
+    if status == "json":
+        raise TraceError(f"{path}: byte offset {offset}: invalid JSON: {result['text']}")
+    if status == "deep":
+        raise TraceError(f"{path}: nested too deeply to be read")
+    if status == "big":
+        from ..core.units import format_bytes
+
+        raise TraceError(f"{path}: byte offset {offset}: one value is larger than {format_bytes(MAX_VALUE)}, more "
+                         "than StageTrace reads at once")
+    if status == "io":
+        raise TraceError(f"{path}: cannot read: {result['errno_text'] or 'read error'}")
+    if status == "memory":
+        raise TraceError(f"{path}: out of memory while reading it")
+    if status == "shape":
+        raise TraceError(f"{path}: field 'traceEvents': missing or not a list")
+    try:
+        other = json.loads(result["other"]) if result["other"] is not None else {}
+        events = json.loads(result["kept"]) if result["kept"] is not None else []
+    except (ValueError, RecursionError) as exc:  # checked by the scanner already; Python's own limits remain
+        raise TraceError(f"{path}: cannot be read: {exc}") from None
+    _check_other(path, other)
+    if status == "field":
+        raise TraceError(f"{path}: field 'traceEvents[{result['index']}]{result['field']}': {result['text']}")
+    digest = Digest(result["events"], omitted_priority=result["omitted_priority"],
+                    omitted_other=result["omitted_other"])
+    columns = []
+    for name, begins, ends, lo, hi, omitted, other_n, other_us in result["cats"]:
+        columns.append(SpanColumn(begins, ends, lo, hi, omitted, other_names=(other_n, other_us)))
+        digest.columns[None if name == MISSING_CAT else name] = columns[-1]
+    for cat, name, count, total_us in result["names"]:  # only categories that are not StageTrace's stages
+        columns[cat].names[name] = (count, total_us)
+    trace = StreamedTrace(traceEvents=events)
+    if result["other"] is not None:
+        trace["otherData"] = other
+    trace.digest = digest
     return trace
 
 

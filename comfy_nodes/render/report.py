@@ -44,6 +44,8 @@ KERNEL_LANE, KERNEL_COLOUR = "gpu kernels", "#52be80"  # per-kernel spans (STAGE
 MAX_EXTRA_LANES = 4  # lanes for unknown categories; the rest share the lane "other"
 TOP_NODE_ROWS = 25  # rows of the node table; the other nodes share one row
 TIP_CHARS = 900  # the most characters of one tooltip
+BINS = 1000  # a lane of spans read as figures only (tracefile.read) is drawn as one bar per time bin at most
+TOP_NAMES, NAMED_LANES = 12, 8  # the names table: rows per category, categories
 
 
 def render(report: Report, fmt: str, trace: dict | None = None, previous: dict | None = None) -> str:
@@ -245,6 +247,7 @@ class TraceSpans:
     origin_us: float = 0.0
     end_s: float = 0.0
     lanes: dict[str, Column] = field(default_factory=dict)
+    binned: dict[str, int] = field(default_factory=dict)  # lane -> spans drawn from time bins (figures only)
     nodes: Column = field(default_factory=Column)  # executed node spans (the lane "node")
     steps: Column = field(default_factory=Column)  # sample.step spans
     windows: Column = field(default_factory=Column)  # GPU windows (the lane "gpu")
@@ -279,9 +282,12 @@ def read_spans(trace: dict) -> TraceSpans:
     events = trace.get("traceEvents") if isinstance(trace, dict) else None
     by_cat: dict[str, Column] = {}
     origin, first = None, math.inf
+    binned = _binned_columns(trace)
     for ev in events if isinstance(events, list) else ():
         if type(ev) is not dict or ev.get("ph") != "X":
             continue
+        if binned and ev.get("cat") in binned:
+            continue  # drawn from all of its spans' bins instead
         ts, dur = ev.get("ts"), ev.get("dur") or 0.0
         if type(ts) not in (int, float) or type(dur) not in (int, float):
             try:
@@ -310,13 +316,24 @@ def read_spans(trace: dict) -> TraceSpans:
         column.events.append(ev)
         if ts < first:
             first = ts
+    for cat, (_, bars) in binned.items():
+        column = by_cat.setdefault(cat if type(cat) is str else "other", Column())
+        for ev in bars:
+            column.starts.append(ev["ts"])
+            column.ends.append(ev["ts"] + ev["dur"])
+            column.events.append(ev)
+            first = min(first, ev["ts"])
     out = TraceSpans()
+    binned_spans = {(cat if type(cat) is str else "other"): spans for cat, (spans, _) in binned.items()}
     if not by_cat:
         return out
     o = out.origin_us = float(origin if origin is not None else first)
     extra: list[str] = []
     for cat, column in by_cat.items():
-        lane = out.lanes.setdefault(_lane_of(cat, extra), Column())
+        name = _lane_of(cat, extra)
+        lane = out.lanes.setdefault(name, Column())
+        if cat in binned_spans:
+            out.binned[name] = out.binned.get(name, 0) + binned_spans[cat]
         lane.starts += [(b - o) / 1e6 for b in column.starts]
         lane.ends += [(e - o) / 1e6 for e in column.ends]
         lane.events += column.events
@@ -330,6 +347,30 @@ def read_spans(trace: dict) -> TraceSpans:
     out.nodes = out.lanes.get("node", Column())
     out.steps = out.lanes.get("sample.step", Column())
     out.windows = out.lanes.get("gpu", Column())
+    return out
+
+
+def _binned_columns(trace: dict) -> dict:
+    """For each category whose spans were read as figures only (tracefile.read over OTHER_KEPT), its span
+    count and one synthetic event per non-empty time bin of BINS over its extent: the bin's first start to
+    its last end, its count and summed time. StageTrace's own lanes keep the events kept whole."""
+    from ..core import native as core_native
+    from ..record.tracefile import digest_of
+
+    digest = digest_of(trace)
+    native = core_native._native
+    if digest is None or native is None:
+        return {}
+    out = {}
+    for cat, col in digest.columns.items():
+        if not col.omitted or cat in COLOUR:
+            continue
+        bars = []
+        for count, begin, end, covered in native.spans_bins(col.begins, col.ends, col.min_begin, col.max_end, BINS):
+            name = f"{count:,} {cat or 'uncategorised'} spans" if count > 1 else f"{cat or 'uncategorised'} span"
+            bars.append({"ph": "X", "cat": cat, "name": name, "ts": begin, "dur": end - begin,
+                         "args": {"spans": count, "summed_ms": covered / 1e3}})
+        out[cat] = (len(col), bars)
     return out
 
 
@@ -553,12 +594,17 @@ def _meter(percent: float, colour: str) -> str:
 def _timeline(spans: TraceSpans, tips: _Tips) -> str:
     order = [name for name, _ in LANES] + [KERNEL_LANE]
     names = sorted(spans.lanes, key=lambda n: (order.index(n) if n in order else len(order), n))
-    nouns = {"node": "nodes", "sample.step": "steps", "gpu": "GPU windows", KERNEL_LANE: "kernels"}
+    nouns = {"node": "nodes", "sample.step": "steps", "gpu": "GPU windows", KERNEL_LANE: "kernels",
+             **{lane: "time bins" for lane in spans.binned}}
     lanes = [charts.Lane(name, COLOUR.get(name, KERNEL_COLOUR if name == KERNEL_LANE else OTHER_COLOUR),
                          spans.lanes[name].starts, spans.lanes[name].ends, spans.lanes[name].events,
                          tips.describe(name), nouns.get(name, "spans")) for name in names]
     caption = ("One lane per stage; a bar's tooltip has its figures. Node bars name the node class and id"
                + (", GPU bars are darker the busier the GPU was." if "gpu" in spans.lanes else "."))
+    if spans.binned:
+        caption += (" This trace is too big to draw span by span: " + "; ".join(
+            f"{lane}: {count:,} spans drawn as {len(spans.lanes[lane]):,} time bins" for lane, count in
+            spans.binned.items() if lane in spans.lanes) + " (a bar spans its bin's spans; its tooltip counts them).")
     return charts.timeline(lanes, end=spans.end_s, chart_id="timeline", title="", caption=caption,
                            mark_class="stage", data_attr="stage")
 
@@ -685,6 +731,45 @@ def _comparison_html(c: Comparison, wall_s: float) -> str:
             + "".join(rows) + "</tbody></table></section>")
 
 
+def _names_table(trace: dict) -> str:
+    """The spans read as figures only (tracefile.read), by category and name: the TOP_NAMES names of most
+    summed time, then one row for the others; at most NAMED_LANES categories."""
+    from ..record.tracefile import digest_of
+
+    digest = digest_of(trace)
+    if digest is None:
+        return ""
+    cats = sorted(((cat, col) for cat, col in digest.columns.items() if col.omitted and col.names),
+                  key=lambda item: -sum(us for _, us in item[1].names.values()))
+    if not cats:
+        return ""
+    rows = []
+    for cat, col in cats[:NAMED_LANES]:
+        names = sorted(col.names.items(), key=lambda item: item[1][1], reverse=True)
+        total = sum(us for _, us in col.names.values()) + col.other_names[1]
+        label = _esc(cat or "uncategorised")
+        def row(name: str, count: int, us: float, css: str = "", label: str = label, total: float = total) -> str:
+            share = 100 * us / total if total else 0.0
+            return (f"<tr{css}><td>{label}</td><td>{_esc(_short(name, 120))}</td><td class=r>{count:,}</td>"
+                    f"<td class=r>{format_duration(us / 1e6)}</td><td class=r>{share:.1f} %</td></tr>")
+
+        rows += [row(name or "(no name)", count, us) for name, (count, us) in names[:TOP_NAMES]]
+        rest = names[TOP_NAMES:]
+        count = sum(c for _, (c, _) in rest) + col.other_names[0]
+        if count:
+            us = sum(u for _, (_, u) in rest) + col.other_names[1]
+            n = len(rest) + (1 if col.other_names[0] else 0)
+            rows.append(row(f"{n:,} other names" if rest else "other names", count, us, ' class="others"'))
+    more = (f" {len(cats) - NAMED_LANES:,} more categories are left out." if len(cats) > NAMED_LANES else "")
+    return ('<h2>Spans by name</h2><table id="names"><thead><tr><th>category</th><th>name</th>'
+            '<th class=r>spans</th><th class=r>summed time</th><th class=r>share</th></tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table>"
+            f'<p class="muted">This trace holds {digest.events:,} events, too many to keep one by one: these '
+            f"categories were read as figures only. The {TOP_NAMES} names of most summed time in each; the rest "
+            "in one row."
+            f"{more}</p>")
+
+
 def _tiles(s: Summary, spans: TraceSpans, gpu: NodeGpu | None) -> str:
     wait = f"queue wait {format_duration(s.queue_wait_s)}" if s.queue_wait_s is not None else ""
     tiles = [("outcome", s.outcome, ""), ("wall time", format_duration(s.wall_s), wait),
@@ -779,6 +864,7 @@ def render_html(report: Report, trace: dict | None = None, *, previous: dict | N
 {f'<h2>Sampler steps</h2>{steps}' if steps else ""}
 <h2>Nodes{" and GPU busy time" if gpu is not None else ""}</h2>
 {_node_table(s, gpu)}
+{_names_table(trace or {})}
 <h2>Findings</h2>{findings}
 <h2>Not checked</h2><ul>{unchecked or "<li>nothing</li>"}</ul>
 <footer>StageTrace · one self-contained page: no scripts, nothing fetched.</footer>
