@@ -544,8 +544,10 @@ def check_models(folder: str | None, how: str, read_bytes: int, read_seconds: fl
 
 
 def check_memory(largest_model: int, meminfo: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
-                 mountinfo: str = "/proc/self/mountinfo", osrelease: str = "/proc/sys/kernel/osrelease"
-                 ) -> list[Check]:
+                 mountinfo: str = "/proc/self/mountinfo", osrelease: str = "/proc/sys/kernel/osrelease",
+                 cgroup_root: str | None = None) -> list[Check]:
+    """RAM and swap, the cgroup memory limit and WSL, against the largest model file; the paths are the files
+    read (the tests give crafted ones; cgroup_root replaces the cgroup mount point)."""
     out = []
     mem = doctor_system.read_meminfo(meminfo)
     if mem is None:
@@ -562,7 +564,7 @@ def check_memory(largest_model: int, meminfo: str = "/proc/meminfo", proc_cgroup
                         "loading it pushes other memory to swap or gets ComfyUI killed")
             fix = "free RAM, add swap, or load a smaller (fp8, GGUF) variant"
         out.append(Check("ram", "RAM and swap", status, summary, fix=fix, facts=mem))
-    cg = doctor_system.cgroup_memory(proc_cgroup, mountinfo)
+    cg = doctor_system.cgroup_memory(proc_cgroup, mountinfo, cgroup_root)
     if cg["version"] is None:
         out.append(Check("cgroup", "container memory limit", INFO, "no memory cgroup found", facts=cg))
     elif cg["limit"] is None:

@@ -233,14 +233,16 @@ def _read_direct(path: str, max_bytes: int, deadline: float) -> int:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(errno.EINVAL, "not a regular file", path)
-        done = 0
+        done, view = 0, memoryview(buf)
         while done < max_bytes and time.monotonic() < deadline:
-            n = os.readv(fd, [buf])
+            want = min(READ_CHUNK, -(-(max_bytes - done) // DIRECT_ALIGN) * DIRECT_ALIGN)  # aligned, as asked
+            n = os.readv(fd, [view[:want]])
             if n <= 0:
                 break
             done += n
-            if n < READ_CHUNK:
+            if n < want:
                 break
+        view.release()
         return done
     finally:
         buf.close()
