@@ -97,6 +97,9 @@ def test_json_run_against_the_real_comfyui(comfyui, model_dir, native):
         version = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
     assert checks["comfyui"]["facts"]["version"] == version and version in checks["comfyui"]["summary"]
     assert checks["comfyui"]["facts"]["found_by"] == "--comfyui"
+    assert checks["hooks"]["status"] == "ok" and "hook targets fit this ComfyUI" in checks["hooks"]["summary"]
+    targets = {t["target"]: t for t in checks["hooks"]["facts"]["targets"]}
+    assert targets["execution.execute"]["fits"] and "dynprompt" in targets["execution.execute"]["params"]
     assert checks["extension"]["status"] == "ok"
     assert checks["nvtx"]["status"] == "ok" and checks["nvtx"]["facts"]["attached"] is False
     # the models folder: this machine's filesystem under it, and the whole 8 MB file read past the cache
@@ -160,6 +163,37 @@ def test_found_as_the_custom_nodes_parent_with_auth_plugins(comfyui, tmp_path):
     assert set(plugins) == {"login_like", "basic_auth"} and checks["auth"]["status"] == "warning"
     assert plugins["login_like"]["answers"] == "redirects to a login page"
     assert plugins["basic_auth"]["answers"] == "answers 401" and "--user" in plugins["basic_auth"]["option"]
+
+
+def drifted_comfyui(comfyui: str, tmp_path, edit) -> str:
+    """The real ComfyUI with its execution.py copied and edited (the rest linked)."""
+    mirror = mirror_comfyui(comfyui, tmp_path, {})
+    os.unlink(os.path.join(mirror, "execution.py"))
+    with open(os.path.join(comfyui, "execution.py")) as f:
+        source = f.read()
+    edited = edit(source)
+    assert edited != source
+    with open(os.path.join(mirror, "execution.py"), "w") as f:
+        f.write(edited)
+    return mirror
+
+
+def test_a_hook_target_that_moved_takes_its_fallback(comfyui, tmp_path):
+    mirror = drifted_comfyui(comfyui, tmp_path, lambda s: re.sub(r"def add_message\(self, event, data",
+                                                                 "def add_message(self, kind, payload", s))
+    result, checks = run_json("--comfyui", mirror, "--models-dir", str(tmp_path))
+    hooks = checks["hooks"]
+    assert hooks["status"] == "warning" and "execution.PromptExecutor.add_message" in hooks["summary"]
+    assert "has no parameter named 'event', 'data'" in hooks["details"][0]
+    assert "cached nodes" in hooks["details"][0]  # the fallback, in plain words
+
+
+def test_a_comfyui_stagetrace_cannot_profile_is_a_problem(comfyui, tmp_path):
+    mirror = drifted_comfyui(comfyui, tmp_path, lambda s: s.replace("async def execute_async(",
+                                                                    "async def run_prompt_async("))
+    result, checks = run_json("--comfyui", mirror, "--models-dir", str(tmp_path))
+    assert checks["hooks"]["status"] == "problem" and result["exit_code"] == 1
+    assert "StageTrace cannot profile it" in checks["hooks"]["summary"]
 
 
 def test_known_auth_plugins_by_name(tmp_path):

@@ -219,29 +219,47 @@ def check_comfyui(folder: str | None, how: str) -> Check:
                  "StageTrace && cd StageTrace && python install.py", facts=facts)
 
 
+# Targets whose loss stops profiling: without execute_async no trace is written at all; without execute and
+# its fallback (the progress handler) no node is timed.
+CRITICAL_TARGETS = ("execution.PromptExecutor.execute_async",)
+NODE_TIMING_TARGETS = ("execution.execute", "execution.reset_progress_state")
+
+
 def check_hooks(folder: str) -> Check:
-    """Every hook target in this ComfyUI's source: fitting, or the fallback StageTrace takes instead."""
+    """Every hook target in this ComfyUI's source (read, not imported): fitting, or the fallback StageTrace takes
+    instead; targets StageTrace only watches are listed, never judged."""
     try:
-        from ..hooks.targets import fit_source
+        from ..hooks.targets import HOOK, fit_source, target
     except ImportError as exc:
         return Check("hooks", "hook targets", UNAVAILABLE, f"hook check unavailable ({exc})")
-    fits = fit_source(folder)
-    rows = [{"target": f.target, "found": f.found, "fits": f.fits, "fallback": f.fallback, "why": f.why,
-             "params": list(f.params or [])} for f in fits]
-    unfit = [r for r in rows if not r["fits"]]
-    lost = [r for r in unfit if not r["fallback"]]
-    details = [f"{r['target']}: " + ("fits" if r["fits"] else f"does not fit ({r['why']}); " + (
-        f"fallback: {r['fallback']}" if r["fallback"] else "no fallback: not measured")) for r in rows]
+    rows = []
+    for f in fit_source(folder):
+        try:
+            kind = target(f.target).kind
+        except KeyError:
+            kind = HOOK
+        rows.append({"target": f.target, "kind": kind, "found": f.found, "fits": f.fits, "fallback": f.fallback,
+                     "why": f.why, "params": list(f.params or [])})
+    judged = [r for r in rows if r["kind"] != "watched"]
+    unfit = [r for r in judged if not r["fits"]]
+    unfit_names = {r["target"] for r in unfit}
+    lost = [r for r in unfit if r["target"] in CRITICAL_TARGETS]
+    if all(name in unfit_names for name in NODE_TIMING_TARGETS):
+        lost += [r for r in unfit if r["target"] in NODE_TIMING_TARGETS]
+    details = [f"{r['target']}: does not fit ({r['why']}); instead: {r['fallback'] or 'nothing'}" for r in unfit]
+    details += [f"{r['target']} (watched, not hooked): " + ("present" if r["found"] else "absent")
+                for r in rows if r["kind"] == "watched" and not r["fits"]]
+    facts = {"targets": rows}
     if lost:
-        return Check("hooks", "hook targets", PROBLEM, f"{len(lost)} of {len(rows)} hook targets do not fit and have "
-                     "no fallback: " + ", ".join(r["target"] for r in lost), details,
-                     fix="update StageTrace to a version that knows this ComfyUI", facts={"targets": rows})
+        return Check("hooks", "hook targets", PROBLEM, f"{len(unfit)} of {len(judged)} hook targets do not fit this "
+                     "ComfyUI, and without " + ", ".join(r["target"] for r in lost) + " StageTrace cannot profile "
+                     "it", details, fix="update StageTrace to a version that knows this ComfyUI", facts=facts)
     if unfit:
-        return Check("hooks", "hook targets", WARNING, f"{len(rows) - len(unfit)} of {len(rows)} hook targets fit; "
-                     f"{len(unfit)} use their fallback (coarser timing): " + ", ".join(r["target"] for r in unfit),
-                     details, facts={"targets": rows})
-    return Check("hooks", "hook targets", OK, f"all {len(rows)} hook targets fit this ComfyUI", details,
-                 facts={"targets": rows})
+        return Check("hooks", "hook targets", WARNING, f"{len(judged) - len(unfit)} of {len(judged)} hook targets fit; "
+                     f"{len(unfit)} take their fallback: " + ", ".join(r["target"] for r in unfit), details,
+                     facts=facts)
+    return Check("hooks", "hook targets", OK, f"all {len(judged)} hook targets fit this ComfyUI", details,
+                 facts=facts)
 
 
 # --- The extension, NVTX ------------------------------------------------------------------------------------
