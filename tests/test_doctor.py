@@ -301,7 +301,7 @@ def test_torch_cuda_build_against_the_driver():
     assert doctor_gpu.has_fp8({"compute_capability": "12.0"}) and doctor_gpu.has_fp8({}) is None
 
 
-def test_a_running_comfyui_is_read_from_proc(comfyui, tmp_path):
+def test_a_running_comfyui_is_read_from_proc(tmp_path):
     """A process running this ComfyUI's main.py with --cuda-device: doctor reads its options and environment."""
     fake_main = tmp_path / "ComfyUI"
     fake_main.mkdir()
@@ -320,7 +320,11 @@ def test_a_running_comfyui_is_read_from_proc(comfyui, tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    assert doctor_gpu.comfyui_process_args(comfyui) is None  # the real one is not running here
+    assert doctor_gpu.comfyui_process_args(str(tmp_path)) is None  # no main.py of that folder runs
+    # --cpu with GPUs here: everything runs on the CPU
+    devices = [{"index": 0, "name": "A", "total_memory_bytes": 16 * GB, "used_bytes": GB, "gpu_util_pct": 0}]
+    check = doctor._device_choice_check(doctor_gpu.choose_device(devices, {}, cpu=True), devices)
+    assert check.status == "warning" and "runs with --cpu although 1 GPU(s)" in check.summary
 
 
 # --- NVTX through the real injection mechanism ---------------------------------------------------------------------

@@ -378,10 +378,10 @@ def check_gpu(native: dict | None, native_error: str | None, gpu: dict | None, g
                          [f"GPU {d['index']}: {d['name']}, compute capability {d['compute_capability']}, "
                           f"{format_bytes(d['total_memory_bytes'])} total, {format_bytes(d['free_bytes'])} free"
                           for d in torch_devices], facts={"torch_devices": torch_devices}))
-    if comfy_args and comfy_args.get("cuda_device") is not None and cuda_device is None:
-        cuda_device = comfy_args["cuda_device"]
-    if comfy_args and comfy_args.get("default_device") is not None and default_device is None:
-        default_device = comfy_args["default_device"]
+    if cuda_device is not None or default_device is not None:
+        comfy_args = None  # doctor's own options say how ComfyUI will be started: they win over a running one
+    elif comfy_args:
+        cuda_device, default_device = comfy_args.get("cuda_device"), comfy_args.get("default_device")
     choice = doctor_gpu.choose_device(devices, _gpu_env(comfy_args), cuda_device, default_device, torch_devices,
                                       container=container, cpu=bool(comfy_args and comfy_args.get("cpu")))
     if comfy_args:
@@ -399,6 +399,10 @@ def _device_choice_check(choice: dict, devices: list[dict]) -> Check:
     if choice["warnings"]:
         return Check("device_choice", "GPU ComfyUI uses", WARNING, "; ".join(choice["warnings"]), details,
                      facts=facts)
+    if choice["cpu"] and devices:
+        return Check("device_choice", "GPU ComfyUI uses", WARNING, f"ComfyUI runs with --cpu although {len(devices)} "
+                     "GPU(s) are here: everything runs on the CPU", details,
+                     fix="start ComfyUI without --cpu", facts=facts)
     if choice["index"] is None:
         return Check("device_choice", "GPU ComfyUI uses", INFO if not devices else WARNING,
                      "no GPU: ComfyUI runs on the CPU" if not devices else "cannot tell which GPU ComfyUI uses",

@@ -130,7 +130,7 @@ def choose_device(nvml_devices: list[dict], env: dict, cuda_device: int | None =
                         "every GPU" if nv_visible.strip().lower() == "all" else f"GPU(s) {nv_visible}")
                      + " to this container")
     out = {"index": None, "why": why, "problems": problems, "warnings": [], "notes": notes, "exact": True,
-           "cuda_visible_devices": visible_value}
+           "cuda_visible_devices": visible_value, "cpu": cpu}
     if cpu:
         why.append("ComfyUI runs with --cpu: it uses no GPU")
         return out
