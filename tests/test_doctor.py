@@ -260,6 +260,43 @@ def test_cuda_visible_devices_hiding_every_gpu_is_a_problem(fake_nvml, tmp_path,
     assert "asks for GPU 5, but only 2 GPU(s)" in checks["device_choice"]["summary"]
 
 
+def test_torch_built_for_a_newer_cuda_than_the_driver_is_a_problem(fake_nvml, tmp_path, native):
+    result, checks = gpu_run(fake_nvml, tmp_path, FAKE_NVML_CUDA_DRIVER="12040")
+    assert "CUDA 12.4 at most" in checks["driver"]["summary"]
+    torch_version = checks["torch"]["facts"]["cuda"]
+    if torch_version and int(torch_version.split(".")[0]) >= 13:
+        assert checks["torch"]["status"] == "problem" and "supports CUDA 12.4 at most" in checks["torch"]["summary"]
+        assert result["exit_code"] == 1
+
+
+def test_no_torch_is_a_problem_and_the_rest_still_runs(tmp_path, native):
+    """torch hidden from the child processes (sitecustomize makes `import torch` fail): doctor says so."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None  # import torch fails\n")
+    result, checks = run_json("--models-dir", str(tmp_path), env={"PYTHONPATH": str(hide)})
+    assert checks["torch"]["status"] == "problem" and "torch is not installed" in checks["torch"]["summary"]
+    assert checks["cupti"]["status"] in ("ok", "warning") and checks["extension"]["status"] == "ok"
+    assert result["exit_code"] == 1
+
+
+def test_a_driver_that_crashes_the_probe_does_not_crash_doctor(tmp_path, native):
+    """A libnvidia-ml that aborts when loaded (a broken driver): the native probe dies, doctor says how and goes
+    on."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to build the crashing library")
+    source = tmp_path / "crash.c"
+    source.write_text("#include <stdlib.h>\n__attribute__((constructor)) static void crash(void) { abort(); }\n"
+                      "int nvmlInit_v2(void) { return 0; }\n")
+    lib = tmp_path / "libcrash_nvml.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", str(source), "-o", str(lib)], check=True)
+    result, checks = run_json("--models-dir", str(tmp_path), env={"STAGETRACE_NVML_LIB": str(lib)})
+    assert checks["extension"]["status"] == "unavailable"
+    assert "the native probe was killed by signal 6" in checks["extension"]["summary"]
+    assert checks["driver"]["status"] == "unavailable" and checks["nvml"]["status"] == "skipped"
+    assert checks["torch"]["status"] in ("ok", "problem") and checks["ram"]["status"] in ("ok", "warning")
+
+
 def test_choose_device_rules():
     devices = [{"index": 0, "name": "A", "total_memory_bytes": 16 * GB, "used_bytes": GB, "gpu_util_pct": 0},
                {"index": 1, "name": "B", "total_memory_bytes": 24 * GB, "used_bytes": GB // 2, "gpu_util_pct": 0}]

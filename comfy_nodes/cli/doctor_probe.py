@@ -141,9 +141,13 @@ def attribution_probe(n, torch, nbytes: int = PROBE_BYTES) -> dict:
 def gpu_part() -> dict:
     import importlib.util
 
-    out: dict = {"torch": {"installed": importlib.util.find_spec("torch") is not None}}
+    try:
+        installed = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken torch install: importing it says more
+        installed = True
+    out: dict = {"torch": {"installed": installed}}
     torch = None
-    if out["torch"]["installed"]:
+    if installed:
         try:
             import torch
 

@@ -383,6 +383,7 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power)
 // --- Device facts (optional functions: StageTrace looks them up, never requires them) ---
 
 static int cc_major = 8, cc_minor = 6; /* an RTX 3090: no FP8 compute */
+static int cuda_driver_version = 13000; /* $FAKE_NVML_CUDA_DRIVER changes it (12040: CUDA 12.4) */
 
 void fake_nvml_set_compute_capability(int major, int minor)
 {
@@ -404,13 +405,19 @@ int fake_nvml_set_device_compute_capability(unsigned i, int major, int minor)
     return 1;
 }
 
-/* $FAKE_NVML_DEVICES, read once when the library loads: devices separated by
+/* $FAKE_NVML_CUDA_DRIVER (the CUDA version the driver supports, as NVML
+ * gives it: 12040 for 12.4) and $FAKE_NVML_DEVICES, read once when the
+ * library loads. $FAKE_NVML_DEVICES: devices separated by
  * ';', each "name|major.minor|total bytes|used bytes|gpu %", e.g.
  * "NVIDIA GeForce RTX 4080|8.9|16000000000|400000000|0;NVIDIA GeForce RTX
  * 3090|8.6|24000000000|300000000|0". The device count becomes the number of
  * devices given; a malformed device ends the list there. */
 __attribute__((constructor)) static void script_from_environment(void)
 {
+    const char *cuda = getenv("FAKE_NVML_CUDA_DRIVER");
+    if (cuda && *cuda) {
+        cuda_driver_version = atoi(cuda);
+    }
     const char *spec = getenv("FAKE_NVML_DEVICES");
     if (!spec || !*spec) {
         return;
@@ -446,7 +453,7 @@ nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length)
 
 nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version)
 {
-    *version = 13000;
+    *version = cuda_driver_version;
     return NVML_SUCCESS;
 }
 
