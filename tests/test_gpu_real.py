@@ -122,7 +122,7 @@ def test_stage_spans_open_the_windows_cupti_attributes_to(cuda_devices):
         n.gpu_set_windows(True)
         n.cupti_flush(True); n.gpu_reset()
         STEP = n.STAGES.index("sample.step")
-        token = n.stage_begin(STEP, n.intern("step 1"))
+        token = n.stage_begin(STEP, "step 1")
         y = x * 3.0                   # 1 kernel
         z = y + x                     # 1 kernel
         torch.cuda.synchronize()

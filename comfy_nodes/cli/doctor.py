@@ -684,11 +684,13 @@ def run_doctor(comfyui: str | None = None, models_dir: str | None = None, cuda_d
     folder, how = locate_comfyui(comfyui)
     comfy_args = doctor_gpu.comfyui_process_args(folder) if folder else None
     container = doctor_gpu.in_container()
-    gpu_env = {}
-    visible = str(cuda_device) if cuda_device is not None else (
-        str((comfy_args or {}).get("cuda_device")) if (comfy_args or {}).get("cuda_device") is not None else None)
-    if visible is not None:
-        gpu_env["CUDA_VISIBLE_DEVICES"] = visible  # torch sees what ComfyUI will see
+    gpu_env = {}  # the GPU probe's torch sees what ComfyUI will see
+    if cuda_device is not None:
+        gpu_env["CUDA_VISIBLE_DEVICES"] = str(cuda_device)
+    elif default_device is None and comfy_args:
+        gpu_env.update(comfy_args.get("env") or {})
+        if comfy_args.get("cuda_device") is not None:
+            gpu_env["CUDA_VISIBLE_DEVICES"] = str(comfy_args["cuda_device"])
     native_probe = Probe("native", NATIVE_PROBE_TIMEOUT_S)
     gpu_probe = Probe("gpu", GPU_PROBE_TIMEOUT_S, gpu_env)
     checks: list[Check] = []
