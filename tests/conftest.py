@@ -8,6 +8,11 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a real NVIDIA GPU (CUDA device, driver); skips, saying why, "
+                            "without one (tests/test_gpu_real.py; scripts/device_check.sh runs them)")
+
+
 @pytest.fixture
 def native():
     """The built C core; the test skips (saying how to build it) when it is missing."""

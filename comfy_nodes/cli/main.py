@@ -37,6 +37,9 @@
                                        database: --db, else $STAGETRACE_OUTPUT_DIR/history.sqlite3,
                                        else ./output/stagetrace/history.sqlite3 (exit 0, 2 no
                                        usable database or an unknown run)
+    stagetrace doctor [--comfyui DIR] [--models-dir DIR] [--cuda-device N] [--json]
+                                       check everything StageTrace and a GPU run depend on, in
+                                       plain words (exit 0 fine, 1 problems found, 2 bad options)
 """
 
 from __future__ import annotations
@@ -446,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
                        "by stage")
     shown.add_argument("--workflows", action="store_true", help="the workflows with runs, the last run first")
     history.set_defaults(func=_history)
+    from .doctor import add_parser as add_doctor
+
+    add_doctor(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     try:

@@ -6,12 +6,16 @@
  * sampler dlopens it (same path, so one copy and one state). Like real NVML,
  * device queries outside an nvmlInit/nvmlShutdown pair fail with
  * Uninitialized. Built with -DFAKE_NVML_OMIT_POWER it lacks
- * nvmlDeviceGetPowerUsage, like a driver too old for the sampler. Built by
- * tests/test_nvml.py; no part of StageTrace links it. */
+ * nvmlDeviceGetPowerUsage, like a driver too old for the sampler. A child
+ * process (stagetrace doctor's probe) cannot be scripted through ctypes, so
+ * when the library loads, $FAKE_NVML_DEVICES scripts the devices instead (see
+ * script_from_environment). Built by tests/test_nvml.py and tests/conftest.py;
+ * no part of StageTrace links it. */
 #include <nvml.h>
 
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -38,6 +42,7 @@ struct nvmlDevice_st {
     nvmlMemory_t memory;
     unsigned temperature_c;
     unsigned power_mw;
+    int cc_major, cc_minor; /* 0.0: the process-wide value (fake_nvml_set_compute_capability) */
     nvmlReturn_t fail[Q_COUNT];
     unsigned long calls[Q_COUNT];
 };
@@ -378,11 +383,63 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power)
 // --- Device facts (optional functions: StageTrace looks them up, never requires them) ---
 
 static int cc_major = 8, cc_minor = 6; /* an RTX 3090: no FP8 compute */
+static int cuda_driver_version = 13000; /* $FAKE_NVML_CUDA_DRIVER changes it (12040: CUDA 12.4) */
 
 void fake_nvml_set_compute_capability(int major, int minor)
 {
     cc_major = major;
     cc_minor = minor;
+}
+
+/* Device i's own compute capability (0, 0: the process-wide one again).
+ * Returns 0 for an index out of range. */
+int fake_nvml_set_device_compute_capability(unsigned i, int major, int minor)
+{
+    if (i >= FAKE_MAX_DEVICES) {
+        return 0;
+    }
+    pthread_mutex_lock(&lock);
+    devices[i].cc_major = major;
+    devices[i].cc_minor = minor;
+    pthread_mutex_unlock(&lock);
+    return 1;
+}
+
+/* $FAKE_NVML_CUDA_DRIVER (the CUDA version the driver supports, as NVML
+ * gives it: 12040 for 12.4) and $FAKE_NVML_DEVICES, read once when the
+ * library loads. $FAKE_NVML_DEVICES: devices separated by
+ * ';', each "name|major.minor|total bytes|used bytes|gpu %", e.g.
+ * "NVIDIA GeForce RTX 4080|8.9|16000000000|400000000|0;NVIDIA GeForce RTX
+ * 3090|8.6|24000000000|300000000|0". The device count becomes the number of
+ * devices given; a malformed device ends the list there. */
+__attribute__((constructor)) static void script_from_environment(void)
+{
+    const char *cuda = getenv("FAKE_NVML_CUDA_DRIVER");
+    if (cuda && *cuda) {
+        cuda_driver_version = atoi(cuda);
+    }
+    const char *spec = getenv("FAKE_NVML_DEVICES");
+    if (!spec || !*spec) {
+        return;
+    }
+    char copy[4096];
+    snprintf(copy, sizeof copy, "%s", spec);
+    unsigned count = 0;
+    char *save = NULL;
+    for (char *dev = strtok_r(copy, ";", &save); dev && count < FAKE_MAX_DEVICES;
+         dev = strtok_r(NULL, ";", &save)) {
+        char name[NVML_DEVICE_NAME_V2_BUFFER_SIZE];
+        int major, minor;
+        unsigned long long total, used;
+        unsigned gpu_pct;
+        if (sscanf(dev, "%95[^|]|%d.%d|%llu|%llu|%u", name, &major, &minor, &total, &used, &gpu_pct) != 6) {
+            break;
+        }
+        fake_nvml_set_device(count, name, gpu_pct, gpu_pct ? 10 : 0, used, total, 40, 30000);
+        fake_nvml_set_device_compute_capability(count, major, minor);
+        count++;
+    }
+    fake_nvml_set_count(NVML_SUCCESS, count);
 }
 
 nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length)
@@ -396,16 +453,19 @@ nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length)
 
 nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version)
 {
-    *version = 13000;
+    *version = cuda_driver_version;
     return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t device, int *major, int *minor)
 {
-    if (!device_of(device)) {
+    struct nvmlDevice_st *d = device_of(device);
+    if (!d) {
         return NVML_ERROR_INVALID_ARGUMENT;
     }
-    *major = cc_major;
-    *minor = cc_minor;
+    pthread_mutex_lock(&lock);
+    *major = d->cc_major ? d->cc_major : cc_major;
+    *minor = d->cc_major ? d->cc_minor : cc_minor;
+    pthread_mutex_unlock(&lock);
     return NVML_SUCCESS;
 }
