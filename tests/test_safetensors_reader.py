@@ -231,14 +231,19 @@ def raw_header(text: str) -> bytes:
 
 
 def E(dtype="F32", shape=(2,), offsets=(0, 8)):
-    return '{"dtype": "%s", "shape": %s, "data_offsets": [%d, %d]}' % (dtype, json.dumps(list(shape)), *offsets)
+    return f'{{"dtype": "{dtype}", "shape": {json.dumps(list(shape))}, "data_offsets": [{offsets[0]}, {offsets[1]}]}}'
+
+
+def H(*entries) -> str:
+    """A header's text from (name as JSON string text, entry text) pairs, duplicates and all."""
+    return "{" + ", ".join(f'"{name}": {text}' for name, text in entries) + "}"
 
 
 # (id, header text, data bytes), each run through the library and the reader: serde's quirks included
 LIBRARY_CASES = [
-    ("duplicate-name-same-bytes", '{"a": %s, "a": %s}' % (E(), E()), 8),
-    ("duplicate-name-last-wins", '{"a": %s, "a": %s}' % (E(offsets=(8, 16)), E()), 8),
-    ("duplicate-name-gap", '{"a": %s, "a": %s}' % (E(), E(offsets=(8, 16))), 16),
+    ("duplicate-name-same-bytes", H(("a", E()), ("a", E())), 8),
+    ("duplicate-name-last-wins", H(("a", E(offsets=(8, 16))), ("a", E())), 8),
+    ("duplicate-name-gap", H(("a", E()), ("a", E(offsets=(8, 16)))), 16),
     ("duplicate-field", '{"a": {"dtype": "F32", "dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', 8),
     ("duplicate-metadata", '{"__metadata__": {}, "__metadata__": {}}', 0),
     ("duplicate-metadata-null", '{"__metadata__": null, "__metadata__": null}', 0),
@@ -255,7 +260,7 @@ LIBRARY_CASES = [
     ("dtype-map-value", '{"a": {"dtype": {"F32": 1}, "shape": [2], "data_offsets": [0, 8]}}', 8),
     ("dtype-map-object", '{"a": {"dtype": {"F32": {}}, "shape": [2], "data_offsets": [0, 8]}}', 8),
     ("dtype-list", '{"a": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}', 8),
-    ("dtype-lowercase", '{"a": %s}' % E(dtype="f32"), 8),
+    ("dtype-lowercase", H(("a", E(dtype="f32"))), 8),
     ("fields-any-order", '{"a": {"shape": [2], "data_offsets": [0, 8], "dtype": "F32"}}', 8),
     ("unknown-fields-twice", '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": 1, "x": [{}]}}', 8),
     ("minus-zero", '{"a": {"dtype": "F32", "shape": [-0, 2], "data_offsets": [0, 0]}}', 0),
@@ -268,20 +273,19 @@ LIBRARY_CASES = [
     ("dim-2^64", '{"a": {"dtype": "F32", "shape": [18446744073709551616], "data_offsets": [0, 0]}}', 0),
     ("dim-u64-max-times-0", '{"a": {"dtype": "F32", "shape": [0, 18446744073709551615], "data_offsets": [0, 0]}}', 0),
     ("overflow-before-0", '{"a": {"dtype": "F32", "shape": [4294967296, 4294967296, 0], "data_offsets": [0, 0]}}', 0),
-    ("gap", '{"a": %s, "b": %s}' % (E(), E(offsets=(12, 20))), 20),
-    ("trailing-bytes", '{"a": %s}' % E(), 9),
-    ("start-not-zero", '{"a": %s}' % E(offsets=(4, 12)), 12),
-    ("overlap", '{"a": %s, "b": %s}' % (E(), E(offsets=(4, 12))), 12),
-    ("same-offsets", '{"a": %s, "b": %s}' % (E(), E()), 8),
-    ("zero-size-tensors", '{"a": %s, "b": %s, "c": %s}' % (E(shape=(0,), offsets=(0, 0)),
-                                                            E(shape=(0,), offsets=(0, 0)), E()), 8),
-    ("zero-size-at-end", '{"a": %s, "b": %s}' % (E(), E(shape=(0, 3), offsets=(8, 8))), 8),
-    ("zero-size-past-end", '{"a": %s, "b": %s}' % (E(), E(shape=(0,), offsets=(9, 9))), 8),
-    ("zero-size-inside", '{"a": %s, "b": %s}' % (E(), E(shape=(0,), offsets=(4, 4))), 8),
-    ("reversed-zero", '{"a": %s}' % E(shape=(0,), offsets=(8, 0)), 8),
-    ("17-dims", '{"a": %s}' % E(shape=(1,) * 17, offsets=(0, 4)), 4),
-    ("100-dims", '{"a": %s}' % E(shape=(1,) * 99 + (3,), offsets=(0, 12)), 12),
-    ("out-of-order", '{"b": %s, "a": %s}' % (E(offsets=(8, 16)), E()), 16),
+    ("gap", H(("a", E()), ("b", E(offsets=(12, 20)))), 20),
+    ("trailing-bytes", H(("a", E())), 9),
+    ("start-not-zero", H(("a", E(offsets=(4, 12)))), 12),
+    ("overlap", H(("a", E()), ("b", E(offsets=(4, 12)))), 12),
+    ("same-offsets", H(("a", E()), ("b", E())), 8),
+    ("zero-size-tensors", H(("a", E(shape=(0,), offsets=(0, 0))), ("b", E(shape=(0,), offsets=(0, 0))), ("c", E())), 8),
+    ("zero-size-at-end", H(("a", E()), ("b", E(shape=(0, 3), offsets=(8, 8)))), 8),
+    ("zero-size-past-end", H(("a", E()), ("b", E(shape=(0,), offsets=(9, 9)))), 8),
+    ("zero-size-inside", H(("a", E()), ("b", E(shape=(0,), offsets=(4, 4)))), 8),
+    ("reversed-zero", H(("a", E(shape=(0,), offsets=(8, 0)))), 8),
+    ("17-dims", H(("a", E(shape=(1,) * 17, offsets=(0, 4)))), 4),
+    ("100-dims", H(("a", E(shape=(1,) * 99 + (3,), offsets=(0, 12)))), 12),
+    ("out-of-order", H(("b", E(offsets=(8, 16))), ("a", E())), 16),
     ("empty", "{}", 0),
     ("empty-trailing", "{}", 1),
     ("whitespace-around", "  {} \n\t\r ", 0),
@@ -295,15 +299,15 @@ LIBRARY_CASES = [
     ("metadata-null-value", '{"__metadata__": {"a": null}}', 0),
     ("metadata-escaped-name", '{"__meta\\u0064ata__": {"k": "v"}}', 0),
     ("lone-surrogate-value", '{"__metadata__": {"a": "\\ud800"}}', 0),
-    ("surrogate-pair-name", '{"\\ud83d\\ude00": %s}' % E(), 8),
-    ("nul-in-name", '{"\\u0000": %s}' % E(shape=(0,), offsets=(0, 0)), 0),
-    ("f4-even", '{"a": %s}' % E(dtype="F4", shape=(4,), offsets=(0, 2)), 2),
-    ("f4-odd", '{"a": %s}' % E(dtype="F4", shape=(3,), offsets=(0, 2)), 2),
-    ("f6", '{"a": %s}' % E(dtype="F6_E2M3", shape=(4,), offsets=(0, 3)), 3),
-    ("fnuz", '{"a": %s}' % E(dtype="F8_E5M2FNUZ", shape=(4,), offsets=(0, 4)), 4),
-    ("c64", '{"a": %s}' % E(dtype="C64", shape=(1,), offsets=(0, 8)), 8),
-] + [(f"nesting-{depth}", '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "x": %s}}'
-      % ("[" * depth + "]" * depth), 8) for depth in (64, 65, 125, 126, 200)]
+    ("surrogate-pair-name", H(("\\ud83d\\ude00", E())), 8),
+    ("nul-in-name", H(("\\u0000", E(shape=(0,), offsets=(0, 0)))), 0),
+    ("f4-even", H(("a", E(dtype="F4", shape=(4,), offsets=(0, 2)))), 2),
+    ("f4-odd", H(("a", E(dtype="F4", shape=(3,), offsets=(0, 2)))), 2),
+    ("f6", H(("a", E(dtype="F6_E2M3", shape=(4,), offsets=(0, 3)))), 3),
+    ("fnuz", H(("a", E(dtype="F8_E5M2FNUZ", shape=(4,), offsets=(0, 4)))), 4),
+    ("c64", H(("a", E(dtype="C64", shape=(1,), offsets=(0, 8)))), 8),
+] + [(f"nesting-{depth}", H(("a", E()[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}")), 8)
+     for depth in (64, 65, 125, 126, 200)]
 
 
 @pytest.mark.parametrize("case", LIBRARY_CASES, ids=[c[0] for c in LIBRARY_CASES])
@@ -319,7 +323,7 @@ def test_verdict_equals_the_librarys(native, tmp_path, case):
 
 def test_accepted_edge_cases_read_whole(native, tmp_path):
     """What the library accepts and a model could hold: 17 dims, zero-size tensors, an empty file."""
-    path = raw_file(tmp_path, ('{"a": %s, "z": %s}' % (E(shape=(1,) * 16 + (2,)), E(shape=(0, 7), offsets=(8, 8))))
+    path = raw_file(tmp_path, (H(("a", E(shape=(1,) * 16 + (2,))), ("z", E(shape=(0, 7), offsets=(8, 8)))))
                     .encode(), bytes(8))
     ours = {t[0]: t[2] for t in native.read_safetensors_header(path)["tensors"]}
     assert ours == {"a": (1,) * 16 + (2,), "z": (0, 7)}
@@ -327,13 +331,13 @@ def test_accepted_edge_cases_read_whole(native, tmp_path):
 
 
 def test_gap_and_trailing_bytes_name_the_place(native, tmp_path):
-    header = ('{"a": %s, "b": %s}' % (E(), E(offsets=(12, 20)))).encode()
+    header = (H(("a", E()), ("b", E(offsets=(12, 20))))).encode()
     path = raw_file(tmp_path, header, bytes(20))
     with pytest.raises(native.SafetensorsError) as err:
         native.read_safetensors_header(path)
     assert err.value.status == "GAP" and err.value.offset == 8 + len(header) + 8
     assert "4 bytes no tensor covers between a and b" in str(err.value)
-    header = ('{"a": %s}' % E()).encode()
+    header = (H(("a", E()))).encode()
     path = raw_file(tmp_path, header, bytes(8) + b"junk", name="t.safetensors")
     with pytest.raises(native.SafetensorsError) as err:
         native.read_safetensors_header(path)
@@ -403,7 +407,7 @@ def mutate(raw: bytes, kind: str, where: float, byte: int) -> bytes:
             e["x" * (1 + byte % 3)] = [[byte]]
     body = json.dumps(header)
     if edit == "duplicate" and names:  # the same entry named twice, as raw JSON
-        body = body[:-1] + ', %s: %s}' % (json.dumps(names[0]), json.dumps(header[names[0]]))
+        body = body[:-1] + f", {json.dumps(names[0])}: {json.dumps(header[names[0]])}}}"
     if edit == "rename-to-dup" and len(names) > 1:
         body = body.replace(json.dumps(names[-1]) + ":", json.dumps(names[0]) + ":")
     if edit == "pad":
