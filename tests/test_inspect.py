@@ -175,8 +175,9 @@ def test_the_second_walk_hashes_nothing_and_a_changed_file_is_hashed_again(nativ
     cache_file = tmp_path / "cache" / "h.sqlite3"
     first, cache, warnings = walk(models, cache_file)
     assert (cache.computed, cache.hits, warnings) == (4, 0, [])
+    assert (cache.samples_read, cache.sample_hits) == (4, 0)
     second, cache, _ = walk(models, cache_file)
-    assert (cache.computed, cache.hits) == (0, 4)
+    assert (cache.computed, cache.hits, cache.samples_read, cache.sample_hits, cache.bytes_read) == (0, 4, 0, 4, 0)
     assert [r.flags for r in second.values()] == [r.flags for r in first.values()]
     save_model(models / "m1-copy.safetensors", 0)  # rewritten: now a copy of m0, with a new mtime
     third, cache, _ = walk(models, cache_file)

@@ -256,10 +256,8 @@ def _flag_copies(reports: list[FileReport], cache) -> None:
 
 def _compare_contents(same: list[FileReport], cache) -> None:
     """Flag each file of a group with the same tensor layout: a copy of an earlier one, or the same
-    architecture as the first. Only files whose size, header bytes and sampled bytes (hashcache.sample_digest)
-    all agree are hashed whole."""
-    from .hashcache import sample_digest
-
+    architecture as the first. Only files whose size, header bytes and sampled bytes (HashCache.sample) all
+    agree are hashed whole."""
     def counts(key) -> dict:
         seen: dict = {}
         for report in same:
@@ -273,7 +271,7 @@ def _compare_contents(same: list[FileReport], cache) -> None:
     for report in same:
         if by_header[(report.size, report.header_digest)] > 1:
             try:
-                samples[id(report)] = sample_digest(report.path, report.size)
+                samples[id(report)] = cache.sample(report.path, os.stat(report.path))
             except OSError as exc:
                 report.flags.append(f"unreadable while hashing: {exc.strerror or exc}")
     by_sample = counts(lambda r: samples.get(id(r)))
@@ -299,7 +297,9 @@ def _flag_file(report: FileReport, models_dir: str) -> None:
     if report.kind != "file":
         return
     name = os.path.basename(report.path)
-    folder = os.path.relpath(os.path.dirname(report.path), models_dir).split(os.sep)[0]
+    top = os.path.join(models_dir, "")
+    inside = report.path[len(top):] if report.path.startswith(top) else os.path.relpath(report.path, models_dir)
+    folder = inside.split(os.sep)[0] if os.sep in inside else "."
     if report.error_status == "OUT_OF_RANGE":
         report.flags.append("truncated: the data is shorter than the header says (partial download?)")
     elif report.status == UNREADABLE and report.error_status in OPEN_STATUSES and not report.flags:
