@@ -339,8 +339,9 @@ def format_report(report: FileReport) -> str:
         lines = [f"{report.path}  ({format_bytes(report.size)})"]
     if report.link:
         lines[0] += f"  -> {report.link}"
-    if report.error:
-        lines.append(f"  unreadable: {report.error}")
+    if report.error:  # read but refused (the library would refuse it too), or not read at all
+        refused = report.error_status is not None and report.error_status not in OPEN_STATUSES
+        lines.append(f"  {'unloadable' if refused else 'unreadable'}: {report.error}")
     anatomy = report.anatomy
     if anatomy is not None:
         lines.extend("  " + line for line in anatomy.describe(os.path.basename(report.path)).splitlines())
