@@ -182,6 +182,110 @@ static st_sf_status read_dtype(parser *ps, st_sf_tensor *t, const char *name)
     return ST_SF_OK;
 }
 
+/* Whether the JSON number text (len bytes, already validated) is beyond
+ * the range of a double, as serde_json refuses it ("number out of range"):
+ * its decimal exponent, counted from the first significant digit, above
+ * 309, or 309 with digits above DBL_MAX's (1.7976931348623158e308, to the
+ * 17 digits that decide a double; serde_json rounds the last digit its own
+ * way, so only a number at the boundary itself may be judged otherwise).
+ * Locale-free. Can't fail. */
+static int number_overflows(const char *s, size_t len)
+{
+    size_t i = 0;
+    if (i < len && s[i] == '-') {
+        i++;
+    }
+    char digits[18];
+    size_t n_digits = 0;
+    long long exponent = 0; /* of the first significant digit, counting "0.d" as 10^0 */
+    int seen_point = 0, significant = 0;
+    for (; i < len && s[i] != 'e' && s[i] != 'E'; i++) {
+        if (s[i] == '.') {
+            seen_point = 1;
+            continue;
+        }
+        if (!significant && s[i] == '0') {
+            if (seen_point) {
+                exponent--; /* 0.00d: the first digit sits lower */
+            }
+            continue;
+        }
+        if (!significant) {
+            significant = 1;
+        }
+        if (!seen_point) {
+            exponent++;
+        }
+        if (n_digits < 17) {
+            digits[n_digits++] = s[i];
+        }
+    }
+    if (!significant) {
+        return 0; /* zero */
+    }
+    if (i < len) { /* the exponent part, saturated */
+        i++;
+        int negative = i < len && s[i] == '-';
+        if (i < len && (s[i] == '-' || s[i] == '+')) {
+            i++;
+        }
+        long long e = 0;
+        for (; i < len; i++) {
+            if (e < 100000000) {
+                e = e * 10 + (s[i] - '0');
+            }
+        }
+        exponent += negative ? -e : e;
+    }
+    if (exponent != 309) {
+        return exponent > 309;
+    }
+    digits[n_digits] = '\0';
+    return strcmp(digits, "17976931348623158") > 0;
+}
+
+/* Skip an entry's unknown field: any JSON value nested at most max_depth,
+ * as st_json_skip, except that a number a double cannot hold fails as it
+ * does in serde_json. */
+static st_json_status skip_ignored(st_json_cursor *c, int max_depth)
+{
+    int next = st_json_peek(c), more;
+    st_json_status js;
+    if (next == '[' || next == '{') {
+        if (max_depth <= 0) {
+            return st_json_skip(c, 0); /* fails TOO_DEEP at this byte */
+        }
+        c->pos++;
+        int close = next == '[' ? ']' : '}';
+        if (st_json_peek(c) == close) {
+            c->pos++;
+            return ST_JSON_OK;
+        }
+        do {
+            const char *key;
+            size_t key_len;
+            if (next == '{' && ((js = st_json_string(c, &key, &key_len)) != ST_JSON_OK ||
+                                (js = st_json_expect(c, ':')) != ST_JSON_OK)) {
+                return js;
+            }
+            if ((js = skip_ignored(c, max_depth - 1)) != ST_JSON_OK ||
+                (js = st_json_next(c, (char)close, &more)) != ST_JSON_OK) {
+                return js;
+            }
+        } while (more);
+        return ST_JSON_OK;
+    }
+    size_t start = c->pos;
+    if ((js = st_json_skip(c, 0)) != ST_JSON_OK) {
+        return js;
+    }
+    if ((next == '-' || (next >= '0' && next <= '9')) && number_overflows(c->p + start, c->pos - start)) {
+        c->err_pos = start;
+        return ST_JSON_BAD_NUMBER;
+    }
+    return ST_JSON_OK;
+}
+
 /* Read '[' uint (',' uint)* ']' into out (at most max values). */
 static st_sf_status read_uint_list(parser *ps, uint64_t *out, unsigned max, unsigned *count,
                                    st_sf_status bad, const char *name)
@@ -352,7 +456,7 @@ static st_sf_status read_entry(parser *ps, st_sf_tensor *t, const char *name, ui
             if (status == ST_SF_OK && count != 2) {
                 status = fail_at(ps, ST_SF_BAD_OFFSETS, offsets_at, name);
             }
-        } else if ((js = st_json_skip(&ps->c, ENTRY_FIELD_DEPTH)) != ST_JSON_OK) {
+        } else if ((js = skip_ignored(&ps->c, ENTRY_FIELD_DEPTH)) != ST_JSON_OK) {
             status = fail_json(ps, js, name);
         }
         if (status != ST_SF_OK) {
