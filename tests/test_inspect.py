@@ -155,8 +155,10 @@ def test_fine_tunes_with_the_same_tensors_are_same_architecture_not_duplicates(n
     reports, cache, _ = walk(tmp_path / "models", tmp_path / "h.sqlite3")
     assert reports["loras/a.safetensors"].flags == []
     for name in ("b", "c"):
-        (flag,) = reports[f"loras/{name}.safetensors"].flags
-        assert flag.startswith(f"same architecture as {a} (same tensors, shapes and dtypes") and "not a copy" in flag
+        report = reports[f"loras/{name}.safetensors"]
+        (note,) = report.notes  # a note, not a problem: fine-tunes of one base are no fault of the folder
+        assert note.startswith(f"same architecture as {a} (same tensors, shapes and dtypes") and "not a copy" in note
+        assert report.flags == []
     (flag,) = reports["loras/d-copy.safetensors"].flags
     assert flag.startswith(f"duplicate of {a} (identical content")
     # a, b and the copy share size and header; b's sampled bytes differ and c's header does: only a and its
@@ -164,6 +166,9 @@ def test_fine_tunes_with_the_same_tensors_are_same_architecture_not_duplicates(n
     assert cache.computed == 2 and reports["loras/a.safetensors"].content_hash is not None
     code, out, _ = inspect("--models-dir", tmp_path / "models")
     assert code == 1 and "same architecture as" in out and out.count("duplicate of") == 1
+    os.unlink(models / "d-copy.safetensors")
+    code, out, _ = inspect("--models-dir", tmp_path / "models")
+    assert out.count("same architecture as") == 2 and "  ! " not in out  # fine-tunes alone: nothing flagged
 
 
 def test_the_second_walk_hashes_nothing_and_a_changed_file_is_hashed_again(native, tmp_path):
@@ -178,12 +183,12 @@ def test_the_second_walk_hashes_nothing_and_a_changed_file_is_hashed_again(nativ
     assert (cache.samples_read, cache.sample_hits) == (4, 0)
     second, cache, _ = walk(models, cache_file)
     assert (cache.computed, cache.hits, cache.samples_read, cache.sample_hits, cache.bytes_read) == (0, 4, 0, 4, 0)
-    assert [r.flags for r in second.values()] == [r.flags for r in first.values()]
+    assert [(r.flags, r.notes) for r in second.values()] == [(r.flags, r.notes) for r in first.values()]
     save_model(models / "m1-copy.safetensors", 0)  # rewritten: now a copy of m0, with a new mtime
     third, cache, _ = walk(models, cache_file)
     assert (cache.computed, cache.hits) == (1, 2)  # m1 has no copy left: its samples differ, it is not hashed
     assert third["m1-copy.safetensors"].flags[0].startswith(f"duplicate of {models / 'm0-copy.safetensors'}")
-    assert third["m1.safetensors"].flags[0].startswith("same architecture")
+    assert third["m1.safetensors"].notes[0].startswith("same architecture")
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated-database", "other-schema"])
@@ -207,7 +212,7 @@ def test_a_corrupt_cache_gives_one_warning_and_is_rebuilt(native, tmp_path, dama
     reports, cache, warnings = walk(models, cache_file)
     (warning,) = warnings
     assert warning.startswith(f"hash cache {cache_file} is unreadable") and "starting a new one" in warning
-    assert cache.computed == 2 and reports["b.safetensors"].flags[0].startswith("same architecture")
+    assert cache.computed == 2 and reports["b.safetensors"].notes[0].startswith("same architecture")
     assert reports["a.safetensors"].flags[0].startswith("duplicate of")
     _, cache, warnings = walk(models, cache_file)  # rebuilt: whole and used
     assert (cache.hits, warnings) == (2, [])
@@ -258,7 +263,8 @@ def test_symlinked_folders_are_followed_and_a_loop_is_reported_once(native, tmp_
     loops = [path for path, r in reports.items() if any(f.startswith("link loop") for f in r.flags)]
     assert loops == ["checkpoints/back-up"]
     assert reports["checkpoints/back-up"].kind == "folder"
-    assert reports["checkpoints/loras-again"].flags[0].startswith(f"the same folder as {models / 'loras'}")
+    assert reports["checkpoints/loras-again"].notes[0].startswith(f"the same folder as {models / 'loras'}")
+    assert reports["checkpoints/loras-again"].flags == []
     assert sum(1 for r in reports.values() if r.kind == "file") == 1  # its file once, not once per way in
     code, out, _ = inspect("--models-dir", models)
     assert code == 1 and out.count("link loop") == 1
@@ -274,10 +280,11 @@ def test_a_file_linked_twice_is_the_same_file_not_a_copy(native, tmp_path):
     os.symlink(tmp_path / "gone.safetensors", models / "loras" / "dangling.safetensors")
     reports, cache, _ = walk(models, tmp_path / "h.sqlite3")
     first = models / "checkpoints" / "c-hard.safetensors"  # walked first: checkpoints/ comes before loras/
-    assert not any("linked twice" in f for f in reports["checkpoints/c-hard.safetensors"].flags)
+    assert reports["checkpoints/c-hard.safetensors"].notes == []
     for name in ("loras/a.safetensors", "loras/b-link.safetensors"):
-        (flag,) = reports[name].flags
-        assert flag.startswith(f"the same file as {first}, linked twice (a symlink or hard link)"), flag
+        (note,) = reports[name].notes
+        assert note.startswith(f"the same file as {first}, linked twice (a symlink or hard link)"), note
+        assert reports[name].flags == []
     assert reports["loras/b-link.safetensors"].link == real
     gone = tmp_path / "gone.safetensors"
     assert reports["loras/dangling.safetensors"].flags == [f"broken link: {gone} does not exist"]

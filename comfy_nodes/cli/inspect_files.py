@@ -13,7 +13,9 @@ fine-tunes with the same tensors are "same architecture", not duplicates,
 and a file reached twice through links is "the same file linked twice".
 
 Exit codes: 0 every file complete, 1 some file incomplete for a text-to-image
-run (or flagged by the folder walk), 2 some file or folder unreadable.
+run (or flagged by the folder walk), 2 some file or folder unreadable. Notes
+(same architecture, the same file or folder linked twice) are no problem and
+leave the exit code alone.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class FileReport:
     error_status: str | None = None  # the reader's status name (OUT_OF_RANGE = truncated)
     anatomy: object | None = None
     header_digest: str | None = None
-    flags: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # problems: they set the exit code
+    notes: list[str] = field(default_factory=list)  # facts worth knowing that are no problem
     kind: str = "file"  # "file", or "folder" for a folder the walk flags (unreadable, a loop)
     inode: tuple[int, int] | None = None  # (st_dev, st_ino) of the file, links followed
     mtime_ns: int = 0
@@ -66,6 +69,7 @@ class FileReport:
             "link": self.link,
             "content_hash": self.content_hash,
             "flags": list(self.flags),
+            "notes": list(self.notes),
         }
 
 
@@ -186,8 +190,10 @@ def _walk(models_dir: str) -> list[FileReport]:
                                                   f"{walked.get(identity, '?')}, a folder above it; not walked "
                                                   "again (ComfyUI may list its files twice or walk it forever)"))
                 elif identity in walked:
-                    reports.append(_folder_report(path, COMPLETE, f"the same folder as {walked[identity]} "
-                                                  "(linked twice): walked once, there"))
+                    report = _folder_report(path, COMPLETE, "")
+                    report.flags = []
+                    report.notes.append(f"the same folder as {walked[identity]} (linked twice): walked once, there")
+                    reports.append(report)
                 else:
                     walked[identity] = path
                     subfolders.append((path, chain + (identity,)))
@@ -232,7 +238,7 @@ def _flag_copies(reports: list[FileReport], cache) -> None:
             continue
         first = first_by_inode.setdefault(report.inode, report)
         if first is not report:
-            report.flags.append(f"the same file as {first.path}, linked twice (a symlink or hard link): one file "
+            report.notes.append(f"the same file as {first.path}, linked twice (a symlink or hard link): one file "
                                 "on disk, not a copy")
         else:
             distinct.append(report)
@@ -289,7 +295,7 @@ def _compare_contents(same: list[FileReport], cache) -> None:
             report.flags.append(f"duplicate of {copy_of.path} (identical content, BLAKE2b "
                                 f"{report.content_hash[:16]}…): a copy; removing one frees {format_bytes(report.size)}")
         else:
-            report.flags.append(f"same architecture as {same[0].path} (same tensors, shapes and dtypes; other "
+            report.notes.append(f"same architecture as {same[0].path} (same tensors, shapes and dtypes; other "
                                 "weights or metadata): a different model, not a copy")
 
 
@@ -347,6 +353,8 @@ def format_report(report: FileReport) -> str:
         lines.extend("  " + line for line in anatomy.describe(os.path.basename(report.path)).splitlines())
     for flag in report.flags:
         lines.append(f"  ! {flag}")
+    for note in report.notes:
+        lines.append(f"  - {note}")
     return "\n".join(lines)
 
 
