@@ -137,8 +137,10 @@ def _is_weight_file(name: str) -> bool:
     return name.lower().endswith(SAFETENSORS_SUFFIXES + OTHER_WEIGHT_SUFFIXES)
 
 
-def _folder_report(path: str, status: int, flag: str, error: str | None = None) -> FileReport:
-    return FileReport(path, 0, status, error=error, flags=[flag], kind="folder")
+def _folder_report(path: str, status: int, flag: str | None = None, note: str | None = None,
+                   error: str | None = None) -> FileReport:
+    return FileReport(path, 0, status, error=error, flags=[flag] if flag else [], notes=[note] if note else [],
+                      kind="folder")
 
 
 def _walk(models_dir: str) -> list[FileReport]:
@@ -153,7 +155,7 @@ def _walk(models_dir: str) -> list[FileReport]:
         raise ModelsDirError(f"--models-dir {models_dir}: not a folder")
     reports: list[FileReport] = []
     walked = {(top.st_dev, top.st_ino): models_dir}  # every folder entered, by identity: each is walked once
-    # (folder, its identity, the identities of the folders above it and itself)
+    # (folder, the identities of the folders from the top down to it): a link to one of those is a loop
     stack = [(models_dir, ((top.st_dev, top.st_ino),))]
     while stack:
         folder, chain = stack.pop()
@@ -164,7 +166,7 @@ def _walk(models_dir: str) -> list[FileReport]:
             if folder == models_dir:
                 raise ModelsDirError(exc.errno, f"--models-dir {models_dir}: cannot list it: {exc.strerror}") from None
             reports.append(_folder_report(folder, UNREADABLE, f"unreadable folder: {exc.strerror}: the files in it "
-                                          "were not checked (and ComfyUI will not list them)", error=str(exc)))
+                                          "were not checked (and ComfyUI cannot list them)", error=str(exc)))
             continue
         subfolders = []
         for entry in entries:
@@ -185,18 +187,20 @@ def _walk(models_dir: str) -> list[FileReport]:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 identity = (st.st_dev, st.st_ino)
+                flagged = len(reports)
                 if identity in chain:
                     reports.append(_folder_report(path, COMPLETE, f"link loop: leads back to "
-                                                  f"{walked.get(identity, '?')}, a folder above it; not walked "
-                                                  "again (ComfyUI may list its files twice or walk it forever)"))
+                                                  f"{walked.get(identity, '?')}, a folder above it; not walked again "
+                                                  "(ComfyUI's own walk follows it round and lists the same files "
+                                                  "over and over)"))
                 elif identity in walked:
-                    report = _folder_report(path, COMPLETE, "")
-                    report.flags = []
-                    report.notes.append(f"the same folder as {walked[identity]} (linked twice): walked once, there")
-                    reports.append(report)
+                    reports.append(_folder_report(path, COMPLETE, note=f"the same folder as {walked[identity]} "
+                                                  "(linked twice): walked once, there"))
                 else:
                     walked[identity] = path
                     subfolders.append((path, chain + (identity,)))
+                if len(reports) > flagged and is_link:
+                    reports[-1].link = _readlink(path)
             elif _is_weight_file(entry.name):
                 reports.append(inspect_file(path))
         stack.extend(reversed(subfolders))
