@@ -15,6 +15,7 @@ test:
 bench: build
 	$(PYTHON) benchmarks/bench_core.py
 	$(PYTHON) benchmarks/bench_safetensors.py
+	$(PYTHON) benchmarks/bench_models_dir.py
 	$(PYTHON) benchmarks/bench_gpu.py
 	$(PYTHON) benchmarks/bench_report.py
 	$(PYTHON) benchmarks/bench_bigtrace.py

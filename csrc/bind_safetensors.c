@@ -52,11 +52,12 @@ static PyObject *safetensors_error(module_state *st, PyObject *path, const st_sf
     return NULL;
 }
 
-static PyObject *shape_tuple(const st_sf_tensor *t)
+static PyObject *shape_tuple(const st_sf_header *h, const st_sf_tensor *t)
 {
+    const uint64_t *dims = st_sf_shape(h, t);
     PyObject *shape = PyTuple_New(t->ndim);
     for (unsigned d = 0; shape && d < t->ndim; d++) {
-        PyObject *v = PyLong_FromUnsignedLongLong(t->shape[d]);
+        PyObject *v = PyLong_FromUnsignedLongLong(dims[d]);
         if (!v) {
             Py_CLEAR(shape);
             break;
@@ -74,7 +75,7 @@ static PyObject *tensor_list(const st_sf_header *h)
         const st_sf_tensor *t = &h->tensors[i];
         PyObject *item = Py_BuildValue("(NsNKK)",
                                        PyUnicode_DecodeUTF8(h->strings + t->name_off, t->name_len, "strict"),
-                                       st_sf_dtype_name(t->dtype), shape_tuple(t), (unsigned long long)t->begin,
+                                       st_sf_dtype_name(t->dtype), shape_tuple(h, t), (unsigned long long)t->begin,
                                        (unsigned long long)t->end);
         if (!item) {
             Py_CLEAR(tensors);
@@ -187,7 +188,8 @@ static PyObject *group_keys_getitem(PyObject *op, PyObject *key)
         PyErr_SetObject(PyExc_KeyError, key);
         return NULL;
     }
-    return shape_tuple(&((GroupKeysObject *)op)->hold->h.tensors[i]);
+    const HeaderHoldObject *hold = ((GroupKeysObject *)op)->hold;
+    return shape_tuple(&hold->h, &hold->h.tensors[i]);
 }
 
 static Py_ssize_t group_keys_len(PyObject *op)
@@ -274,7 +276,8 @@ static PyObject *group_keys_get(PyObject *op, PyObject *args)
     if (i == -2) {
         return NULL;
     }
-    return i < 0 ? Py_NewRef(fallback) : shape_tuple(&((GroupKeysObject *)op)->hold->h.tensors[i]);
+    const HeaderHoldObject *hold = ((GroupKeysObject *)op)->hold;
+    return i < 0 ? Py_NewRef(fallback) : shape_tuple(&hold->h, &hold->h.tensors[i]);
 }
 
 static PyObject *group_keys_repr(PyObject *op)

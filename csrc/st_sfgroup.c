@@ -162,9 +162,10 @@ int st_sfg_group_tensors(const st_sf_header *h, const char *const *patterns, siz
             goto error;
         }
         st_sfg_group *group = &out->groups[index];
+        const uint64_t *shape = st_sf_shape(h, t);
         uint64_t elements = 1;
         for (unsigned d = 0; d < t->ndim; d++) {
-            elements *= t->shape[d]; /* the reader checked this cannot overflow */
+            elements *= shape[d]; /* the reader checked this cannot overflow */
         }
         group->n_tensors++;
         group->parameters += elements;

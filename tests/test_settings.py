@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from comfy_nodes.core.settings import Settings
@@ -92,3 +94,20 @@ def test_a_bad_value_is_logged_once_by_name_and_stagetrace_still_installs(monkey
     assert settings.nvml_hz == 10 and not settings.disabled
     assert [r.getMessage() for r in caplog.records] == [
         "StageTrace: STAGETRACE_NVML_HZ='fast' is not a whole number from 1 to 1,000: using the default (10)"]
+
+
+@pytest.mark.parametrize("value, expected", [("", ""), ("  ", ""), ("0", None), ("off", None), ("None", None),
+                                             ("no", None), ("/var/cache/st.sqlite3", "/var/cache/st.sqlite3")])
+def test_the_hash_cache_is_a_place_or_off(monkeypatch, value, expected):
+    monkeypatch.setenv("STAGETRACE_HASH_CACHE", value)
+    problems = []
+    assert Settings.from_env(problems).hash_cache == expected and problems == []
+
+
+def test_the_hash_cache_expands_the_home_and_variables(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CACHES", "caches")
+    monkeypatch.setenv("STAGETRACE_HASH_CACHE", "~/$CACHES/h.sqlite3")
+    assert Settings.from_env().hash_cache == str(tmp_path / "caches" / "h.sqlite3")
+    monkeypatch.setenv("STAGETRACE_HASH_CACHE", "relative/h.sqlite3")
+    assert Settings.from_env().hash_cache == os.path.abspath("relative/h.sqlite3")

@@ -92,12 +92,13 @@ def _inspect(args) -> int:
     if not args.files and not args.models_dir:
         print("stagetrace inspect: give model files, or --models-dir DIR", file=sys.stderr)
         return inspect_files.UNREADABLE
-    if args.models_dir and not os.path.isdir(args.models_dir):
-        print(f"stagetrace inspect: --models-dir {args.models_dir}: no such folder", file=sys.stderr)
-        return inspect_files.UNREADABLE
     reports = [inspect_files.inspect_file(path) for path in args.files]
     if args.models_dir:
-        reports += inspect_files.walk_models_dir(args.models_dir)
+        try:  # a folder that does not exist, is no folder or cannot be listed: an error, named
+            reports += inspect_files.walk_models_dir(args.models_dir)
+        except inspect_files.ModelsDirError as exc:
+            print(f"stagetrace inspect: {exc.strerror or exc}", file=sys.stderr)
+            return inspect_files.UNREADABLE
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
     else:

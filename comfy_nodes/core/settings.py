@@ -39,6 +39,9 @@
 |                          |                                  | `stagetrace history`, the history routes) |
 | STAGETRACE_HISTORY_KEEP  | 10000                            | runs the history keeps; the oldest go     |
 | STAGETRACE_HISTORY_DAYS  | 90                               | runs older than this leave the history    |
+| STAGETRACE_HASH_CACHE    | $XDG_CACHE_HOME/stagetrace/      | `inspect --models-dir`'s content-hash     |
+|                          | hashes.sqlite3 (~/.cache/...)    | cache: a file, or a folder to hold it;    |
+|                          |                                  | 0/off: no cache (every copy is re-hashed) |
 """
 
 from __future__ import annotations
@@ -101,6 +104,16 @@ class _Reader:
             return None
         return os.path.abspath(os.path.expanduser(os.path.expandvars(value.strip())))
 
+    def path_or_off(self, name: str) -> str | None:
+        """A file or folder path (~ and $VARIABLES expanded, made absolute); None for a switch's off word (0,
+        off, no, false, none); "" when unset or empty (the caller's default place)."""
+        value = os.environ.get(name)
+        if value is None or not value.strip():
+            return ""
+        if value.strip().lower() in _FALSE:
+            return None
+        return os.path.abspath(os.path.expanduser(os.path.expandvars(value.strip())))
+
     def names(self, name: str, most: int) -> tuple[str, ...] | None:
         """A comma-separated list of names (at most `most`); None when unset or empty."""
         value = os.environ.get(name)
@@ -143,6 +156,7 @@ class Settings:
     history: bool = True
     history_keep: int = 10_000
     history_days: float = 90.0
+    hash_cache: str | None = ""  # "": the default place (cli/hashcache.py); None: off
 
     @classmethod
     def from_env(cls, problems: list[str] | None = None) -> Settings:
@@ -174,4 +188,5 @@ class Settings:
             history=r.flag("STAGETRACE_HISTORY", True),
             history_keep=r.number("STAGETRACE_HISTORY_KEEP", 10_000, int, 1, 10_000_000),
             history_days=r.number("STAGETRACE_HISTORY_DAYS", 90.0, float, 0, 36_500, low_open=True),
+            hash_cache=r.path_or_off("STAGETRACE_HASH_CACHE"),
         )

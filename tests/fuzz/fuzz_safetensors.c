@@ -63,7 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* results must be internally consistent */
         for (size_t i = 0; i < h.n_tensors; i++) {
             const st_sf_tensor *t = &h.tensors[i];
-            if (t->begin > t->end || t->end > h.data_end || t->ndim > ST_SF_MAX_DIMS ||
+            if (t->begin > t->end || t->end > h.data_end || (t->ndim && t->dims_off + t->ndim > h.n_dims) ||
                 strlen(h.strings + t->name_off) != t->name_len || !st_sf_dtype_name(t->dtype)) {
                 abort();
             }
@@ -75,7 +75,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 abort();
             }
         }
-        if (8 + h.header_len + h.data_end > h.file_size) {
+        /* the tensors tile the data section exactly, as the library demands */
+        uint64_t reach = 0;
+        for (size_t i = 0; i < h.n_tensors; i++) {
+            if (h.tensors[i].begin != reach) {
+                abort();
+            }
+            reach = h.tensors[i].end;
+        }
+        if (reach != h.data_end || 8 + h.header_len + h.data_end != h.file_size) {
             abort();
         }
         check_groups(&h);
