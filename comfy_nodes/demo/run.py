@@ -165,7 +165,7 @@ def _custom_nodes(workdir: str) -> str:
 
 def _run_comfyui(comfyui_dir: str, workdir: str, traces: str) -> int:
     from ..analysis.diagnose import diagnose
-    from ..record.tracefile import load
+    from ..record.tracefile import read
     from ..render.report import render
 
     env = dict(os.environ, STAGETRACE_OUTPUT_DIR=traces)
@@ -194,7 +194,7 @@ def _run_comfyui(comfyui_dir: str, workdir: str, traces: str) -> int:
     print(f"(the whole run, ComfyUI's start-up included: {elapsed:.1f} s)\n")
     for name in found:
         path = os.path.join(traces, name)
-        report = diagnose(load(path))
+        report = diagnose(read(path))
         report.summary.trace_path = path
         print(render(report, "text"))
     _print_next_steps(os.path.join(traces, found[-1]))

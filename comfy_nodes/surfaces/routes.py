@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 from ..core.comfyui import prompt_server
 from ..core.log import log_once, logger
-from ..record.tracefile import SUFFIX, TraceError, load
+from ..record.tracefile import SUFFIX, TraceError, load, read
 from ..record.writer import _OWN_TRACE
 
 PREFIX = "/stagetrace"
@@ -173,7 +173,7 @@ class TraceStore:
                 from ..analysis.diagnose import diagnose
 
                 try:
-                    return json.loads(json.dumps(diagnose(load(trace)).to_dict(), default=str))
+                    return json.loads(json.dumps(diagnose(read(trace)).to_dict(), default=str))
                 except TraceError as exc:
                     raise RouteError(422, f"the trace cannot be read: {os.path.basename(str(exc))}") from None
             report = self._cached("report", trace, from_trace)
@@ -312,7 +312,7 @@ class Routes:
             from .panel import panel_data
 
             try:
-                trace = load(path)
+                trace = read(path)  # streamed, bounded: the spans the panel draws are kept whole
             except TraceError as exc:
                 raise RouteError(422, f"the trace cannot be read: {os.path.basename(str(exc))}") from None
             written = self.store.report(path).get("findings")  # the writer's, with the history's findings
