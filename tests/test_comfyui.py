@@ -439,6 +439,7 @@ def test_gpu_collection_through_the_cupti_double_in_real_comfyui(tmp_path):
     gpu = trace["otherData"]["gpu"]
     assert gpu["collection"] == "cupti" and gpu["library"] == fake
     assert gpu["records"] == 0 and gpu["dropped_records"] == 0
+    assert gpu["cupti_errors"] == 0 and gpu["cupti_last_error"] is None  # every CUPTI call of the double succeeded
     assert not [e for e in trace["traceEvents"] if e.get("cat") == "gpu"]
     assert "GPU busy 0.0 ms" in log and "0 kernels" in log
 

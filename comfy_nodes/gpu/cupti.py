@@ -124,5 +124,8 @@ class GpuCollection:
             "buffers_refused": info["buffers_refused"],
             "kernel_events": len(detail),
             "kernel_events_dropped": counters["detail_dropped"],
+            # CUPTI calls that failed since collection started (each logged once), and the last one's text
+            "cupti_errors": info.get("errors", 0),
+            "cupti_last_error": info.get("last_error") or None,
         }
         return reports, meta, detail
