@@ -97,6 +97,9 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
     prompt = None
     queue_wait = None
     gpu_windows: list[dict] = []
+    # a node's spans: one per node, or several (a trace of before pending nodes were one span; the nodes
+    # expanded from it, attributed to it, inside its span): its time is their union, never counted twice
+    node_spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for ev in events:
         ph, cat, args = ev.get("ph"), ev.get("cat") or UNCATEGORISED, ev.get("args") or {}
         if ph == "i" and ev.get("name") == "execution_error":
@@ -125,7 +128,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
                 cached.setdefault(node_id, NodeTime(node_id, ev.get("name", "?"), 0.0, outcome))
                 continue
             entry = node_time.setdefault(node_id, NodeTime(node_id, ev.get("name", "?"), 0.0, outcome))
-            entry.seconds += dur / 1e6
+            node_spans[node_id].append((ts, ts + dur))
             if outcome != "pending":
                 entry.outcome = outcome
     if prompt is not None:
@@ -139,6 +142,8 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
     stage_s = {stage: _union_us(spans[stage]) / 1e6 for stage in STAGES if spans.get(stage)}
     for stage in spans.keys() - set(STAGES):  # categories from newer versions
         stage_s[stage] = _union_us(spans[stage]) / 1e6
+    for node_id, entry in node_time.items():
+        entry.seconds = _union_us(node_spans[node_id]) / 1e6
     for node_id in cached.keys() & node_time.keys():
         del cached[node_id]
     return Summary(
