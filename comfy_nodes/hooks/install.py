@@ -227,9 +227,14 @@ def _hook_nodes(inst: Installation, native, recorder: Recorder, guard: HookGuard
         _fits(recorder, fit)  # names the fallback
         _install_progress_fallback(inst, guard, execution, named=True)
         return
-    original = execution.execute
-    bind = binder(original, target("execution.execute"))
     recorder.on_self_check_failed = lambda: _install_progress_fallback(inst, guard, execution)
+    inst.replace(execution, "execute", timed_execute(execution.execute, recorder, guard), "execution.execute")
+
+
+def timed_execute(original, recorder: Recorder, guard: HookGuard):
+    """ComfyUI's execute(), with each call between recorder.node_begin and node_end (async when the
+    original is, as in ComfyUI since 0.3.4x). dynprompt and current_item are read by name."""
+    bind = binder(original, target("execution.execute"))
 
     if inspect.iscoroutinefunction(original):
         @functools.wraps(original)
@@ -255,8 +260,7 @@ def _hook_nodes(inst: Installation, native, recorder: Recorder, guard: HookGuard
                 raise
             guard.call("node end", recorder.node_end, call, result, None)
             return result
-
-    inst.replace(execution, "execute", execute, "execution.execute")
+    return execute
 
 
 def _hook_prompt(inst: Installation, native, recorder: Recorder, guard: HookGuard, executor) -> None:

@@ -209,10 +209,10 @@ class Recorder:
             return
         n = self.native
         t1 = n.now_ns()
-        n.stage_abandon(call.token)  # its NVTX range and GPU window end; the span is recorded below
         self.guard.call("GPU memory", self.memory.sample, t1, call.shown_id, "end")
         outcome = _node_outcome(result, exc)
         if outcome == stages.PENDING:
+            n.stage_abandon(call.token)  # its NVTX range and GPU window end; the node's span comes later
             pending = self._pending.setdefault(call.node_id, PendingNode(call.t0))
             pending.active_ns += t1 - call.t0
             pending.calls += 1
@@ -220,20 +220,26 @@ class Recorder:
             return
         if outcome == stages.OK and call.node_id in self.cached_nodes:
             outcome = stages.CACHED
-        self._record_call(call, t1, outcome, self._pending.pop(call.node_id, None))
+        pending = self._pending.pop(call.node_id, None)
+        if pending is None:  # the usual node: the C recorder times and records the span it opened
+            args = {"node_id": call.shown_id}
+            if call.shown_id != call.node_id:
+                args.update(expanded_id=call.node_id, expanded_class=call.class_type)
+            n.stage_end(call.token, args, outcome)
+            return
+        n.stage_abandon(call.token)
+        self._record_call(call, t1, outcome, pending)
 
-    def _record_call(self, call: NodeCall, t1: int, outcome: int, pending: PendingNode | None) -> None:
+    def _record_call(self, call: NodeCall, t1: int, outcome: int, pending: PendingNode) -> None:
+        """One span for a node that was pending: from its first call to t1, with its pending time."""
         n = self.native
-        args = None
-        t0 = call.t0
-        if pending is not None:
-            t0 = pending.t_first
-            active = pending.active_ns + (t1 - call.t0 if call is not pending.call else 0)
-            calls = pending.calls + (call is not pending.call)
-            args = {"pending_s": max(0, t1 - t0 - active) / 1e9, "active_s": active / 1e9, "calls": calls}
+        active = pending.active_ns + (t1 - call.t0 if call is not pending.call else 0)
+        calls = pending.calls + (call is not pending.call)
+        args = {"pending_s": max(0, t1 - pending.t_first - active) / 1e9, "active_s": active / 1e9, "calls": calls}
         if call.shown_id != call.node_id:
-            args = {**(args or {}), "expanded_id": call.node_id, "expanded_class": call.class_type}
-        n.record(stages.NODE, n.intern(call.shown_class), n.intern(call.shown_id), t0, t1, outcome, args=args)
+            args.update(expanded_id=call.node_id, expanded_class=call.class_type)
+        n.record(stages.NODE, n.intern(call.shown_class), n.intern(call.shown_id), pending.t_first, t1, outcome,
+                 args=args)
 
     def _close_pending_nodes(self) -> None:
         """Nodes still pending when the prompt ends (it failed or was interrupted meanwhile): one span each,
