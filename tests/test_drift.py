@@ -304,3 +304,69 @@ def test_slow_deferred_reads_fire_the_slow_read_finding(tmp_path):
     assert finding is not None and finding.figures["during"] == "sample" and finding.figures["mb_s"] < 21
     report = json.loads(pathlib.Path(run["trace"].replace(".trace.json", ".report.json")).read_text())
     assert "slow-read" in [f["rule"] for f in report["findings"]]
+
+
+# --- the recorder's node bookkeeping, without ComfyUI ---------------------------------------------------
+
+
+class Result:  # ComfyUI's ExecutionResult members, compared by name as the recorder does
+    def __init__(self, name):
+        self.name = name
+
+
+class Graph:
+    """What the recorder asks of ComfyUI's DynamicPrompt: each node's class, and for an expanded node the
+    node it is displayed as."""
+
+    def __init__(self, nodes, display=None):
+        self.nodes, self.display = nodes, display or {}
+
+    def get_node(self, node_id):
+        return {"class_type": self.nodes[node_id]}
+
+    def get_display_node_id(self, node_id):
+        return self.display.get(node_id, node_id)
+
+
+@pytest.fixture
+def recorder(native, tmp_path):
+    from comfy_nodes.core.settings import Settings
+    from comfy_nodes.hooks.guard import HookGuard
+    from comfy_nodes.record.recorder import Recorder
+
+    native.drain()
+    rec = Recorder(native, Settings.from_env(), lambda: str(tmp_path), HookGuard())
+    rec.prompt = {"1": {"class_type": "Load"}, "2": {"class_type": "Wait"}}
+    yield rec
+    native.drain()
+
+
+def test_pending_node_left_when_the_prompt_fails_is_closed_not_lost(recorder, native):
+    graph = Graph({"1": "Load", "2": "Wait", "2.0.0.1": "Inner"}, {"2.0.0.1": "2"})
+    call = recorder.node_begin(graph, "2")
+    recorder.node_end(call, (Result("PENDING"), None, None), None)
+    inner = recorder.node_begin(graph, "2.0.0.1")  # expanded from node 2: attributed to it
+    recorder.node_end(inner, (Result("SUCCESS"), None, None), None)
+    failing = recorder.node_begin(graph, "1")
+    recorder.node_end(failing, (Result("FAILURE"), {}, RuntimeError("x")), None)
+    recorder.outcome = 1  # the prompt failed (execution_error)
+    recorder._close_pending_nodes()
+    events = [e for e in native.drain().events(1) if e.get("cat") == "node"]
+    by = {(e["args"]["node_id"], e["args"].get("expanded_id")): e for e in events}
+    assert by[("2", "2.0.0.1")]["name"] == "Wait" and by[("2", "2.0.0.1")]["args"]["expanded_class"] == "Inner"
+    assert by[("1", None)]["args"]["outcome"] == "error"
+    waited = by[("2", None)]
+    assert waited["args"]["outcome"] == "error" and waited["args"]["calls"] == 1  # to the prompt's end
+    assert waited["ts"] <= by[("2", "2.0.0.1")]["ts"]
+
+
+def test_a_node_span_already_open_on_the_thread_still_records_the_node(recorder, native):
+    from comfy_nodes.core import stages
+
+    token = native.stage_begin(stages.NODE, "outer")  # a custom node calling execute() inside a node
+    call = recorder.node_begin(Graph({"1": "Load"}), "1")
+    assert call.token == 0
+    recorder.node_end(call, (Result("SUCCESS"), None, None), None)
+    native.stage_end(token)
+    names = [e["name"] for e in native.drain().events(1) if e.get("cat") == "node"]
+    assert sorted(names) == ["Load", "outer"]

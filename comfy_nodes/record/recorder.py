@@ -221,25 +221,28 @@ class Recorder:
         if outcome == stages.OK and call.node_id in self.cached_nodes:
             outcome = stages.CACHED
         pending = self._pending.pop(call.node_id, None)
-        if pending is None:  # the usual node: the C recorder times and records the span it opened
+        if pending is None and call.token:  # the usual node: the C recorder times and records the span it opened
             args = {"node_id": call.shown_id}
             if call.shown_id != call.node_id:
                 args.update(expanded_id=call.node_id, expanded_class=call.class_type)
             n.stage_end(call.token, args, outcome)
             return
-        n.stage_abandon(call.token)
+        n.stage_abandon(call.token)  # token 0 (a node span already open on this thread): recorded from here
         self._record_call(call, t1, outcome, pending)
 
-    def _record_call(self, call: NodeCall, t1: int, outcome: int, pending: PendingNode) -> None:
-        """One span for a node that was pending: from its first call to t1, with its pending time."""
+    def _record_call(self, call: NodeCall, t1: int, outcome: int, pending: PendingNode | None) -> None:
+        """The node's span recorded from here: for a node that was pending, from its first call to t1 with
+        its pending time."""
         n = self.native
-        active = pending.active_ns + (t1 - call.t0 if call is not pending.call else 0)
-        calls = pending.calls + (call is not pending.call)
-        args = {"pending_s": max(0, t1 - pending.t_first - active) / 1e9, "active_s": active / 1e9, "calls": calls}
+        args, t0 = {}, call.t0
+        if pending is not None:
+            t0 = pending.t_first
+            active = pending.active_ns + (t1 - call.t0 if call is not pending.call else 0)
+            calls = pending.calls + (call is not pending.call)
+            args = {"pending_s": max(0, t1 - t0 - active) / 1e9, "active_s": active / 1e9, "calls": calls}
         if call.shown_id != call.node_id:
             args.update(expanded_id=call.node_id, expanded_class=call.class_type)
-        n.record(stages.NODE, n.intern(call.shown_class), n.intern(call.shown_id), pending.t_first, t1, outcome,
-                 args=args)
+        n.record(stages.NODE, n.intern(call.shown_class), n.intern(call.shown_id), t0, t1, outcome, args=args or None)
 
     def _close_pending_nodes(self) -> None:
         """Nodes still pending when the prompt ends (it failed or was interrupted meanwhile): one span each,
