@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from comfy_nodes.analysis.diagnose import gather, rule_slow_read
-from comfy_nodes.analysis.summary import summarize
+from comfy_nodes.analysis.summary import node_self_times, summarize
 from comfy_nodes.hooks.deferred import MIN_DEFERRED_BYTES, ReadMeter
 from comfy_nodes.hooks.install import queue_item_prompt_id
 from comfy_nodes.hooks.targets import (
@@ -132,6 +132,14 @@ def test_a_target_that_lost_a_parameter_gets_its_named_fallback():
 @NEEDS_COMFYUI
 def test_the_0_3_64_fixture_is_what_its_source_says():
     assert source_params(COMFYUI_DIR) == fixture("0.3.64")["params"]
+
+
+def test_a_nodes_own_time_excludes_the_nodes_that_ran_while_it_waited():
+    # node 12 waited (lazy) while 3 ran; 11's expanded nodes carry its id; 10 was pending between two calls
+    times = node_self_times([(0, 100, "12"), (10, 20, "3"), (30, 50, "11"), (32, 40, "11"), (60, 70, "10"),
+                             (80, 85, "10")])
+    assert times == {"12": 55.0, "3": 10.0, "11": 20.0, "10": 15.0}
+    assert sum(times.values()) == 100.0  # nothing counted twice
 
 
 # --- deferred reads (unit) ------------------------------------------------------------------------------
@@ -270,6 +278,8 @@ def test_pending_nodes_are_one_node_and_expanded_nodes_the_node_the_user_sees(tm
     seconds = {n.node_id: n.seconds for n in summary.nodes}
     assert sorted(seconds) == sorted(ids)
     assert abs(seconds["11"] - expand["dur"] / 1e6) < 1e-3  # its children are inside it: not counted twice
+    lazy = by_id["12"]  # it waited while its input's nodes (the sampler among them) ran: not charged for them
+    assert seconds["12"] < lazy["dur"] / 1e6 - seconds["3"]
 
 
 @NEEDS_COMFYUI
