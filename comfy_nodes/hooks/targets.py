@@ -62,7 +62,7 @@ class TargetFit:
     params: list[str] = field(default_factory=list)  # its parameter names, [] when not found
     fits: bool = False
     fallback: str | None = None  # what StageTrace does instead when it does not fit
-    why: str = ""  # "" when it fits
+    why: str = ""  # why it does not fit, or why its absence does not matter; "" when it fits
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,11 +110,10 @@ TARGETS: tuple[Target, ...] = (
     Target("execution", "PromptExecutor.__init__", ("server", "cache_type"),
            "the built-in example cannot build ComfyUI's executor", kind=CALLED),
     # watched: the signatures newer ComfyUI changed, none of which StageTrace hooks or calls
-    Target("server", "PromptServer.__init__", (), None, kind=WATCHED),
-    Target("comfy.samplers", "CFGGuider.outer_sample", (), None, kind=WATCHED),
-    Target("comfy.samplers", "CFGGuider.inner_sample", (), None, kind=WATCHED),
-    Target("comfy.sd", "VAE.encode_tiled", (), None, kind=WATCHED),
-    Target("comfy.sd", "VAE.decode_tiled", (), None, kind=WATCHED),
+    *(Target(module, qualname, (), None, kind=WATCHED, absent="StageTrace neither hooks nor calls it")
+      for module, qualname in (("server", "PromptServer.__init__"), ("comfy.samplers", "CFGGuider.outer_sample"),
+                               ("comfy.samplers", "CFGGuider.inner_sample"), ("comfy.sd", "VAE.encode_tiled"),
+                               ("comfy.sd", "VAE.decode_tiled"))),
 )
 
 BY_NAME = {t.name: t for t in TARGETS}
