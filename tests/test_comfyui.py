@@ -279,7 +279,8 @@ ROLLBACK_SCRIPT = textwrap.dedent("""
     originals = (execution.execute, execution.PromptExecutor.execute_async, execution.PromptExecutor.add_message,
                  comfy.utils.load_torch_file, execution.PromptQueue.put)
     def fail_half_way(self, modules, on_model_file=None):
-        self.wrap(comfy.utils, "load_torch_file", ["ckpt"], "comfy.utils.load_torch_file", lambda f: lambda *a, **k: 0)
+        self.wrap(comfy.utils, "load_torch_file", ["ckpt"], "comfy.utils.load_torch_file",
+                  lambda f, bind: lambda *a, **k: 0)
         raise RuntimeError("a hook could not be installed")
     install.StageHooks.install = fail_half_way
     inst = install.setup()
