@@ -20,6 +20,7 @@ bench: build
 	$(PYTHON) benchmarks/bench_report.py
 	$(PYTHON) benchmarks/bench_bigtrace.py
 	$(PYTHON) benchmarks/bench_spans.py
+	$(PYTHON) benchmarks/bench_nodes.py
 	$(PYTHON) benchmarks/bench_prompt.py
 	$(PYTHON) benchmarks/bench_routes.py
 	$(PYTHON) benchmarks/bench_load.py

@@ -27,12 +27,12 @@ from comfy_harness import ScenarioHarness, break_stagetrace, with_clip_loader  #
 from comfy_nodes.demo.harness import parser, report, tiny_txt2img  # noqa: E402
 
 # In the order injected. "GPU start" fires with the first prompt only; the C Wrapper drops a namer that
-# keeps failing, so the namers come last; "all" closes the run.
+# keeps failing, so the prompt's namer comes last; "all" closes the run.
 LABELS = (
-    "GPU start", "prompt begin", "prompt end", "message tap", "queue tap", "model file", "model_load.read",
-    "model_load.build", "model_load.to_device", "text_encode", "sample", "sample.step", "vae_decode", "save",
-    "log tap", "GPU round", "NVML round", "GPU memory", "GPU devices", "trace writer", "report", "retention",
-    "node outcome", "prompt namer", "prompt outcome", "node namer", "all",
+    "GPU start", "prompt begin", "prompt end", "message tap", "queue tap", "node begin", "node end", "model file",
+    "model_load.read", "model_load.build", "model_load.to_device", "text_encode", "sample", "sample.step",
+    "vae_decode", "save", "log tap", "GPU round", "NVML round", "GPU memory", "GPU devices", "trace writer",
+    "report", "retention", "prompt outcome", "prompt namer", "all",
 )
 
 

@@ -95,7 +95,8 @@ class ScenarioHarness(Harness):
         queue = execution.PromptQueue(self.server)
         queue.put((0, prompt_id, prompt, extra_data, outputs))
         time.sleep(self.queue_wait_s)  # waits there, as behind a busy worker
-        (_, prompt_id, prompt, extra_data, outputs), _ = queue.get()
+        item, _ = queue.get()  # (number, id, prompt, extra_data, outputs[, sensitive]): 6 in newer ComfyUI
+        prompt_id, prompt, extra_data, outputs = item[1:5]
         return prompt_id, prompt, extra_data, outputs
 
     def write_clip_l(self) -> str:
@@ -178,7 +179,7 @@ def _patch_recorders() -> int:
     broken = 0
     for name, module in list(sys.modules.items()):
         if name.endswith("comfy_nodes.record.recorder") and hasattr(module, "Recorder"):
-            for method in ("node_namer", "node_outcome", "on_message", "prompt_begin", "prompt_end",
+            for method in ("node_begin", "node_end", "on_message", "prompt_begin", "prompt_end",
                            "prompt_namer", "prompt_outcome", "on_submit"):
                 setattr(module.Recorder, method, boom)
             broken += 1

@@ -127,7 +127,8 @@ class ScenarioRun(ScenarioHarness):
         if self.queue is None:
             return super().submit(prompt_id, prompt, extra_data, outputs)
         time.sleep(QUEUE_HOLD_S)  # the worker is busy elsewhere before it takes the next prompt
-        (_, queued_id, prompt, extra_data, outputs), _ = self.queue.get()
+        item, _ = self.queue.get()  # (number, id, prompt, extra_data, outputs[, sensitive]): 6 in newer ComfyUI
+        queued_id, prompt, extra_data, outputs = item[1:5]
         assert queued_id == prompt_id, (queued_id, prompt_id)
         return queued_id, prompt, extra_data, outputs
 

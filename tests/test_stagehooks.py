@@ -24,6 +24,7 @@ from comfy_nodes.hooks.stage_hooks import (
     _vae_hooks,
     span_hook,
 )
+from comfy_nodes.hooks.targets import Binder
 
 STEP, SAMPLE, DECODE = (stages.STAGES.index(s) for s in ("sample.step", "sample", "vae_decode"))
 
@@ -59,15 +60,25 @@ def recorded(native):
     return Recorded(native)
 
 
+def hooked(make, func, *names):
+    """func hooked by a hook maker, reading the parameters names by name (as StageHooks.wrap does)."""
+    return make(func, Binder(func, names))
+
+
+def sampled(spans, func):
+    """func hooked as KSAMPLER.sample is."""
+    return hooked(_sample(spans), func, "self", "sigmas", "callback")
+
+
 def span(spans, stage, name, args=None, after=None):
     """A callable recorded as one span by the real hook maker."""
-    return span_hook(spans, "test", stage, name, (lambda *a, **k: dict(args or {})), after)
+    return lambda func: hooked(span_hook(spans, "test", stage, name, (lambda bound: dict(args or {})), after), func)
 
 
 def test_spans_carry_args_and_do_not_nest_within_one_stage(spans, recorded):
     inner = span(spans, SAMPLE, "inner")(lambda: None)  # the same stage: covered by the outer span
 
-    def outer_after(args, result, exc):
+    def outer_after(args, result, exc, bound):
         args["extra"] = 1
 
     outer = span(spans, SAMPLE, "outer", {"steps": 3}, outer_after)(inner)
@@ -94,21 +105,21 @@ def test_a_failing_call_is_recorded_and_reraised(spans, recorded):
 def test_stagetraces_own_failures_never_reach_the_caller(spans, guard, recorded):
     """A failing before/after (StageTrace's code) costs the span's figures, never the call; the span still
     ends (no NVTX range or open stage is left behind), and the guard counts the failure by label."""
-    def bad_before(*a, **k):
+    def bad_before(bound):
         raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "injected")
 
-    def bad_after(args, result, exc):
+    def bad_after(args, result, exc, bound):
         raise OSError("injected")
 
-    assert span_hook(spans, "read", SAMPLE, "s", bad_before)(lambda: 42)() == 42
-    assert span_hook(spans, "build", SAMPLE, "s", None, bad_after)(lambda: 43)() == 43
+    assert hooked(span_hook(spans, "read", SAMPLE, "s", bad_before), lambda: 42)() == 42
+    assert hooked(span_hook(spans, "build", SAMPLE, "s", None, bad_after), lambda: 43)() == 43
     assert span(spans, SAMPLE, "next")(lambda: 44)() == 44  # the stage is free again after the failed after()
     assert guard.failures == {"read": 1, "build": 1}
     assert [e["name"] for e in recorded.trace_events(1)] == ["s", "next"]
     with pytest.raises(ValueError, match="ComfyUI's own"):  # the host's exception passes untouched
         def host_fails():
             raise ValueError("ComfyUI's own")
-        span_hook(spans, "read", SAMPLE, "s", bad_before)(host_fails)()
+        hooked(span_hook(spans, "read", SAMPLE, "s", bad_before), host_fails)()
 
 
 def test_step_clock_gives_one_span_per_callback(spans, native, recorded):
@@ -122,7 +133,7 @@ def test_step_clock_gives_one_span_per_callback(spans, native, recorded):
                 callback({"i": i, "x": None})
             return "latent"
 
-    sample = _sample(spans)(Sampler.sample)
+    sample = sampled(spans, Sampler.sample)
     assert sample(Sampler(), None, [10.0, 5.0, 1.0, 0.0], {}, lambda info: seen.append(info["i"]), None) == "latent"
     assert seen == [0, 1, 2]  # the user's callback still runs, in order
     events = recorded.trace_events(1)
@@ -145,8 +156,9 @@ def test_tiled_call_inside_decode_is_flagged_as_the_oom_fallback(spans, recorded
         def decode(self, samples_in):
             return self.decode_tiled_(samples_in)  # what ComfyUI does after an OOM
 
-    VAE.decode_tiled_ = _tiled(spans)(VAE.decode_tiled_)
-    VAE.decode = span_hook(spans, "vae_decode", DECODE, "VAE decode", *_vae_hooks(spans))(VAE.decode)
+    VAE.decode_tiled_ = hooked(_tiled(spans), VAE.decode_tiled_)
+    VAE.decode = hooked(span_hook(spans, "vae_decode", DECODE, "VAE decode", *_vae_hooks(spans)), VAE.decode,
+                        "self", "samples_in")
     assert VAE().decode(types.SimpleNamespace(shape=(1, 4, 8, 8))) == "tiled"
     (event,) = recorded.trace_events(1)
     assert event["args"] == {"outcome": "ok", "shape": [1, 4, 8, 8], "tiled_fallback": True}
@@ -165,7 +177,8 @@ def test_text_encode_names_the_encoder_and_counts_tokens(spans, recorded):
         def encode_from_tokens(self, tokens, return_pooled=False):
             return "cond"
 
-    encode = span_hook(spans, "text_encode", TEXT_ENCODE, _encoder_name, _tokens_before)(CLIP.encode_from_tokens)
+    encode = hooked(span_hook(spans, "text_encode", TEXT_ENCODE, _encoder_name, _tokens_before),
+                    CLIP.encode_from_tokens, "self", "tokens")
     tokens = {"l": [[(49406, 1.0)] * 77, [(49406, 1.0)] * 77]}
     assert encode(CLIP(), tokens) == "cond"
     (event,) = recorded.trace_events(1)
@@ -180,7 +193,7 @@ def test_a_moved_target_is_left_alone_and_named(spans):
 
     module = types.SimpleNamespace(load_models_gpu=changed)
     hooks = StageHooks(spans, lambda owner, name, new, label: replaced.append(label))
-    hooks.wrap(module, "load_models_gpu", ["models"], "comfy.model_management.load_models_gpu", lambda f: f)
+    hooks.wrap(module, "load_models_gpu", ["models"], "comfy.model_management.load_models_gpu", lambda f, b: f)
     assert replaced == [] and module.load_models_gpu is changed
     assert hooks.missing and "load_models_gpu" in hooks.missing[0]
 
@@ -236,7 +249,7 @@ def test_a_step_cut_short_is_kept_with_its_outcome(spans, recorded):
             callback({"i": 0})
             raise Interrupted  # the user pressed cancel during step 2
 
-    sample = _sample(spans)(Sampler.sample)
+    sample = sampled(spans, Sampler.sample)
     with pytest.raises(Interrupted):
         sample(Sampler(), None, [3.0, 2.0, 1.0, 0.0], {}, None, None)
     events = recorded.trace_events(1)
@@ -246,7 +259,7 @@ def test_a_step_cut_short_is_kept_with_its_outcome(spans, recorded):
     assert whole["args"]["outcome"] == "interrupted"
     recorded.clear()
     with pytest.raises(MemoryError):
-        _sample(spans)(lambda self, mw, sigmas, ea, callback, noise: (_ for _ in ()).throw(MemoryError()))(
+        sampled(spans, lambda self, mw, sigmas, ea, callback, noise: (_ for _ in ()).throw(MemoryError()))(
             Sampler(), None, [1.0, 0.0], {}, None, None)
     (step,) = [e for e in recorded.trace_events(1) if e["cat"] == "sample.step"]
     assert step["args"]["outcome"] == "error" and step["args"]["step"] == 1
@@ -268,6 +281,6 @@ def test_an_interrupt_raised_in_comfyuis_own_callback_cuts_that_step_short(spans
             raise InterruptProcessingException
 
     with pytest.raises(InterruptProcessingException):
-        _sample(spans)(Sampler.sample)(Sampler(), None, [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0], {}, progress, None)
+        sampled(spans, Sampler.sample)(Sampler(), None, [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0], {}, progress, None)
     steps = [e for e in recorded.trace_events(1) if e["cat"] == "sample.step"]
     assert [(e["args"]["step"], e["args"]["outcome"]) for e in steps] == [(1, "ok"), (2, "ok"), (3, "interrupted")]

@@ -320,12 +320,40 @@ EXPECTED_READ_MB_S = 500.0  # what an SSD gives, for the estimate of time lost
 NETWORK_FILESYSTEMS = ("overlay", "9p", "fuse", "nfs", "cifs", "smb", "virtiofs", "sshfs", "s3", "gcsfuse")
 
 
+# A mapped file's bytes read by page faults in a span, below this, are too few to judge the disk by.
+MIN_PAGED_BYTES = 64 << 20
+
+
+def _deferred_reads(ev: Evidence) -> list[tuple[float, float, int, dict, str]]:
+    """(MB/s, seconds, bytes, figures, stage) of the mapped model files' bytes read after their load, where
+    they were really read (hooks/deferred.py: the span's deferred_read)."""
+    out = []
+    for stage, spans in ev.spans.items():
+        for span in spans:
+            d = (span.get("args") or {}).get("deferred_read")
+            if not isinstance(d, dict):
+                continue
+            nbytes, seconds = d.get("bytes"), d.get("seconds")
+            if not isinstance(nbytes, (int, float)) or not isinstance(seconds, (int, float)) or seconds <= 0:
+                continue
+            if d.get("how") != "timed reads" and nbytes < MIN_PAGED_BYTES:
+                continue
+            out.append((nbytes / 1e6 / seconds, float(seconds), int(nbytes), d, stage))
+    return out
+
+
 def rule_slow_read(ev: Evidence) -> Finding | NotChecked | None:
     reads = ev.spans.get("model_load.read", [])
-    if not reads:
+    deferred = _deferred_reads(ev)
+    if not reads and not deferred:
         return NotChecked("slow-read", TITLES["slow-read"], "no model file was read in this prompt")
     builds = ev.spans.get("model_load.build", [])
     worst = None
+    for rate, seconds, size, d, stage in deferred:  # mapped at load, read on first use
+        if rate < SLOW_READ_MB_S and (worst is None or rate < worst[0]):
+            files = ", ".join(str(f) for f in d.get("files") or ()) or "a mapped model file"
+            worst = (rate, seconds, size, {"path": files, "fs_type": d.get("fs_type"),
+                                           "during": stage, "how": d.get("how")})
     for read in reads:
         args = read.get("args") or {}
         size = args.get("file_bytes")
@@ -354,10 +382,14 @@ def rule_slow_read(ev: Evidence) -> Finding | NotChecked | None:
     fix = ("keep the models folder on a local SSD: mount it into the container as a plain bind mount or volume "
            "(not through the image's overlay or a 9p/FUSE share), or copy the model to local disk once"
            if network else "move the model to a faster local disk (NVMe or SATA SSD)")
+    during = (f", during {args['during']} (the file was mapped when loaded and read on first use"
+              f"{', ' + str(args['how']) if args.get('how') else ''})") if args.get("during") else ""
+    figures = {"mb_s": rate, "bytes": size, "seconds": seconds, "fs_type": fs, "path": args.get("path")}
+    if args.get("during"):
+        figures["during"] = args["during"]
     return Finding("slow-read", f"Model files are read at {rate:.0f} MB/s",
                    f"read {format_bytes(size)} of {args.get('path', 'a model')} in {format_duration(seconds)} "
-                   f"= {rate:.0f} MB/s from the {where}", lost, cause, fix, "warning",
-                   {"mb_s": rate, "bytes": size, "seconds": seconds, "fs_type": fs, "path": args.get("path")})
+                   f"= {rate:.0f} MB/s from the {where}{during}", lost, cause, fix, "warning", figures)
 
 
 def rule_partial_offload(ev: Evidence) -> Finding | NotChecked | None:

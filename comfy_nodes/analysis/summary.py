@@ -3,6 +3,7 @@ console summary and ``stagetrace report TRACE`` always agree."""
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -110,6 +111,32 @@ def first_line(text: object) -> str:
     return lines[0] if lines else ""
 
 
+def node_self_times(spans: list[tuple[float, float, str]]) -> dict[str, float]:
+    """Each node's own time (µs): the moments it is the innermost node span open, so a node that waited
+    while others ran (pending on its lazy inputs, an async node's task) is not charged their time, the
+    nodes expanded from a node (carrying its id) are its time, and nothing is counted twice. A sweep over
+    the spans' edges; the innermost open span is the one that began last."""
+    edges = sorted((t, delta, i) for i, (begin, end, _) in enumerate(spans) if end > begin
+                   for t, delta in ((begin, 1), (end, -1)))  # at one moment, ends before starts
+    open_spans: set[int] = set()
+    innermost: list[tuple[float, int]] = []  # heap of (-begin, span), stale entries skipped
+    owned: dict[str, float] = defaultdict(float)
+    last = None
+    for t, delta, i in edges:
+        if last is not None and t > last:
+            while innermost and innermost[0][1] not in open_spans:
+                heapq.heappop(innermost)
+            if innermost:
+                owned[spans[innermost[0][1]][2]] += t - last
+        if delta > 0:
+            open_spans.add(i)
+            heapq.heappush(innermost, (-spans[i][0], i))
+        else:
+            open_spans.discard(i)
+        last = t
+    return owned
+
+
 def _union_us(intervals: list[tuple[float, float]]) -> float:
     total, end = 0.0, float("-inf")
     for begin, finish in sorted(intervals):
@@ -150,6 +177,9 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
     prompt = None
     queue_wait = None
     gpu_windows: list[dict] = []
+    # a node's spans: one per node, or several (the nodes expanded from it, attributed to it, inside its
+    # span; a trace from before pending nodes were one span): see node_self_times
+    node_spans: list[tuple[float, float, str]] = []
     for ev in events:
         ph, cat, args = ev.get("ph"), ev.get("cat") or UNCATEGORISED, ev.get("args") or {}
         if ph == "i" and ev.get("name") == "execution_error":
@@ -181,7 +211,7 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
                 cached.setdefault(node_id, NodeTime(node_id, ev.get("name", "?"), 0.0, outcome))
                 continue
             entry = node_time.setdefault(node_id, NodeTime(node_id, ev.get("name", "?"), 0.0, outcome))
-            entry.seconds += dur / 1e6
+            node_spans.append((ts, ts + dur, node_id))
             if outcome != "pending":
                 entry.outcome = outcome
     if columns is None:
@@ -200,6 +230,9 @@ def summarize(trace: dict, trace_path: str | None = None) -> Summary:
     stage_s = {stage: union[stage] / 1e6 for stage in STAGES if stage in union}
     for stage in union.keys() - set(STAGES):  # categories from newer versions
         stage_s[stage] = union[stage] / 1e6
+    self_times = node_self_times(node_spans)
+    for node_id, entry in node_time.items():
+        entry.seconds = self_times.get(node_id, 0.0) / 1e6
     for node_id in cached.keys() & node_time.keys():
         del cached[node_id]
     digest = digest_of(trace)

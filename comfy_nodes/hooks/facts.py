@@ -22,6 +22,43 @@ def storage_read_bytes() -> int | None:
     return None
 
 
+def file_mappings(path: str) -> list[tuple[int, int]]:
+    """The address ranges where this process maps path (/proc/self/maps), [] when none or unknown."""
+    try:
+        target = os.path.realpath(path)
+        ranges = []
+        with open("/proc/self/maps", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split(None, 5)
+                if len(fields) == 6 and fields[5].rstrip("\n") == target:
+                    start, _, end = fields[0].partition("-")
+                    ranges.append((int(start, 16), int(end, 16)))
+        return ranges
+    except (OSError, ValueError):
+        return []
+
+
+def maps_file(state_dict, path: str, sample: int = 8) -> bool:
+    """Whether the tensors a loader returned (a state dict, or (state dict, metadata)) are views of a
+    mapping of path, so their bytes are read when first touched rather than now: a few are checked."""
+    sd = state_dict[0] if isinstance(state_dict, tuple) and state_dict else state_dict
+    if not isinstance(sd, dict) or not sd:
+        return False
+    ranges = file_mappings(path)
+    if not ranges:
+        return False
+    for i, tensor in enumerate(sd.values()):
+        if i >= sample:
+            break
+        try:
+            address = int(tensor.data_ptr())
+        except Exception:  # noqa: BLE001 - not a tensor
+            continue
+        if any(start <= address < end for start, end in ranges):
+            return True
+    return False
+
+
 def memory_facts() -> dict | None:
     """System RAM and swap now (/proc/meminfo): available, total, swap used; None where unknown."""
     try:

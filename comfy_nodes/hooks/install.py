@@ -1,10 +1,14 @@
 """Hooks StageTrace into a running ComfyUI (shared/design.md, "Where to hook").
 
-The Python side decides which ComfyUI functions to wrap; the C side does the timing. Each target's
-signature is checked first; when ComfyUI has moved, the hook falls back to a coarser one and the trace
-metadata says so.
+The Python side decides which ComfyUI functions to wrap; the C side does the timing. Whether each
+target fits is decided by targets.py's table (``fit_live``): a hook reads its target's arguments by
+parameter name, so it fits when every name it reads is still there; when one is gone, the hook is not
+installed, StageTrace does the table's named fallback instead, logs one line saying so, and the trace
+metadata (``otherData.fallbacks``) names it.
 
-- ``execution.execute``: replaced by a C Wrapper (one node span per call).
+- ``execution.execute``: one node span per node (the recorder's node_begin/node_end around each call,
+  timed by the C recorder). A node that returns pending and runs again later is one span with its
+  pending time; a node expanded from another is attributed to the node the user sees.
   Fallback: a progress handler registered through ``reset_progress_state``.
 - ``PromptExecutor.execute_async``: the prompt span; the prompt is handed to the writer thread when
   it returns.
@@ -35,11 +39,10 @@ from ..core.settings import Settings
 from ..record.recorder import Recorder
 from .guard import GUARD, HookGuard
 from .log_tap import LogTap
-from .params import params
 from .stage_hooks import Spans, StageHooks
+from .targets import TargetFit, binder, fit_live, target
 
 _MARK = "_stagetrace_installation"  # attribute on the execution module
-_EXECUTE_PARAMS = ["server", "dynprompt", "caches", "current_item"]
 EXIT_FLUSH_S = 10.0  # at exit, how long the last traces may take to be written
 HISTORY_FILE = "history.sqlite3"  # in StageTrace's output folder, beside the traces
 
@@ -111,28 +114,32 @@ def _install(native, settings: Settings, execution, guard: HookGuard = GUARD) ->
     native.nvtx_set_enabled(settings.nvtx)
     recorder = Recorder(native, settings, lambda: output_dir(settings), guard, log_tap=LogTap(native, guard))
     inst = Installation(recorder)
+    fits = {f.target: f for f in fit_live()}
     try:
-        _hook_nodes(inst, native, recorder, guard, execution)
+        _hook_nodes(inst, native, recorder, guard, execution, fits["execution.execute"])
         executor = getattr(execution, "PromptExecutor", None)
-        if executor is not None:
+        if _fits(recorder, fits["execution.PromptExecutor.execute_async"]):
             _hook_prompt(inst, native, recorder, guard, executor)
-            add_message = executor.__dict__.get("add_message")
-            if add_message is not None and params(add_message)[:4] == ["self", "event", "data", "broadcast"]:
-                def observe(self, event, data, *args, **kwargs):
-                    recorder.on_message(event, data)
+        if _fits(recorder, fits["execution.PromptExecutor.add_message"]):
+            add_message = executor.__dict__["add_message"]
+            bind = binder(add_message, target("execution.PromptExecutor.add_message"))
 
-                inst.replace(executor, "add_message", _tap(add_message, guard, "message tap", observe),
-                             "PromptExecutor.add_message")
-            else:
-                recorder.fallbacks.append("no add_message tap: cached nodes and prompt events not recorded")
+            def observe(*args, **kwargs):
+                recorder.on_message(bind.get(args, kwargs, "event"), bind.get(args, kwargs, "data"))
+
+            inst.replace(executor, "add_message", _tap(add_message, guard, "message tap", observe),
+                         "PromptExecutor.add_message")
         stage_hooks = StageHooks(Spans(native, guard), inst.replace)
         stage_hooks.install(sys.modules, on_model_file=recorder.on_model_file)
+        for line in stage_hooks.missing:
+            log_once(f"fallback-{line}", "%s", line)
         recorder.fallbacks.extend(stage_hooks.missing)
-        queue = getattr(execution, "PromptQueue", None)
-        put = queue.__dict__.get("put") if queue is not None else None
-        if put is not None and params(put)[:2] == ["self", "item"]:
-            inst.replace(queue, "put", _tap(put, guard, "queue tap", lambda self, item, *a, **k: recorder.on_submit(
-                item[1])), "PromptQueue.put")
+        if _fits(recorder, fits["execution.PromptQueue.put"]):
+            queue = execution.PromptQueue
+            put = queue.__dict__["put"]
+            bind_put = binder(put, target("execution.PromptQueue.put"))
+            inst.replace(queue, "put", _tap(put, guard, "queue tap", lambda *a, **k: recorder.on_submit(
+                queue_item_prompt_id(bind_put.get(a, k, "item")))), "PromptQueue.put")
     except BaseException:
         inst.uninstall()  # all or nothing: put back what was already replaced
         raise
@@ -198,38 +205,77 @@ def _metrics(native, settings: Settings, recorder: Recorder):
     return metrics, None
 
 
-def _hook_nodes(inst: Installation, native, recorder: Recorder, guard: HookGuard, execution) -> None:
-    original_execute = getattr(execution, "execute", None)
-    if params(original_execute)[:4] != _EXECUTE_PARAMS:
-        log_once("execute-moved", "execution.execute has an unknown signature %s; timing nodes through the "
-                 "progress handler instead", params(original_execute))
-        _install_progress_fallback(inst, guard, execution)
+def _fits(recorder: Recorder, fit: TargetFit) -> bool:
+    """fit.fits; otherwise the fallback is logged (one line) and named in the trace metadata."""
+    if fit.fits:
+        return True
+    line = f"{fit.target}: {fit.fallback} ({fit.why})"
+    log_once(f"fallback-{fit.target}", "%s", line)
+    recorder.fallbacks.append(line)
+    return False
+
+
+def queue_item_prompt_id(item) -> object:
+    """The prompt id of a PromptQueue item: (number, prompt_id, prompt, extra_data, outputs), with a sixth
+    member (the ``sensitive`` dict) in newer ComfyUI. None for anything else."""
+    return item[1] if isinstance(item, (tuple, list)) and len(item) >= 2 else None
+
+
+def _hook_nodes(inst: Installation, native, recorder: Recorder, guard: HookGuard, execution,
+                fit: TargetFit) -> None:
+    if not fit.fits:
+        _fits(recorder, fit)  # names the fallback
+        _install_progress_fallback(inst, guard, execution, named=True)
         return
-    mm = sys.modules.get("comfy.model_management")
-    interrupt = getattr(mm, "InterruptProcessingException", None)
-    interrupts = (interrupt, KeyboardInterrupt) if interrupt else (KeyboardInterrupt,)
-    inst.replace(execution, "execute", native.Wrapper(
-        original_execute, stages.NODE, "node", namer=guard.wrap("node namer", recorder.node_namer),
-        outcome=guard.wrap("node outcome", recorder.node_outcome), interrupts=interrupts,
-        coroutine=inspect.iscoroutinefunction(original_execute),
-    ), "execution.execute")
     recorder.on_self_check_failed = lambda: _install_progress_fallback(inst, guard, execution)
+    inst.replace(execution, "execute", timed_execute(execution.execute, recorder, guard), "execution.execute")
+
+
+def timed_execute(original, recorder: Recorder, guard: HookGuard):
+    """ComfyUI's execute(), with each call between recorder.node_begin and node_end (async when the
+    original is, as in ComfyUI since 0.3.4x). dynprompt and current_item are read by name."""
+    bind = binder(original, target("execution.execute"))
+
+    if inspect.iscoroutinefunction(original):
+        @functools.wraps(original)
+        async def execute(*args, **kwargs):
+            call = guard.call("node begin", recorder.node_begin, bind.get(args, kwargs, "dynprompt"),
+                              bind.get(args, kwargs, "current_item"))
+            try:
+                result = await original(*args, **kwargs)
+            except BaseException as exc:
+                guard.call("node end", recorder.node_end, call, None, exc)
+                raise
+            guard.call("node end", recorder.node_end, call, result, None)
+            return result
+    else:  # ComfyUI before the async execution (2024)
+        @functools.wraps(original)
+        def execute(*args, **kwargs):
+            call = guard.call("node begin", recorder.node_begin, bind.get(args, kwargs, "dynprompt"),
+                              bind.get(args, kwargs, "current_item"))
+            try:
+                result = original(*args, **kwargs)
+            except BaseException as exc:
+                guard.call("node end", recorder.node_end, call, None, exc)
+                raise
+            guard.call("node end", recorder.node_end, call, result, None)
+            return result
+    return execute
 
 
 def _hook_prompt(inst: Installation, native, recorder: Recorder, guard: HookGuard, executor) -> None:
-    original = executor.__dict__.get("execute_async")
-    if original is None or params(original)[:3] != ["self", "prompt", "prompt_id"]:
-        log_once("prompt-moved", "PromptExecutor.execute_async not found or changed; prompts are not profiled")
-        recorder.fallbacks.append("no prompt hook")
-        return
+    original = executor.__dict__["execute_async"]
+    bind = binder(original, target("execution.PromptExecutor.execute_async"))
     timed = native.Wrapper(original, stages.PROMPT, "prompt", namer=guard.wrap("prompt namer", recorder.prompt_namer),
                            outcome=guard.wrap("prompt outcome", recorder.prompt_outcome), coroutine=True)
 
     @functools.wraps(original)
-    async def execute_async(self, prompt, prompt_id, extra_data={}, *args, **kwargs):  # noqa: B006 (mirrors ComfyUI)
-        guard.call("prompt begin", recorder.prompt_begin, prompt, prompt_id, extra_data, self)
+    async def execute_async(*args, **kwargs):
+        guard.call("prompt begin", lambda: recorder.prompt_begin(
+            bind.get(args, kwargs, "prompt"), bind.get(args, kwargs, "prompt_id"),
+            bind.get(args, kwargs, "extra_data"), bind.get(args, kwargs, "self")))
         try:
-            return await timed(self, prompt, prompt_id, extra_data, *args, **kwargs)
+            return await timed(*args, **kwargs)
         finally:
             guard.call("prompt end", recorder.prompt_end)
 
@@ -246,9 +292,9 @@ def _tap(original, guard: HookGuard, label: str, observe):
     return tapped
 
 
-def _install_progress_fallback(inst: Installation, guard: HookGuard, execution) -> None:
+def _install_progress_fallback(inst: Installation, guard: HookGuard, execution, named: bool = False) -> None:
     """Time nodes with a ComfyUI progress handler, registered anew for every prompt (ComfyUI builds a
-    fresh progress registry per prompt)."""
+    fresh progress registry per prompt). named: the trace's fallbacks already say so."""
     progress = sys.modules.get("comfy_execution.progress")
     reset = getattr(execution, "reset_progress_state", None)
     base = getattr(progress, "ProgressHandler", None)
@@ -274,4 +320,5 @@ def _install_progress_fallback(inst: Installation, guard: HookGuard, execution) 
         return result
 
     inst.replace(execution, "reset_progress_state", reset_progress_state, "execution.reset_progress_state")
-    recorder.fallbacks.append("node timing through the progress handler")
+    if not named:
+        recorder.fallbacks.append("node timing through the progress handler")

@@ -42,6 +42,7 @@ class Target:
     label: str = ""  # the name in the trace's otherData.hooks (default: the target's name)
     kind: str = HOOK
     optional: tuple[str, ...] = ()  # read by name when present; their absence only loses a detail
+    absent: str | None = None  # for a target only some ComfyUI versions have: why its absence is fine
 
     @property
     def name(self) -> str:
@@ -61,7 +62,7 @@ class TargetFit:
     params: list[str] = field(default_factory=list)  # its parameter names, [] when not found
     fits: bool = False
     fallback: str | None = None  # what StageTrace does instead when it does not fit
-    why: str = ""  # "" when it fits
+    why: str = ""  # why it does not fit, or why its absence does not matter; "" when it fits
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,15 +102,18 @@ TARGETS: tuple[Target, ...] = (
       for fn in ("decode_tiled_", "decode_tiled_1d", "decode_tiled_3d", "encode_tiled_", "encode_tiled_1d",
                  "encode_tiled_3d")),
     Target("nodes", "SaveImage.save_images", ("self", "images"), "no save spans"),
+    Target("comfy.memory_management", "read_tensor_file_slice_into", ("tensor",),
+           "reads of mapped model files are measured by storage bytes and time waiting for I/O, not timed one "
+           "by one", absent="this ComfyUI has no comfy-aimdo read path: model files are read when loaded, or "
+           "paged in from a mapping (measured by storage bytes)"),
     # what StageTrace calls (comfy_nodes/demo/harness.py builds an executor with these keywords)
     Target("execution", "PromptExecutor.__init__", ("server", "cache_type"),
            "the built-in example cannot build ComfyUI's executor", kind=CALLED),
     # watched: the signatures newer ComfyUI changed, none of which StageTrace hooks or calls
-    Target("server", "PromptServer.__init__", (), None, kind=WATCHED),
-    Target("comfy.samplers", "CFGGuider.outer_sample", (), None, kind=WATCHED),
-    Target("comfy.samplers", "CFGGuider.inner_sample", (), None, kind=WATCHED),
-    Target("comfy.sd", "VAE.encode_tiled", (), None, kind=WATCHED),
-    Target("comfy.sd", "VAE.decode_tiled", (), None, kind=WATCHED),
+    *(Target(module, qualname, (), None, kind=WATCHED, absent="StageTrace neither hooks nor calls it")
+      for module, qualname in (("server", "PromptServer.__init__"), ("comfy.samplers", "CFGGuider.outer_sample"),
+                               ("comfy.samplers", "CFGGuider.inner_sample"), ("comfy.sd", "VAE.encode_tiled"),
+                               ("comfy.sd", "VAE.decode_tiled"))),
 )
 
 BY_NAME = {t.name: t for t in TARGETS}
@@ -127,6 +131,8 @@ def fit_one(t: Target, params: list[str] | None, why_missing: str | None = None)
     """Whether t fits a target with these parameter names (None: the target was not found)."""
     if params is None:
         why = why_missing or f"{t.qualname} not found in {t.module}"
+        if t.absent is not None:  # only newer ComfyUI has it: nothing is missing
+            return TargetFit(t.name, False, [], True, None, t.absent)
         return TargetFit(t.name, False, [], False, t.fallback, why)
     named = {p for p in params if not p.startswith("*")}
     missing = [b for b in t.binds if b not in named]

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..core import stages
 from ..core.log import log_once, logger
@@ -31,6 +32,28 @@ MAX_QUEUED_SUBMITS = 1024
 MAX_ANATOMY = 64  # model files described per prompt
 START_ATTEMPTS = 3  # prompts that try to start a collector whose start failed
 MESSAGE_FIELDS = ("prompt_id", "node_id", "node_type", "exception_type", "exception_message", "nodes")
+
+
+@dataclass
+class NodeCall:
+    """One call of ComfyUI's execute() for one node, between node_begin and node_end."""
+
+    node_id: str  # ComfyUI's id of what runs: "5", or "5.0.0.3" for a node expanded from node 5
+    class_type: str
+    shown_id: str  # the node the user sees in the workflow (dynprompt's display node)
+    shown_class: str
+    t0: int
+    token: int  # the stage span's token: its NVTX range and GPU window
+
+
+@dataclass
+class PendingNode:
+    """A node that returned pending (lazy inputs, async work, its expansion running) and runs again."""
+
+    t_first: int  # when its first call began
+    active_ns: int = 0  # time inside execute() so far
+    calls: int = 0
+    call: NodeCall | None = None  # its last call (names, ids)
 
 
 class Recorder:
@@ -75,7 +98,8 @@ class Recorder:
         self.files_read: set[str] = set()
         self.cache_type: str | None = None  # the executor's cache (CLASSIC, LRU, DEPENDENCY_AWARE = --cache-none)
         self.node_spans = 0
-        self._node_stack: list[str] = []
+        self._pending: dict[str, PendingNode] = {}  # node id -> the node that returned pending
+        self._shown: dict[str, str] = {}  # an expanded node's id -> the id of the node the user sees
         self.client_id: str | None = None  # the page that queued the prompt (live messages go there)
         self.workflow_id: str | None = None  # the graph's identity, whatever the seeds and texts (history)
 
@@ -137,8 +161,9 @@ class Recorder:
             n.record(stages.PROMPT, self._names["queue_wait"], 0, self.t_begin - self.queue_wait_ns, self.t_begin,
                      args={"prompt_id": self.prompt_id})
 
-    def prompt_namer(self, executor, prompt, prompt_id, *args, **kwargs):
-        return "prompt", str(prompt_id)
+    def prompt_namer(self, *args, **kwargs):
+        """The prompt span's name and detail: its id, set by prompt_begin (so whatever the signature)."""
+        return "prompt", str(self.prompt_id)
 
     def prompt_outcome(self, _result) -> int:
         return self.outcome
@@ -149,34 +174,89 @@ class Recorder:
             return node["class_type"]
         return "?"
 
-    # --- node hooks (called by the C wrapper around execution.execute) ------------------------
+    # --- node hooks (around each call of execution.execute) ----------------------------------
 
-    def node_namer(self, server, dynprompt, caches, current_item, *args, **kwargs):
+    def node_begin(self, dynprompt, current_item) -> NodeCall | None:
+        """A call of execute() for current_item begins: open its NVTX range and GPU window. A node expanded
+        from another (ids like "5.0.0.3", dynprompt's ephemeral nodes) is attributed to the node the user
+        sees: dynprompt's display node, with its class."""
+        n = self.native
+        if not n.enabled():  # recording switched off: the call runs untimed
+            return None
         node_id = str(current_item)
-        try:
-            class_type = dynprompt.get_node(current_item)["class_type"]
-        except Exception:
-            class_type = self.class_type(node_id)
-        hint = stages.CACHED if node_id in self.cached_nodes else None
+        class_type = _node_class(dynprompt, current_item) or self.class_type(node_id)
+        shown_id, shown_class = node_id, class_type
+        display = getattr(dynprompt, "get_display_node_id", None)
+        if display is not None:
+            shown = display(current_item)
+            if shown is not None and str(shown) != node_id:
+                shown_id = str(shown)
+                shown_class = _node_class(dynprompt, shown) or self.class_type(shown_id)
+                self._shown[node_id] = shown_id
         self.node_spans += 1
         self.executed_nodes.add(node_id)
-        self._node_stack.append(node_id)
-        self.guard.call("GPU memory", self.memory.sample, self.native.now_ns(), node_id, "start")
-        if hint is None:
-            self.guard.call("live", LIVE.node, node_id, str(class_type))
-        return class_type, node_id, hint
+        now = n.now_ns()
+        self.guard.call("GPU memory", self.memory.sample, now, shown_id, "start")
+        if node_id not in self.cached_nodes:
+            self.guard.call("live", LIVE.node, shown_id, shown_class)
+        return NodeCall(node_id, class_type, shown_id, shown_class, now, n.stage_begin(stages.NODE, shown_class))
 
-    def node_outcome(self, result) -> int:
-        """Classify execute()'s (ExecutionResult, error_details, exception) tuple."""
-        node_id = self._node_stack.pop() if self._node_stack else None
-        self.guard.call("GPU memory", self.memory.sample, self.native.now_ns(), node_id, "end")
-        status = getattr(result[0], "name", None) if isinstance(result, tuple) and result else None
-        if status == "FAILURE":
-            exc = result[2] if len(result) > 2 else None
-            return stages.INTERRUPTED if _is_interrupt(exc) else stages.ERROR
-        if status == "PENDING":
-            return stages.PENDING
-        return stages.OK
+    def node_end(self, call: NodeCall | None, result, exc: BaseException | None) -> None:
+        """The call returned result (execute()'s (ExecutionResult, error_details, exception)) or raised exc.
+        Pending: nothing is recorded yet, the node's time so far is kept. Otherwise one node span, from the
+        node's first call to now when it was pending before, with its pending time."""
+        if call is None:  # node_begin failed (counted by the guard)
+            return
+        n = self.native
+        t1 = n.now_ns()
+        self.guard.call("GPU memory", self.memory.sample, t1, call.shown_id, "end")
+        outcome = _node_outcome(result, exc)
+        if outcome == stages.PENDING:
+            n.stage_abandon(call.token)  # its NVTX range and GPU window end; the node's span comes later
+            pending = self._pending.setdefault(call.node_id, PendingNode(call.t0))
+            pending.active_ns += t1 - call.t0
+            pending.calls += 1
+            pending.call = call
+            return
+        if outcome == stages.OK and call.node_id in self.cached_nodes:
+            outcome = stages.CACHED
+        pending = self._pending.pop(call.node_id, None)
+        if pending is None and call.token:  # the usual node: the C recorder times and records the span it opened
+            args = {"node_id": call.shown_id}
+            if call.shown_id != call.node_id:
+                args.update(expanded_id=call.node_id, expanded_class=call.class_type)
+            n.stage_end(call.token, args, outcome)
+            return
+        n.stage_abandon(call.token)  # token 0 (a node span already open on this thread): recorded from here
+        self._record_call(call, t1, outcome, pending)
+
+    def _record_call(self, call: NodeCall, t1: int, outcome: int, pending: PendingNode | None) -> None:
+        """The node's span recorded from here: for a node that was pending, from its first call to t1 with
+        its pending time."""
+        n = self.native
+        args, t0 = {}, call.t0
+        if pending is not None:
+            t0 = pending.t_first
+            active = pending.active_ns + (t1 - call.t0 if call is not pending.call else 0)
+            calls = pending.calls + (call is not pending.call)
+            args = {"pending_s": max(0, t1 - t0 - active) / 1e9, "active_s": active / 1e9, "calls": calls}
+        if call.shown_id != call.node_id:
+            args.update(expanded_id=call.node_id, expanded_class=call.class_type)
+        n.record(stages.NODE, n.intern(call.shown_class), n.intern(call.shown_id), t0, t1, outcome, args=args or None)
+
+    def _close_pending_nodes(self) -> None:
+        """Nodes still pending when the prompt ends (it failed or was interrupted meanwhile): one span each,
+        to the prompt's end, with the prompt's outcome."""
+        now = self.native.now_ns()
+        outcome = stages.ERROR if self.outcome == stages.OK else self.outcome
+        for pending in self._pending.values():
+            if pending.call is not None:
+                self._record_call(pending.call, now, outcome, pending)
+        self._pending.clear()
+
+    def shown_node(self, node_id: str | None) -> str | None:
+        """The node the user sees for node_id (itself, or the node it was expanded from)."""
+        return self._shown.get(node_id, node_id) if node_id is not None else None
 
     def on_message(self, event: str, data: dict) -> None:
         """PromptExecutor.add_message tap: cached nodes and prompt events, as instant events."""
@@ -208,7 +288,7 @@ class Recorder:
         from ..analysis.loaders import describe_gap, loader_gap
 
         n = self.native
-        node_id = node_id if node_id is not None else _executing_node_id()
+        node_id = self.shown_node(node_id if node_id is not None else _executing_node_id())
         name_id, path_id, now = n.intern("anatomy: " + os.path.basename(path)), n.intern(path), n.now_ns()
         try:
             anatomy, _ = read_anatomy(n, path)
@@ -260,6 +340,7 @@ class Recorder:
         if self.prompt_id is None:  # prompt_begin failed: what the trace holds is of an unknown prompt
             self.prompt_id = "unknown"
         self._close_fallback_nodes()
+        self.guard.call("pending nodes", self._close_pending_nodes)
         n = self.native
         for node_id in sorted(self.cached_nodes - self.executed_nodes):  # served from cache without execute()
             n.record(stages.NODE, n.intern(self.class_type(node_id)), n.intern(node_id), self.cached_at,
@@ -395,6 +476,29 @@ def comfyui_options() -> dict:
         if value not in (None, False, 0):
             out["--" + name.replace("_", "-")] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return out
+
+
+def _node_class(dynprompt, node_id) -> str | None:
+    """The class_type of node_id in ComfyUI's DynamicPrompt, None where it does not say."""
+    try:
+        class_type = dynprompt.get_node(node_id)["class_type"]
+    except Exception:  # noqa: BLE001 - a node ComfyUI cannot find: the prompt's own entry is used
+        return None
+    return class_type if isinstance(class_type, str) else None
+
+
+def _node_outcome(result, exc: BaseException | None) -> int:
+    """Classify execute()'s (ExecutionResult, error_details, exception) tuple, or the exception it raised.
+    ExecutionResult is compared by name: SUCCESS, FAILURE, PENDING."""
+    if exc is not None:
+        return stages.INTERRUPTED if _is_interrupt(exc) or not isinstance(exc, Exception) else stages.ERROR
+    status = getattr(result[0], "name", None) if isinstance(result, tuple) and result else None
+    if status == "FAILURE":
+        failure = result[2] if len(result) > 2 else None
+        return stages.INTERRUPTED if _is_interrupt(failure) else stages.ERROR
+    if status == "PENDING":
+        return stages.PENDING
+    return stages.OK
 
 
 def _executing_node_id() -> str | None:
