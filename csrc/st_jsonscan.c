@@ -5,6 +5,7 @@
 #include "st_jsonscan.h"
 
 #include "st_json.h"
+#include "st_text.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -31,34 +32,7 @@ void st_json_cursor_free(st_json_cursor *c)
 
 static int reserve(st_json_cursor *c, size_t need)
 {
-    if (need <= c->buf_cap) {
-        return 0;
-    }
-    size_t cap = c->buf_cap ? c->buf_cap : 64;
-    while (cap < need) {
-        cap *= 2;
-    }
-    char *p = realloc(c->buf, cap);
-    if (!p) {
-        return -1;
-    }
-    c->buf = p;
-    c->buf_cap = cap;
-    return 0;
-}
-
-static int hex_value(char ch)
-{
-    if (ch >= '0' && ch <= '9') {
-        return ch - '0';
-    }
-    if (ch >= 'a' && ch <= 'f') {
-        return ch - 'a' + 10;
-    }
-    if (ch >= 'A' && ch <= 'F') {
-        return ch - 'A' + 10;
-    }
-    return -1;
+    return st_text_grow(&c->buf, &c->buf_cap, need);
 }
 
 /* Four hex digits at pos, or -1. */
@@ -67,39 +41,7 @@ static long hex4(const st_json_cursor *c, size_t pos)
     if (c->len - pos < 4) {
         return -1;
     }
-    long v = 0;
-    for (int i = 0; i < 4; i++) {
-        int h = hex_value(c->p[pos + (size_t)i]);
-        if (h < 0) {
-            return -1;
-        }
-        v = v * 16 + h;
-    }
-    return v;
-}
-
-static size_t put_utf8(char *out, unsigned long cp)
-{
-    if (cp < 0x80) {
-        out[0] = (char)cp;
-        return 1;
-    }
-    if (cp < 0x800) {
-        out[0] = (char)(0xC0 | (cp >> 6));
-        out[1] = (char)(0x80 | (cp & 0x3F));
-        return 2;
-    }
-    if (cp < 0x10000) {
-        out[0] = (char)(0xE0 | (cp >> 12));
-        out[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        out[2] = (char)(0x80 | (cp & 0x3F));
-        return 3;
-    }
-    out[0] = (char)(0xF0 | (cp >> 18));
-    out[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    out[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-    out[3] = (char)(0x80 | (cp & 0x3F));
-    return 4;
+    return st_text_hex4(c->p + pos);
 }
 
 /* Length of the run of plain bytes (printable ASCII other than '"' and '\\')
@@ -109,15 +51,11 @@ static size_t put_utf8(char *out, unsigned long cp)
  * last few bytes of the input). */
 static size_t plain_run(const char *p, size_t len)
 {
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     size_t i = 0;
     for (; i + 8 <= len; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
-        uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
-        uint64_t special = (w | ((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
-                            ((backslash - ones) & ~backslash)) &
-                           highs;
+        uint64_t special = (w & 0x8080808080808080u) | st_text_special_bytes(w);
         if (special) {
 #if defined(__GNUC__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
             /* the lowest flagged byte is exact (borrows only run upwards
@@ -230,7 +168,7 @@ st_json_status st_json_string(st_json_cursor *c, const char **out, size_t *out_l
                 c->pos += 6;
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             }
-            n += put_utf8(c->buf + n, (unsigned long)cp);
+            n += st_text_put_utf8(c->buf + n, (unsigned long)cp);
             break;
         }
         default:

@@ -2,6 +2,8 @@
  * arithmetic the summary needs over millions of intervals. */
 #include "st_tracescan.h"
 
+#include "st_text.h"
+
 #include <errno.h>
 #include <locale.h>
 #include <math.h>
@@ -19,20 +21,7 @@ typedef struct bytes {
 
 static int bytes_reserve(bytes *b, size_t extra)
 {
-    if (b->len + extra <= b->cap) {
-        return 0;
-    }
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + extra) {
-        cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (!p) {
-        return -1;
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return st_text_grow(&b->p, &b->cap, b->len + extra);
 }
 
 static int bytes_put(bytes *b, const char *p, size_t n)
@@ -44,6 +33,33 @@ static int bytes_put(bytes *b, const char *p, size_t n)
     b->len += n;
     b->p[b->len] = '\0';
     return 0;
+}
+
+/* Grow the array whose pointer is at slot (elem bytes an element, *cap of
+ * them) to twice *cap, or to first. 0, or -1 out of memory (then unchanged). */
+static int grow_array(void *slot, size_t *cap, size_t first, size_t elem)
+{
+    void *p;
+    memcpy(&p, slot, sizeof p);
+    size_t n = *cap ? *cap * 2 : first;
+    void *q = realloc(p, n * elem);
+    if (!q) {
+        return -1;
+    }
+    memcpy(slot, &q, sizeof q);
+    *cap = n;
+    return 0;
+}
+
+/* A NUL-terminated copy of the n bytes at p, or NULL out of memory. */
+static char *copy_text(const char *p, size_t n)
+{
+    char *q = malloc(n + 1);
+    if (q) {
+        memcpy(q, p, n);
+        q[n] = '\0';
+    }
+    return q;
 }
 
 // --- The chunked input ------------------------------------------------------------
@@ -182,43 +198,21 @@ static lex bad(reader *r, size_t at, const char *text)
     return L_BAD;
 }
 
-static int hex(char c)
+/* Skip whitespace at *i and stop before the next byte: L_OK when one is there,
+ * else L_END (more to read) or, at the end of the file, L_BAD. */
+static inline lex next_byte(reader *r, size_t *i)
 {
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
-static long hex4(const char *p)
-{
-    long v = 0;
-    for (int k = 0; k < 4; k++) {
-        int h = hex(p[k]);
-        if (h < 0) {
-            return -1;
-        }
-        v = v * 16 + h;
+    skip_ws(r, i);
+    if (*i >= r->valid) {
+        return r->eof ? bad(r, *i, "an unexpected end") : L_END;
     }
-    return v;
+    return L_OK;
 }
 
 static int put_code_point(bytes *out, unsigned long cp)
 {
     char u[4];
-    size_t n;
-    if (cp < 0x80) {
-        u[0] = (char)cp, n = 1;
-    } else if (cp < 0x800) {
-        u[0] = (char)(0xC0 | (cp >> 6)), u[1] = (char)(0x80 | (cp & 0x3F)), n = 2;
-    } else if (cp < 0x10000) { /* a lone surrogate too, as its three bytes */
-        u[0] = (char)(0xE0 | (cp >> 12)), u[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        u[2] = (char)(0x80 | (cp & 0x3F)), n = 3;
-    } else {
-        u[0] = (char)(0xF0 | (cp >> 18)), u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-        u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), u[3] = (char)(0x80 | (cp & 0x3F)), n = 4;
-    }
-    return bytes_put(out, u, n);
+    return bytes_put(out, u, st_text_put_utf8(u, cp));
 }
 
 /* The length of the run of bytes at p (up to len) that need no attention in
@@ -226,17 +220,11 @@ static int put_code_point(bytes *out, unsigned long cp)
  * as UTF-8 already). Eight bytes at a time while a word holds none. */
 static size_t plain_run(const char *p, size_t len)
 {
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
     size_t i = 0;
     for (; i + 8 <= len; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
-        uint64_t quote = w ^ (ones * '"'), backslash = w ^ (ones * '\\');
-        /* a byte below 0x20, '"' or '\\' sets its high bit here (bytes >= 0x80 never do) */
-        uint64_t special = (((w - ones * 0x20) & ~w) | ((quote - ones) & ~quote) |
-                            ((backslash - ones) & ~backslash)) &
-                           highs;
-        if (special) {
+        if (st_text_special_bytes(w)) {
             break;
         }
     }
@@ -299,7 +287,7 @@ static lex lex_string(reader *r, size_t *i, bytes *out)
         if (j + 6 > n) {
             return L_END;
         }
-        long cp = hex4(p + j + 2);
+        long cp = st_text_hex4(p + j + 2);
         if (cp < 0) {
             return bad(r, j, "an invalid \\u escape in a string");
         }
@@ -309,7 +297,7 @@ static lex lex_string(reader *r, size_t *i, bytes *out)
                 return L_END;
             }
             if (j + 6 <= n && p[j] == '\\' && p[j + 1] == 'u') {
-                long low = hex4(p + j + 2);
+                long low = st_text_hex4(p + j + 2);
                 if (low >= 0xDC00 && low <= 0xDFFF) {
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
                     j += 6;
@@ -430,6 +418,16 @@ static lex lex_number(reader *r, size_t *i, double *value)
             return L_END;                                                                          \
         }                                                                                          \
     } while (0)
+#define DIGITS() /* one digit or more, then NEED_MORE */                                         \
+    do {                                                                                           \
+        if (j >= n || !is_digit(p[j])) {                                                           \
+            return bad(r, j, "an invalid number");                                                 \
+        }                                                                                          \
+        while (j < n && is_digit(p[j])) {                                                          \
+            j++;                                                                                   \
+        }                                                                                          \
+        NEED_MORE();                                                                               \
+    } while (0)
     NEED_MORE();
     if (j < n && p[j] == 'N') {
         lex l = lex_word(r, &j, "NaN");
@@ -467,13 +465,7 @@ static lex lex_number(reader *r, size_t *i, double *value)
     if (j < n && p[j] == '.') {
         j++;
         NEED_MORE();
-        if (j >= n || !is_digit(p[j])) {
-            return bad(r, j, "an invalid number");
-        }
-        while (j < n && is_digit(p[j])) {
-            j++;
-        }
-        NEED_MORE();
+        DIGITS();
     }
     if (j < n && (p[j] == 'e' || p[j] == 'E')) {
         j++;
@@ -482,14 +474,9 @@ static lex lex_number(reader *r, size_t *i, double *value)
             j++;
             NEED_MORE();
         }
-        if (j >= n || !is_digit(p[j])) {
-            return bad(r, j, "an invalid number");
-        }
-        while (j < n && is_digit(p[j])) {
-            j++;
-        }
-        NEED_MORE();
+        DIGITS();
     }
+#undef DIGITS
 #undef NEED_MORE
     if (value && fast_decimal(p + *i, j - *i, value)) {
         *i = j;
@@ -524,9 +511,8 @@ static lex skip_value(reader *r, size_t *i, int max_depth)
         max_depth = ST_TSCAN_MAX_DEPTH;
     }
 value:
-    skip_ws(r, &j);
-    if (j >= r->valid) {
-        return r->eof ? bad(r, j, "an unexpected end") : L_END;
+    if ((l = next_byte(r, &j)) != L_OK) {
+        return l;
     }
     switch (r->buf[j]) {
     case '{':
@@ -537,9 +523,8 @@ value:
         }
         stack[depth++] = r->buf[j] == '{' ? '}' : ']';
         j++;
-        skip_ws(r, &j);
-        if (j >= r->valid) {
-            return r->eof ? bad(r, j, "an unexpected end") : L_END;
+        if ((l = next_byte(r, &j)) != L_OK) {
+            return l;
         }
         if (r->buf[j] == stack[depth - 1]) {
             j++;
@@ -577,9 +562,8 @@ after:
         *i = j;
         return L_OK;
     }
-    skip_ws(r, &j);
-    if (j >= r->valid) {
-        return r->eof ? bad(r, j, "an unexpected end") : L_END;
+    if ((l = next_byte(r, &j)) != L_OK) {
+        return l;
     }
     if (r->buf[j] == ',') {
         j++;
@@ -595,9 +579,8 @@ after:
     }
     return bad(r, j, "an unexpected character (a ',' or the end of a container expected)");
 key:
-    skip_ws(r, &j);
-    if (j >= r->valid) {
-        return r->eof ? bad(r, j, "an unexpected end") : L_END;
+    if ((l = next_byte(r, &j)) != L_OK) {
+        return l;
     }
     if (r->buf[j] != '"') {
         return bad(r, j, "an unexpected character (a key expected)");
@@ -605,9 +588,8 @@ key:
     if ((l = lex_string(r, &j, NULL)) != L_OK) {
         return l;
     }
-    skip_ws(r, &j);
-    if (j >= r->valid) {
-        return r->eof ? bad(r, j, "an unexpected end") : L_END;
+    if ((l = next_byte(r, &j)) != L_OK) {
+        return l;
     }
     if (r->buf[j] != ':') {
         return bad(r, j, "an unexpected character (':' expected)");
@@ -619,9 +601,9 @@ key:
 /* The byte c after whitespace at *i (consumed), L_BAD when another comes. */
 static lex expect(reader *r, size_t *i, char c, const char *text)
 {
-    skip_ws(r, i);
-    if (*i >= r->valid) {
-        return r->eof ? bad(r, *i, "an unexpected end") : L_END;
+    lex l = next_byte(r, i);
+    if (l != L_OK) {
+        return l;
     }
     if (r->buf[*i] != c) {
         return bad(r, *i, text);
@@ -666,6 +648,56 @@ static lex number_field(reader *r, size_t *j, int *state, double *value)
     return skip_value(r, j, ST_TSCAN_MAX_DEPTH - 1);
 }
 
+/* One member's value at *j (its first byte is there), its key in key. */
+typedef lex (*member_fn)(reader *r, size_t *j, bytes *key, event *ev);
+
+/* The members of the object whose '{' is at *j, each key decoded into key and
+ * each value read by on_member. Always inlined, so that each caller's
+ * on_member is a direct call. */
+static inline __attribute__((always_inline)) lex walk_object(reader *r, size_t *j, bytes *key,
+                                                             event *ev, member_fn on_member)
+{
+    (*j)++;
+    lex l;
+    if ((l = next_byte(r, j)) != L_OK) {
+        return l;
+    }
+    if (r->buf[*j] == '}') {
+        (*j)++;
+        return L_OK;
+    }
+    for (;;) {
+        if ((l = next_byte(r, j)) != L_OK) {
+            return l;
+        }
+        if (r->buf[*j] != '"') {
+            return bad(r, *j, "an unexpected character (a key expected)");
+        }
+        if ((l = lex_string(r, j, key)) != L_OK ||
+            (l = expect(r, j, ':', "an unexpected character (':' expected)")) ||
+            (l = next_byte(r, j)) != L_OK || (l = on_member(r, j, key, ev)) != L_OK ||
+            (l = next_byte(r, j)) != L_OK) {
+            return l;
+        }
+        if (r->buf[*j] == '}') {
+            (*j)++;
+            return L_OK;
+        }
+        if (r->buf[*j] != ',') {
+            return bad(r, *j, "an unexpected character (',' or '}' expected)");
+        }
+        (*j)++;
+    }
+}
+
+static lex args_member(reader *r, size_t *j, bytes *key, event *ev)
+{
+    if (key_is(key, "outcome")) {
+        return string_field(r, j, &ev->outcome, NULL);
+    }
+    return skip_value(r, j, ST_TSCAN_MAX_DEPTH - 2);
+}
+
 /* The args object at *j: only whether its "outcome" is a string matters. */
 static lex args_field(reader *r, size_t *j, event *ev, bytes *key)
 {
@@ -682,53 +714,30 @@ static lex args_field(reader *r, size_t *j, event *ev, bytes *key)
     }
     ev->args = FLD_OK;
     ev->outcome = FLD_ABSENT;
-    (*j)++;
-    lex l;
-    skip_ws(r, j);
-    if (*j >= r->valid) {
-        return r->eof ? bad(r, *j, "an unexpected end") : L_END;
+    return walk_object(r, j, key, ev, args_member);
+}
+
+static lex event_member(reader *r, size_t *j, bytes *key, event *ev)
+{
+    if (key_is(key, "ph")) {
+        return string_field(r, j, &ev->ph, &ev->ph_s);
     }
-    if (r->buf[*j] == '}') {
-        (*j)++;
-        return L_OK;
+    if (key_is(key, "cat")) {
+        return string_field(r, j, &ev->cat, &ev->cat_s);
     }
-    for (;;) {
-        skip_ws(r, j);
-        if (*j >= r->valid) {
-            return r->eof ? bad(r, *j, "an unexpected end") : L_END;
-        }
-        if (r->buf[*j] != '"') {
-            return bad(r, *j, "an unexpected character (a key expected)");
-        }
-        if ((l = lex_string(r, j, key)) != L_OK ||
-            (l = expect(r, j, ':', "an unexpected character (':' expected)"))) {
-            return l;
-        }
-        skip_ws(r, j);
-        if (*j >= r->valid) {
-            return r->eof ? bad(r, *j, "an unexpected end") : L_END;
-        }
-        if (key_is(key, "outcome")) {
-            l = string_field(r, j, &ev->outcome, NULL);
-        } else {
-            l = skip_value(r, j, ST_TSCAN_MAX_DEPTH - 2);
-        }
-        if (l != L_OK) {
-            return l;
-        }
-        skip_ws(r, j);
-        if (*j >= r->valid) {
-            return r->eof ? bad(r, *j, "an unexpected end") : L_END;
-        }
-        if (r->buf[*j] == '}') {
-            (*j)++;
-            return L_OK;
-        }
-        if (r->buf[*j] != ',') {
-            return bad(r, *j, "an unexpected character (',' or '}' expected)");
-        }
-        (*j)++;
+    if (key_is(key, "name")) {
+        return string_field(r, j, &ev->name, &ev->name_s);
     }
+    if (key_is(key, "ts")) {
+        return number_field(r, j, &ev->ts, &ev->ts_v);
+    }
+    if (key_is(key, "dur")) {
+        return number_field(r, j, &ev->dur, &ev->dur_v);
+    }
+    if (key_is(key, "args")) {
+        return args_field(r, j, ev, key);
+    }
+    return skip_value(r, j, ST_TSCAN_MAX_DEPTH - 1);
 }
 
 /* The event object at *j into ev (L_OK and ev->ph == -1 when the event is not
@@ -736,71 +745,15 @@ static lex args_field(reader *r, size_t *j, event *ev, bytes *key)
 static lex read_event(reader *r, size_t *j, event *ev, bytes *key)
 {
     ev->ph = ev->cat = ev->name = ev->ts = ev->dur = ev->args = ev->outcome = FLD_ABSENT;
-    skip_ws(r, j);
-    if (*j >= r->valid) {
-        return r->eof ? bad(r, *j, "an unexpected end") : L_END;
+    lex l = next_byte(r, j);
+    if (l != L_OK) {
+        return l;
     }
     if (r->buf[*j] != '{') {
         ev->ph = -1;
         return skip_value(r, j, ST_TSCAN_MAX_DEPTH - 1);
     }
-    (*j)++;
-    lex l;
-    skip_ws(r, j);
-    if (*j >= r->valid) {
-        return r->eof ? bad(r, *j, "an unexpected end") : L_END;
-    }
-    if (r->buf[*j] == '}') {
-        (*j)++;
-        return L_OK;
-    }
-    for (;;) {
-        skip_ws(r, j);
-        if (*j >= r->valid) {
-            return r->eof ? bad(r, *j, "an unexpected end") : L_END;
-        }
-        if (r->buf[*j] != '"') {
-            return bad(r, *j, "an unexpected character (a key expected)");
-        }
-        if ((l = lex_string(r, j, key)) != L_OK ||
-            (l = expect(r, j, ':', "an unexpected character (':' expected)"))) {
-            return l;
-        }
-        skip_ws(r, j);
-        if (*j >= r->valid) {
-            return r->eof ? bad(r, *j, "an unexpected end") : L_END;
-        }
-        if (key_is(key, "ph")) {
-            l = string_field(r, j, &ev->ph, &ev->ph_s);
-        } else if (key_is(key, "cat")) {
-            l = string_field(r, j, &ev->cat, &ev->cat_s);
-        } else if (key_is(key, "name")) {
-            l = string_field(r, j, &ev->name, &ev->name_s);
-        } else if (key_is(key, "ts")) {
-            l = number_field(r, j, &ev->ts, &ev->ts_v);
-        } else if (key_is(key, "dur")) {
-            l = number_field(r, j, &ev->dur, &ev->dur_v);
-        } else if (key_is(key, "args")) {
-            l = args_field(r, j, ev, key);
-        } else {
-            l = skip_value(r, j, ST_TSCAN_MAX_DEPTH - 1);
-        }
-        if (l != L_OK) {
-            return l;
-        }
-        skip_ws(r, j);
-        if (*j >= r->valid) {
-            return r->eof ? bad(r, *j, "an unexpected end") : L_END;
-        }
-        if (r->buf[*j] == '}') {
-            (*j)++;
-            return L_OK;
-        }
-        if (r->buf[*j] != ',') {
-            return bad(r, *j, "an unexpected character (',' or '}' expected)");
-        }
-        (*j)++;
-    }
+    return walk_object(r, j, key, ev, event_member);
 }
 
 /* The first failed check of a read event, in tracefile.load's order: the
@@ -882,23 +835,14 @@ static long cat_index(st_tscan *t, const char *p, size_t n)
         }
         s = (s + 1) & t->slot_mask;
     }
-    if (t->n_cats == t->cats_cap) {
-        size_t cap = t->cats_cap ? t->cats_cap * 2 : 16;
-        st_tscan_cat *cats = realloc(t->cats, cap * sizeof *cats);
-        if (!cats) {
-            return -1;
-        }
-        t->cats = cats;
-        t->cats_cap = cap;
+    if (t->n_cats == t->cats_cap && grow_array(&t->cats, &t->cats_cap, 16, sizeof *t->cats) < 0) {
+        return -1;
     }
     st_tscan_cat *c = &t->cats[t->n_cats];
     memset(c, 0, sizeof *c);
-    c->name = malloc(n + 1);
-    if (!c->name) {
+    if (!(c->name = copy_text(p, n))) {
         return -1;
     }
-    memcpy(c->name, p, n);
-    c->name[n] = '\0';
     c->name_len = n;
     c->min_begin = INFINITY;
     c->max_end = -INFINITY;
@@ -934,21 +878,14 @@ static int name_count(st_tscan *t, uint32_t cat, const char *p, size_t n, double
         t->cats[cat].other_names_us += dur;
         return 0;
     }
-    if (t->n_names == t->names_cap) {
-        size_t cap = t->names_cap ? t->names_cap * 2 : 64;
-        st_tscan_name *names = realloc(t->names, cap * sizeof *names);
-        if (!names) {
-            return -1;
-        }
-        t->names = names;
-        t->names_cap = cap;
-    }
-    st_tscan_name *e = &t->names[t->n_names];
-    if (!(e->name = malloc(n + 1))) {
+    if (t->n_names == t->names_cap &&
+        grow_array(&t->names, &t->names_cap, 64, sizeof *t->names) < 0) {
         return -1;
     }
-    memcpy(e->name, p, n);
-    e->name[n] = '\0';
+    st_tscan_name *e = &t->names[t->n_names];
+    if (!(e->name = copy_text(p, n))) {
+        return -1;
+    }
     e->name_len = n;
     e->cat = cat;
     e->count = 1;
@@ -959,18 +896,12 @@ static int name_count(st_tscan *t, uint32_t cat, const char *p, size_t n, double
 
 static int cat_push(st_tscan_cat *c, double begin, double end)
 {
-    if (c->n == c->cap) {
-        size_t cap = c->cap ? c->cap * 2 : 256;
-        double *b = realloc(c->begins, cap * sizeof *b);
-        if (!b) {
+    if (c->n == c->cap) { /* the two arrays share cap: it moves when both have grown */
+        size_t cap = c->cap, cap_ends = c->cap;
+        if (grow_array(&c->begins, &cap, 256, sizeof *c->begins) < 0 ||
+            grow_array(&c->ends, &cap_ends, 256, sizeof *c->ends) < 0) {
             return -1;
         }
-        c->begins = b;
-        double *e = realloc(c->ends, cap * sizeof *e);
-        if (!e) {
-            return -1;
-        }
-        c->ends = e;
         c->cap = cap;
     }
     c->begins[c->n] = begin;
@@ -1056,14 +987,9 @@ static int take_event(st_tscan *t, const st_tscan_opts *o, const event *ev, cons
         }
     }
     if (keep) {
-        if (t->n_kept == t->kept_index_cap) {
-            size_t cap = t->kept_index_cap ? t->kept_index_cap * 2 : 256;
-            uint64_t *idx = realloc(t->kept_index, cap * sizeof *idx);
-            if (!idx) {
-                return -1;
-            }
-            t->kept_index = idx;
-            t->kept_index_cap = cap;
+        if (t->n_kept == t->kept_index_cap &&
+            grow_array(&t->kept_index, &t->kept_index_cap, 256, sizeof *t->kept_index) < 0) {
+            return -1;
         }
         t->kept_index[t->n_kept++] = t->events;
         bytes b = {t->kept, t->kept_len, t->kept_cap};
@@ -1155,9 +1081,7 @@ st_tscan_status st_tscan_read(int fd, const st_tscan_opts *o, st_tscan *t)
                     (l = expect(&r, &j, ':', "an unexpected character (':' expected)")) != L_OK) {
                     break;
                 }
-                skip_ws(&r, &j);
-                if (j >= r.valid) {
-                    l = r.eof ? bad(&r, j, "an unexpected end") : L_END;
+                if ((l = next_byte(&r, &j)) != L_OK) {
                     break;
                 }
                 if (key_is(&key, "traceEvents") && r.buf[j] == '[' && !events_seen) {

@@ -91,18 +91,23 @@ def test_span_figures_match_the_python_sweep_for_any_spans(spans):
 # --- Bounded memory --------------------------------------------------------------------------------
 
 
-def test_reading_keeps_no_object_per_event(big):
-    size = os.path.getsize(big)
+def read_measured(path) -> tuple[dict, int, int]:
+    """(the trace read, the peak of Python's allocations while reading, the number of objects it left alive)."""
     gc.collect()
     before = len(gc.get_objects())
     tracemalloc.start()
     try:
-        trace = read(big)
+        trace = read(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     gc.collect()
-    retained = len(gc.get_objects()) - before
+    return trace, peak, len(gc.get_objects()) - before
+
+
+def test_reading_keeps_no_object_per_event(big):
+    size = os.path.getsize(big)
+    trace, peak, retained = read_measured(big)
     digest = tracefile.digest_of(trace)
     assert digest.events == 200_000 and digest.omitted > 150_000
     # the whole-file path peaks at about 5x the file's size and keeps an object per event
@@ -114,16 +119,8 @@ def test_reading_keeps_no_object_per_event(big):
 def test_what_is_kept_whole_follows_the_limit_not_the_file(big, monkeypatch):
     monkeypatch.setattr(tracefile, "OTHER_KEPT", 500)
     size = os.path.getsize(big)
-    gc.collect()
-    before = len(gc.get_objects())
-    tracemalloc.start()
-    try:
-        trace = read(big)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    gc.collect()
-    assert len(gc.get_objects()) - before < 3_000
+    trace, peak, retained = read_measured(big)
+    assert retained < 3_000
     assert peak < 0.25 * size, (peak, size)  # the intervals: 16 bytes a span
     kernels = [e for e in trace["traceEvents"] if e.get("cat") == "gpu.kernel"]
     assert len(kernels) == 500

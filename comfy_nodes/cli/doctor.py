@@ -183,16 +183,18 @@ def comfyui_version(folder: str) -> str | None:
         return None
 
 
+def _entries(folder: str) -> list[tuple[str, str]]:
+    """(name, path) of each entry of folder, sorted by name; none when it cannot be listed."""
+    try:
+        return [(name, os.path.join(folder, name)) for name in sorted(os.listdir(folder))]
+    except OSError:
+        return []
+
+
 def _stagetrace_installed(folder: str) -> str | None:
     """The entry of folder/custom_nodes that is this StageTrace (or another copy of it), or None."""
-    nodes = os.path.join(folder, "custom_nodes")
     here = os.path.realpath(os.path.dirname(PACKAGE_DIR))
-    try:
-        entries = sorted(os.listdir(nodes))
-    except OSError:
-        return None
-    for name in entries:
-        path = os.path.join(nodes, name)
+    for _name, path in _entries(os.path.join(folder, "custom_nodes")):
         if os.path.realpath(path) == here or (os.path.isfile(os.path.join(path, "install.py"))
                                               and os.path.isdir(os.path.join(path, "comfy_nodes", "hooks"))):
             return path
@@ -620,12 +622,7 @@ def auth_plugins(custom_nodes: str, max_files: int = 40, max_bytes: int = 200_00
     top-level Python adds an aiohttp middleware that answers 401, redirects to a login page or reads the
     Authorization header. Bounded in files and bytes read."""
     found = []
-    try:
-        entries = sorted(os.listdir(custom_nodes))
-    except OSError:
-        return found
-    for name in entries:
-        path = os.path.join(custom_nodes, name)
+    for name, path in _entries(custom_nodes):
         if name.startswith(".") or name == "__pycache__" or name.endswith(".disabled"):
             continue
         known = KNOWN_AUTH_PLUGINS.get(name.lower())

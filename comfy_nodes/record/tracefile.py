@@ -155,6 +155,25 @@ def _scan(path: str, fd: int):
                              PRIORITY_KEPT, OTHER_KEPT, MAX_VALUE, CHUNK)
 
 
+def _too_big(result: dict) -> str:
+    from ..core.units import format_bytes
+
+    return (f"byte offset {result['offset']}: one value is larger than {format_bytes(MAX_VALUE)}, more than "
+            "StageTrace reads at once")
+
+
+# The scanner's failures that end the read before its results are looked at: the message after "<path>: ".
+_SCAN_FAILURES = {
+    "utf8": lambda result: f"byte offset {result['offset']}: not UTF-8",
+    "json": lambda result: f"byte offset {result['offset']}: invalid JSON: {result['text']}",
+    "deep": lambda result: "nested too deeply to be read",
+    "big": _too_big,
+    "io": lambda result: f"cannot read: {result['errno_text'] or 'read error'}",
+    "memory": lambda result: "out of memory while reading it",
+    "shape": lambda result: "field 'traceEvents': missing or not a list",
+}
+
+
 def read(path: str) -> dict:
     """The trace at path for the report, read in one streaming pass in bounded memory: the same checks and
     the same error messages as ``load`` (the file and the byte offset, or the field), the events the
@@ -173,24 +192,10 @@ def read(path: str) -> dict:
         os.close(fd)
     if result is None:
         return load(path)
-    status, offset = result["status"], result["offset"]
-    if status == "utf8":
-        raise TraceError(f"{path}: byte offset {offset}: not UTF-8")
-    if status == "json":
-        raise TraceError(f"{path}: byte offset {offset}: invalid JSON: {result['text']}")
-    if status == "deep":
-        raise TraceError(f"{path}: nested too deeply to be read")
-    if status == "big":
-        from ..core.units import format_bytes
-
-        raise TraceError(f"{path}: byte offset {offset}: one value is larger than {format_bytes(MAX_VALUE)}, more "
-                         "than StageTrace reads at once")
-    if status == "io":
-        raise TraceError(f"{path}: cannot read: {result['errno_text'] or 'read error'}")
-    if status == "memory":
-        raise TraceError(f"{path}: out of memory while reading it")
-    if status == "shape":
-        raise TraceError(f"{path}: field 'traceEvents': missing or not a list")
+    status = result["status"]
+    failure = _SCAN_FAILURES.get(status)
+    if failure is not None:
+        raise TraceError(f"{path}: {failure(result)}")
     try:
         other = json.loads(result["other"]) if result["other"] is not None else {}
         events = json.loads(result["kept"]) if result["kept"] is not None else []
