@@ -739,14 +739,15 @@ static PyObject *mod_stage_begin(PyObject *m, PyObject *args)
     (void)m;
     long stage;
     PyObject *name;
+    unsigned long long payload = 0; /* the NVTX range's payload (a node's numeric id), 0 for none */
     uint32_t name_id;
-    if (!PyArg_ParseTuple(args, "lU", &stage, &name) || bind_check_stage(stage) < 0 ||
+    if (!PyArg_ParseTuple(args, "lU|K", &stage, &name, &payload) || bind_check_stage(stage) < 0 ||
         bind_intern(name, &name_id) < 0) {
         return NULL;
     }
     uint64_t token = 0;
     if (atomic_load_explicit(&recording_enabled, memory_order_relaxed)) {
-        st_stagespan_begin((unsigned)stage, name_id, ST_INTERN_NONE, 0,
+        st_stagespan_begin((unsigned)stage, name_id, ST_INTERN_NONE, payload,
                            atomic_load_explicit(&bind_gpu_windows_enabled, memory_order_relaxed),
                            &token);
     }
@@ -818,8 +819,8 @@ PyMethodDef bind_spans_methods[] = {
     {"nvtx_set_enabled", mod_nvtx_set_enabled, METH_O, "Turn NVTX emission on or off."},
     {"nvtx_enabled", mod_nvtx_enabled, METH_NOARGS, "Whether NVTX emission is on."},
     {"stage_begin", mod_stage_begin, METH_VARARGS,
-     "stage_begin(stage, name) -> token: open a stage span on this thread (the\n"
-     "time, an NVTX range, a GPU window when gpu_set_windows(True)). 0 when a span of the\n"
+     "stage_begin(stage, name, payload=0) -> token: open a stage span on this thread (the\n"
+     "time, an NVTX range carrying payload, a GPU window when gpu_set_windows(True)). 0 when a span of the\n"
      "same stage is open on this thread (spans of one stage do not nest) or recording is off."},
     {"stage_end", (PyCFunction)(void (*)(void))mod_stage_end, METH_VARARGS | METH_KEYWORDS,
      "stage_end(token, args=None, outcome=0): close the span and record it with args (a dict,\n"

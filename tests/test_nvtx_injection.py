@@ -81,6 +81,8 @@ SCRIPT = textwrap.dedent("""
     n.nvtx_pop()
     facts["manual_range_id"] = n.nvtx_range_start(NODE, manual, 5)
     n.nvtx_range_end(facts["manual_range_id"])
+    n.stage_end(n.stage_begin(NODE, "StageSpan", 42))  # a stage span's range: the node id as payload
+    n.stage_end(n.stage_begin(NODE, "NoPayload"))
     if sys.argv[1] == "off":
         n.nvtx_set_enabled(True)  # on again: only this marker may appear
         n.record(NODE, n.intern("BackOn"), 0, n.now_ns(), n.now_ns(), instant=True)
@@ -132,7 +134,8 @@ def test_ranges_carry_registered_names_colours_categories_payloads(recorded):
     assert set(registered.values()) == {1}  # each name registered once, however often used
     ranges = [c for c in calls if c.op in ("push", "start", "mark")]
     assert ranges and all(c.message.startswith("reg:") for c in ranges)  # handles, not copied text
-    stage_of = {"KSampler": "node", "Step": "sample.step", "prompt": "prompt", "Marker": "node", "Manual": "node"}
+    stage_of = {"KSampler": "node", "Step": "sample.step", "prompt": "prompt", "Marker": "node", "Manual": "node",
+                "StageSpan": "node", "NoPayload": "node"}
     for c in ranges:
         stage = _native.STAGES.index(stage_of[text(c)])
         assert int(c.argb) == _native.STAGE_COLOURS[stage], c
@@ -145,6 +148,7 @@ def test_ranges_carry_registered_names_colours_categories_payloads(recorded):
     assert payloads["mark", "Marker"] == {7}
     assert payloads["start", "prompt"] == {facts["prompt_detail_id"]}  # not numeric: the intern id
     assert payloads["push", "Manual"] == {99} and payloads["start", "Manual"] == {5}
+    assert payloads["start", "StageSpan"] == {42} and payloads["start", "NoPayload"] == {0}
     assert [c.op for c in calls if c.message == "reg:Marker"] == ["mark"]  # an instant is a marker
 
 
@@ -173,7 +177,8 @@ def test_start_end_ranges_match(recorded):
     calls, facts = recorded
     starts = {c.range_id: text(c) for c in calls if c.op == "start"}
     ends = [c.range_id for c in calls if c.op == "end"]
-    assert sorted(starts.values()) == ["Manual", "prompt"]  # a coroutine span may suspend: start/end
+    # coroutine and stage spans: start/end
+    assert sorted(starts.values()) == ["Manual", "NoPayload", "StageSpan", "prompt"]
     assert sorted(ends) == sorted(starts) and len(set(ends)) == len(ends)
     assert starts[str(facts["manual_range_id"])] == "Manual"  # the tool's id reaches Python unchanged
 
@@ -236,3 +241,26 @@ def test_push_pop_stay_balanced_when_nvtx_is_switched_mid_span(recorder_lib, tmp
     ]  # fmt: skip
     starts = [c.range_id for c in calls if c.op == "start"]
     assert [c.range_id for c in calls if c.op == "end"] == starts
+
+
+def test_real_comfyui_node_ranges_carry_the_node_id(recorder_lib, tmp_path):
+    """A real ComfyUI prompt under the recorder tool: each node's NVTX range is named by its class and carries
+    its id as the payload (what Nsight Systems shows beside the range), one range per executed node."""
+    from test_comfyui import COMFYUI_DIR, node_events, run_harness, traces
+
+    if not COMFYUI_DIR:
+        pytest.skip("COMFYUI_DIR is not set")
+    log = tmp_path / "nvtx-comfyui.log"
+    result, _ = run_harness(tmp_path, "basic", env={"NVTX_INJECTION64_PATH": recorder_lib,
+                                                    "STAGETRACE_NVTX_LOG": str(log)})
+    assert result["runs"][0]["success"]
+    (path,) = traces(tmp_path)
+    from comfy_nodes.record.tracefile import load
+
+    nodes = {(e["name"], int(e["args"]["node_id"])) for e in node_events(load(str(path)))}
+    calls = [Call(*line.split("\t")) for line in log.read_text().splitlines()]
+    from comfy_nodes import _native
+
+    category = str(_native.STAGES.index("node") + 1)
+    ranges = {(text(c), int(c.payload)) for c in calls if c.op == "start" and c.category == category}
+    assert nodes and ranges == nodes

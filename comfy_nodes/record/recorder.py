@@ -199,7 +199,10 @@ class Recorder:
         self.guard.call("GPU memory", self.memory.sample, now, shown_id, "start")
         if node_id not in self.cached_nodes:
             self.guard.call("live", LIVE.node, shown_id, shown_class)
-        return NodeCall(node_id, class_type, shown_id, shown_class, now, n.stage_begin(stages.NODE, shown_class))
+        # the NVTX range carries the node id as its payload when it is a number, as Nsight shows it
+        payload = int(shown_id) if shown_id.isascii() and shown_id.isdigit() and len(shown_id) < 19 else 0
+        token = n.stage_begin(stages.NODE, shown_class, payload)
+        return NodeCall(node_id, class_type, shown_id, shown_class, now, token)
 
     def node_end(self, call: NodeCall | None, result, exc: BaseException | None) -> None:
         """The call returned result (execute()'s (ExecutionResult, error_details, exception)) or raised exc.
