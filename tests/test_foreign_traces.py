@@ -100,3 +100,27 @@ TRACE = st.fixed_dictionaries({"traceEvents": st.lists(EVENT, max_size=12)},
 @given(document=st.one_of(JSON, TRACE))
 def test_any_json_gives_a_report_or_one_clear_error(tmp_path, document):
     report_or_error(tmp_path, document)  # any other exception fails the test
+
+
+def test_a_real_torch_profiler_trace_gives_its_ops_their_own_time(tmp_path):
+    """A trace written by torch.profiler itself (CPU activities here): its whole-run ``Trace`` span wraps
+    the ``cpu_op`` spans, so the ops own their time and the wrapper only the gaps between them."""
+    torch = pytest.importorskip("torch")
+    from torch.profiler import ProfilerActivity, profile
+
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    x = torch.randn(16, 64)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(20):
+            model(x).sum().backward()
+    path = tmp_path / "torch.json"
+    prof.export_chrome_trace(str(path))
+    done = subprocess.run([sys.executable, "-m", "comfy_nodes", "report", "--format", "json", str(path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    own = {row["stage"]: row["seconds"] for row in report["stages"]}
+    inclusive = report["stages_inclusive"]
+    assert own["cpu_op"] == pytest.approx(inclusive["cpu_op"])  # nothing of it handed to the wrapper
+    assert own.get("Trace", 0.0) < inclusive["Trace"] - inclusive["cpu_op"] + 1e-9
+    assert sum(own.values()) == pytest.approx(report["wall_s"])

@@ -53,9 +53,12 @@ EXCLUSIVE_LABELS = {"prompt": "outside nodes", "node": "in nodes, outside stages
 
 def exclusive_times(spans: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
     """Seconds each stage owns (µs intervals in): a sweep over every span boundary, giving each stretch to
-    the deepest stage running then (DEPTH; ties to the vocabulary's order)."""
+    the deepest stage running then (DEPTH; ties to the vocabulary's order). Categories that are not
+    StageTrace's (a foreign trace's ``Trace``, ``cpu_op``, ``kernel``...) have no known depth: among them
+    the one covering less time in all is taken as the inner one (a whole-run span wraps the ops in it)."""
     order = {stage: i for i, stage in enumerate(STAGES)}
-    rank = {stage: (DEPTH.get(stage, 2), order.get(stage, len(order))) for stage in spans}
+    rank = {stage: (DEPTH.get(stage, 2), order.get(stage, len(order)),
+                    0.0 if stage in order else -_union_us(spans[stage])) for stage in spans}
     edges = sorted((t, delta, stage) for stage, intervals in spans.items() for b, e in intervals if e > b
                    for t, delta in ((b, 1), (e, -1)))
     active: dict[str, int] = defaultdict(int)
@@ -96,7 +99,8 @@ def span_figures(columns: dict[str, tuple[bytes, bytes]]) -> tuple[dict[str, flo
         return native.spans_first_begin(*columns[stage])
 
     ties = sorted(stages, key=lambda st: (first_begin(st) if st not in order else 0.0, st), reverse=True)
-    ranked = sorted(ties, key=lambda st: (DEPTH.get(st, 2), order.get(st, len(order))))
+    ranked = sorted(ties, key=lambda st: (DEPTH.get(st, 2), order.get(st, len(order)),
+                                          0.0 if st in order else -union[st]))
     rank = {stage: i for i, stage in enumerate(ranked)}
     owned = native.spans_exclusive([columns[st] for st in stages], [rank[st] for st in stages])
     firsts = {stage: first for stage, (secs, first) in zip(stages, owned, strict=True) if secs > 0}
