@@ -1,6 +1,7 @@
 """ComfyUI drift, in real ComfyUI on the CPU (tests/test_drift.py runs it in a fresh process).
 
-    python tests/comfy_drift.py --comfyui DIR --workdir W --scenario pending|newer|mapped [--custom-node-dir D]
+    python tests/comfy_drift.py --comfyui DIR --workdir W --scenario pending|newer|mapped [--moved-execute]
+        [--custom-node-dir D]
 
 prints one final line ``HARNESS_RESULT {json}``. Scenarios:
 
@@ -168,6 +169,22 @@ class NewerHarness(ScenarioHarness):
         return item[1], item[2], item[3], item[4]
 
 
+class MovedExecuteHarness(ScenarioHarness):
+    """execute() with a signature StageTrace does not know (*args, **kwargs) before StageTrace loads: nodes
+    are timed through ComfyUI's progress handler (the named fallback)."""
+
+    def before_custom_nodes(self) -> None:
+        super().before_custom_nodes()
+        import execution
+
+        original = execution.execute
+
+        async def execute(*args, **kwargs):
+            return await original(*args, **kwargs)
+
+        execution.execute = execute
+
+
 # --- mapped models (comfy-aimdo) --------------------------------------------------------------------
 
 
@@ -307,10 +324,12 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser(__doc__.splitlines()[0])
     cli.add_argument("--scenario", choices=("pending", "newer", "mapped"), required=True)
     cli.add_argument("--slow-mb-s", type=float, default=None)
+    cli.add_argument("--moved-execute", action="store_true", help="pending: execute() moved (progress fallback)")
     args = cli.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     node_dirs = list(args.custom_node_dir)
-    harness_class = {"pending": ScenarioHarness, "newer": NewerHarness, "mapped": MappedHarness}[args.scenario]
+    harness_class = {"pending": MovedExecuteHarness if args.moved_execute else ScenarioHarness,
+                     "newer": NewerHarness, "mapped": MappedHarness}[args.scenario]
     if args.scenario == "pending":
         folder = tempfile.mkdtemp(prefix="drift-nodes-", dir=args.workdir)
         os.symlink(DRIFT_NODES, os.path.join(folder, "drift_nodes"))

@@ -283,6 +283,28 @@ def test_pending_nodes_are_one_node_and_expanded_nodes_the_node_the_user_sees(tm
 
 
 @NEEDS_COMFYUI
+def test_the_progress_handler_fallback_keeps_pending_and_expanded_nodes_with_the_node_the_user_sees(tmp_path):
+    """execute() moved: nodes are timed by the progress handler; a node that returned pending is still one
+    span from its first start, and the expanded nodes are attributed to the node the user sees."""
+    result, _ = run_drift(tmp_path, "pending", "--moved-execute")
+    (run,) = result["runs"]
+    assert run["success"], run["errors"]
+    trace = load(run["trace"])
+    assert trace["otherData"]["fallbacks"][0].startswith("execution.execute: nodes are timed through ComfyUI's")
+    nodes = node_events(trace)
+    own = [e for e in nodes if "expanded_id" not in e["args"]]
+    assert sorted(e["args"]["node_id"] for e in own) == sorted(["3", "4", "5", "6", "7", "8", "9", "10", "11",
+                                                                 "12"])
+    by_id = {e["args"]["node_id"]: e for e in own}
+    assert by_id["10"]["name"] == "DriftAsyncWait" and by_id["10"]["dur"] >= 0.25e6  # from its first start
+    children = [e for e in nodes if "expanded_id" in e["args"]]
+    assert len(children) == 2
+    for child in children:
+        assert child["args"]["node_id"] == "11" and child["name"] == "DriftExpandTwice"
+        assert child["args"]["expanded_class"] == "DriftScale" and child["args"]["expanded_id"].startswith("11.")
+
+
+@NEEDS_COMFYUI
 def test_a_mapped_model_is_read_during_sampling_and_measured_there(tmp_path):
     result, _ = run_drift(tmp_path, "mapped")
     (run,) = result["runs"]

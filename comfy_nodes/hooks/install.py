@@ -306,9 +306,14 @@ def _install_progress_fallback(inst: Installation, guard: HookGuard, execution, 
     class StageTraceProgress(base):
         def __init__(self):
             super().__init__("stagetrace")
+            self.registry = None
+
+        def set_registry(self, registry):  # its dynprompt tells which node the user sees
+            self.registry = registry
 
         def start_handler(self, node_id, state, prompt_id):
-            guard.call("progress fallback", recorder.fallback_node_start, node_id)
+            guard.call("progress fallback", recorder.fallback_node_start, node_id,
+                       getattr(self.registry, "dynprompt", None))
 
         def finish_handler(self, node_id, state, prompt_id):
             guard.call("progress fallback", recorder.fallback_node_finish, node_id)

@@ -100,6 +100,8 @@ class Recorder:
         self.node_spans = 0
         self._pending: dict[str, PendingNode] = {}  # node id -> the node that returned pending
         self._shown: dict[str, str] = {}  # an expanded node's id -> the id of the node the user sees
+        self._expanded_class: dict[str, str] = {}  # progress-handler fallback: an expanded node's own class
+        self._shown_class: dict[str, str] = {}  # and the class of the node the user sees for it
         self.client_id: str | None = None  # the page that queued the prompt (live messages go there)
         self.workflow_id: str | None = None  # the graph's identity, whatever the seeds and texts (history)
 
@@ -311,8 +313,19 @@ class Recorder:
 
     # --- progress-handler fallback (when execution.execute moved) -----------------------------
 
-    def fallback_node_start(self, node_id: str) -> None:
-        self._open_nodes[str(node_id)] = self.native.now_ns()
+    def fallback_node_start(self, node_id: str, dynprompt=None) -> None:
+        """A node starts (the progress handler's start): the first start is kept, so a node that returned
+        pending and starts again is one span. dynprompt (the progress registry's) names the node the user
+        sees for an expanded node."""
+        node_id = str(node_id)
+        self._open_nodes.setdefault(node_id, self.native.now_ns())
+        display = getattr(dynprompt, "get_display_node_id", None)
+        if display is not None and node_id not in self._shown:
+            shown = display(node_id)
+            if shown is not None and str(shown) != node_id:
+                self._shown[node_id] = str(shown)
+                self._expanded_class[node_id] = _node_class(dynprompt, node_id) or "?"
+                self._shown_class[str(shown)] = _node_class(dynprompt, shown) or self.class_type(str(shown))
 
     def fallback_node_finish(self, node_id: str) -> None:
         now = self.native.now_ns()
@@ -323,9 +336,16 @@ class Recorder:
             self._record_node(str(node_id), t0, now, stages.OK)
 
     def _record_node(self, node_id: str, t0: int, t1: int, outcome: int) -> None:
+        """One node span from the progress handler: an expanded node under the node the user sees."""
         n = self.native
         self.node_spans += 1
-        n.record(stages.NODE, n.intern(self.class_type(node_id)), n.intern(node_id), t0, t1, outcome)
+        shown = self._shown.get(node_id, node_id)
+        if shown == node_id:
+            n.record(stages.NODE, n.intern(self.class_type(node_id)), n.intern(node_id), t0, t1, outcome)
+            return
+        args = {"expanded_id": node_id, "expanded_class": self._expanded_class.get(node_id, "?")}
+        n.record(stages.NODE, n.intern(self._shown_class.get(shown) or self.class_type(shown)), n.intern(shown),
+                 t0, t1, outcome, args=args)
 
     def _close_fallback_nodes(self) -> None:
         now = self.native.now_ns()
