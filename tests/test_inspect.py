@@ -367,3 +367,33 @@ def test_files_the_library_refuses_are_flagged_unloadable(native, tmp_path):
         assert flag.startswith("unloadable: the safetensors library (and so ComfyUI) refuses this file")
         assert words in flag
     assert reports["loras/good.safetensors"].flags == []
+
+
+def test_a_dtype_pytorch_cannot_hold_is_flagged_exactly_where_safetensors_torch_side_refuses_it(native, tmp_path):
+    """Every dtype the format names, in a well-formed file: the flag 'unloadable in ComfyUI' stands where the
+    real library's PyTorch side (what ComfyUI loads through) cannot give the tensor, and only there."""
+    pytest.importorskip("torch")
+    from comfy_nodes.analysis.anatomy import DTYPES
+
+    paths = {}
+    for dtype, (_, bits) in DTYPES.items():
+        count = 8  # 8 elements: whole bytes for every width (4, 6, 8... bits)
+        size = count * bits // 8
+        body = json.dumps({"t": {"dtype": dtype, "shape": [count], "data_offsets": [0, size]}}).encode()
+        body += b" " * (-len(body) % 8)
+        path = tmp_path / f"{dtype}.safetensors"
+        path.write_bytes(struct.pack("<Q", len(body)) + body + bytes(size))
+        paths[dtype] = path
+    code, out, err = inspect(*paths.values())
+    assert not err
+    blocks = {block.split("  (", 1)[0]: block for block in out.strip().split("\n\n")}
+    for dtype, path in paths.items():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.get_tensor("t")
+            loads = True
+        except SafetensorError as exc:
+            assert "Dtype not understood" in str(exc)
+            loads = False
+        assert ("unloadable in ComfyUI" in blocks[str(path)]) == (not loads), (dtype, blocks[str(path)])
+    assert any("unloadable in ComfyUI" in b for b in blocks.values())  # this torch has no 6-bit float

@@ -90,6 +90,11 @@ def _reason(message: str, path: str) -> str:
     return message
 
 
+# Dtypes the safetensors format and library accept but safetensors' PyTorch side cannot give as a tensor
+# (safe_open(framework="pt").get_tensor: "Dtype not understood"): 6-bit floats have no torch dtype.
+NO_TORCH_DTYPES = frozenset({"F6_E2M3", "F6_E3M2"})
+
+
 def inspect_file(path: str) -> FileReport:
     """Read and classify one file; never raises for a bad file."""
     from ..analysis.anatomy import read_anatomy
@@ -126,8 +131,14 @@ def inspect_file(path: str) -> FileReport:
         return FileReport(path, size, UNREADABLE, error=f"{path}: {exc.strerror or exc}", error_status="READ_FAILED",
                           inode=inode, link=link)
     status = COMPLETE if anatomy.complete else INCOMPLETE
-    return FileReport(path, size, status, anatomy=anatomy, header_digest=digest, inode=inode, mtime_ns=mtime_ns,
-                      data_bytes=header["data_bytes"], link=link)
+    report = FileReport(path, size, status, anatomy=anatomy, header_digest=digest, inode=inode, mtime_ns=mtime_ns,
+                        data_bytes=header["data_bytes"], link=link)
+    no_torch = sorted({dtype for group in header["groups"] for dtype in group[6]} & NO_TORCH_DTYPES)
+    if no_torch:
+        report.flags.append(f"unloadable in ComfyUI: {', '.join(no_torch)} tensors have no PyTorch type, so "
+                            "safetensors' PyTorch side (which ComfyUI loads through) refuses them ('Dtype not "
+                            "understood'), although the file itself is well formed")
+    return report
 
 
 # --- The folder walk ------------------------------------------------------------
