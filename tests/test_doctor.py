@@ -542,3 +542,13 @@ def test_read_throughput_refuses_a_named_pipe_without_blocking(tmp_path):
     assert check.status == "unavailable" and "NotRegularFile" in check.summary
     with pytest.raises(NotRegularFile):
         doctor_system.read_throughput(str(fifo))
+
+
+def test_a_named_pipe_for_comfyuis_version_file_is_refused_without_blocking(tmp_path):
+    from comfy_nodes.cli.doctor import comfyui_version
+
+    (tmp_path / "comfyui_version.py").write_text('__version__ = "9.9.9"\n')
+    assert comfyui_version(str(tmp_path)) == "9.9.9"
+    os.remove(tmp_path / "comfyui_version.py")
+    os.mkfifo(tmp_path / "comfyui_version.py")  # nobody writes it: an open() for reading would wait forever
+    assert comfyui_version(str(tmp_path)) is None

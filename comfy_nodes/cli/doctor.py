@@ -175,8 +175,10 @@ def locate_comfyui(option: str | None) -> tuple[str | None, str]:
 
 def comfyui_version(folder: str) -> str | None:
     """__version__ from comfyui_version.py, read as text (never imported)."""
-    try:
-        with open(os.path.join(folder, "comfyui_version.py"), encoding="utf-8", errors="replace") as f:
+    from ..core.files import open_regular
+
+    try:  # a named pipe there would block: refused before it is read
+        with open(open_regular(os.path.join(folder, "comfyui_version.py")), encoding="utf-8", errors="replace") as f:
             match = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", f.read(65536))
         return match.group(1) if match else None
     except OSError:
