@@ -11,6 +11,7 @@ import pathlib
 import threading
 
 import pytest
+from test_comfyui import node_events, stage_events
 
 from comfy_nodes.analysis.diagnose import gather, rule_slow_read
 from comfy_nodes.analysis.summary import node_self_times, summarize
@@ -207,25 +208,19 @@ def test_slow_read_fires_on_a_deferred_read_where_it_happened():
 
 
 def run_drift(tmp_path, scenario, *extra):
+    """tests/comfy_drift.py's one run of scenario, which must succeed: (its trace, the harness result, the log,
+    the trace's path)."""
     from test_comfyui import run_script_file
 
-    return run_script_file(tmp_path, "comfy_drift.py", args=("--scenario", scenario, *extra))
-
-
-def node_events(trace):
-    return [e for e in trace["traceEvents"] if e.get("cat") == "node" and e["ph"] == "X"]
-
-
-def spans_of(trace, cat):
-    return [e for e in trace["traceEvents"] if e.get("cat") == cat and e["ph"] == "X"]
+    result, log = run_script_file(tmp_path, "comfy_drift.py", args=("--scenario", scenario, *extra))
+    (run,) = result["runs"]
+    assert run["success"], run["errors"]
+    return load(run["trace"]), result, log, run["trace"]
 
 
 @NEEDS_COMFYUI
 def test_newer_signatures_in_real_comfyui_still_give_a_whole_trace(tmp_path):
-    result, log = run_drift(tmp_path, "newer")
-    (run,) = result["runs"]
-    assert run["success"], run["errors"]
-    trace = load(run["trace"])
+    trace, result, log, _ = run_drift(tmp_path, "newer")
     other = trace["otherData"]
     assert {"execution.execute", "comfy.sd.VAE.encode", "comfy.samplers.KSAMPLER.sample",
             "comfy.sd.load_state_dict_guess_config", "PromptQueue.put"} <= set(other["hooks"])
@@ -236,10 +231,10 @@ def test_newer_signatures_in_real_comfyui_still_give_a_whole_trace(tmp_path):
     nodes = node_events(trace)
     assert sorted(e["args"]["node_id"] for e in nodes) == sorted(["3", "4", "5", "6", "7", "8", "9", "11", "12", "13"])
     assert all(e["args"]["outcome"] == "ok" for e in nodes)
-    (encode,) = spans_of(trace, "vae_encode")  # bound by name through VAE.encode(self, pixel_samples, not_video)
+    (encode,) = stage_events(trace, "vae_encode")  # bound by name through VAE.encode(self, pixel_samples, not_video)
     assert encode["args"]["shape"] == [1, 64, 64, 3]
-    assert spans_of(trace, "vae_decode") == []
-    assert len(spans_of(trace, "sample.step")) == 2
+    assert stage_events(trace, "vae_decode") == []
+    assert len(stage_events(trace, "sample.step")) == 2
     (wait,) = [e for e in trace["traceEvents"] if e.get("name") == "queue_wait"]  # a 6-tuple went through
     assert wait["dur"] >= 0.15e6
     live = {f["target"]: f for f in result["live"]}
@@ -252,10 +247,7 @@ def test_newer_signatures_in_real_comfyui_still_give_a_whole_trace(tmp_path):
 
 @NEEDS_COMFYUI
 def test_pending_nodes_are_one_node_and_expanded_nodes_the_node_the_user_sees(tmp_path):
-    result, _ = run_drift(tmp_path, "pending")
-    (run,) = result["runs"]
-    assert run["success"], run["errors"]
-    trace = load(run["trace"])
+    trace, _, _, _ = run_drift(tmp_path, "pending")
     nodes = node_events(trace)
     own = [e for e in nodes if "expanded_id" not in e["args"]]
     ids = [e["args"]["node_id"] for e in own]
@@ -286,10 +278,7 @@ def test_pending_nodes_are_one_node_and_expanded_nodes_the_node_the_user_sees(tm
 def test_the_progress_handler_fallback_keeps_pending_and_expanded_nodes_with_the_node_the_user_sees(tmp_path):
     """execute() moved: nodes are timed by the progress handler; a node that returned pending is still one
     span from its first start, and the expanded nodes are attributed to the node the user sees."""
-    result, _ = run_drift(tmp_path, "pending", "--moved-execute")
-    (run,) = result["runs"]
-    assert run["success"], run["errors"]
-    trace = load(run["trace"])
+    trace, _, _, _ = run_drift(tmp_path, "pending", "--moved-execute")
     assert trace["otherData"]["fallbacks"][0].startswith("execution.execute: nodes are timed through ComfyUI's")
     nodes = node_events(trace)
     own = [e for e in nodes if "expanded_id" not in e["args"]]
@@ -306,35 +295,29 @@ def test_the_progress_handler_fallback_keeps_pending_and_expanded_nodes_with_the
 
 @NEEDS_COMFYUI
 def test_a_mapped_model_is_read_during_sampling_and_measured_there(tmp_path):
-    result, _ = run_drift(tmp_path, "mapped")
-    (run,) = result["runs"]
-    assert run["success"], run["errors"]
-    trace = load(run["trace"])
-    (read,) = spans_of(trace, "model_load.read")
+    trace, _, _, _ = run_drift(tmp_path, "mapped")
+    (read,) = stage_events(trace, "model_load.read")
     size = read["args"]["file_bytes"]
     assert read["args"]["mapped"] is True and read["args"]["storage_read_bytes"] < 0.5 * size
-    (sample,) = spans_of(trace, "sample")
+    (sample,) = stage_events(trace, "sample")
     deferred = sample["args"]["deferred_read"]
     assert deferred["how"] == "page faults" and deferred["files"] == [os.path.basename(read["args"]["path"])]
     assert deferred["bytes"] >= 0.5 * size  # the diffusion model's weights: most of the file
     assert deferred["seconds"] <= sample["dur"] / 1e6 and deferred["mb_s"] > 0
     # the VAE's weights were copied (read) while the checkpoint was built; the rest waited for the sampler
-    assert not any("deferred_read" in e["args"] for e in spans_of(trace, "model_load.to_device"))
+    assert not any("deferred_read" in e["args"] for e in stage_events(trace, "model_load.to_device"))
 
 
 @NEEDS_COMFYUI
 def test_slow_deferred_reads_fire_the_slow_read_finding(tmp_path):
-    result, _ = run_drift(tmp_path, "mapped", "--slow-mb-s", "20")
-    (run,) = result["runs"]
-    assert run["success"], run["errors"]
-    trace = load(run["trace"])
+    trace, _, _, path = run_drift(tmp_path, "mapped", "--slow-mb-s", "20")
     assert "comfy.memory_management.read_tensor_file_slice_into" in trace["otherData"]["hooks"]
-    (sample,) = spans_of(trace, "sample")
+    (sample,) = stage_events(trace, "sample")
     deferred = sample["args"]["deferred_read"]
     assert deferred["how"] == "timed reads" and 12 <= deferred["mb_s"] <= 21
     finding = rule_slow_read(gather(trace))
     assert finding is not None and finding.figures["during"] == "sample" and finding.figures["mb_s"] < 21
-    report = json.loads(pathlib.Path(run["trace"].replace(".trace.json", ".report.json")).read_text())
+    report = json.loads(pathlib.Path(path.replace(".trace.json", ".report.json")).read_text())
     assert "slow-read" in [f["rule"] for f in report["findings"]]
 
 
